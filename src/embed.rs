@@ -1,0 +1,113 @@
+//! Sentence embeddings with all-MiniLM-L6-v2: a 6-layer BERT whose token vectors are averaged
+//! (ignoring padding) and scaled to unit length, so a dot product is a cosine similarity.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// sentence-transformers' `max_seq_length` for this model; longer inputs are cut there, exactly as
+/// the reference implementation does, so our vectors match its vectors.
+pub const MAX_SEQ_LEN: usize = 256;
+/// How many texts go through the model at once. Larger batches waste work on padding; texts are
+/// sorted by length first so a batch holds similar lengths.
+const BATCH: usize = 16;
+
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    /// A second tokenizer without truncation or padding, for counting tokens while chunking.
+    counter: Tokenizer,
+    device: Device,
+    dim: usize,
+}
+
+impl Embedder {
+    /// Load from the three files of a sentence-transformers folder.
+    pub fn from_bytes(weights: &[u8], tokenizer_json: &[u8], config_json: &[u8]) -> Result<Self> {
+        let config: Config = serde_json::from_slice(config_json)
+            .map_err(|e| Error::model("embedder config.json", e))?;
+        let mut counter = Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::model("embedder tokenizer.json", e))?;
+        counter.with_truncation(None).map_err(|e| Error::model("embedder tokenizer.json", e))?;
+        counter.with_padding(None);
+        let mut tokenizer = counter.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: MAX_SEQ_LEN, ..Default::default() }))
+            .map_err(|e| Error::model("embedder tokenizer.json", e))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        let device = Device::Cpu;
+        let vb = VarBuilder::from_slice_safetensors(weights, DType::F32, &device)
+            .map_err(|e| Error::model("embedder model.safetensors", format!("not a valid safetensors file ({e})")))?;
+        let model = BertModel::load(vb, &config)
+            .map_err(|e| Error::model("embedder model.safetensors", format!("does not match config.json: {e}")))?;
+        Ok(Embedder { model, tokenizer, counter, device, dim: config.hidden_size })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Length of `text` in word pieces, without [CLS]/[SEP]; what the chunker budgets with.
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.counter.encode_fast(text, false).map(|e| e.len()).unwrap_or(text.len() / 4)
+    }
+
+    /// Embed texts; returns one unit vector per input, in input order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_with_progress(texts, &mut |_, _| {})
+    }
+
+    /// As `embed`, calling `progress(done, total)` after each batch.
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut done = 0;
+        for batch in order.chunks(BATCH) {
+            let inputs: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
+            let vectors = self.embed_batch(&inputs)?;
+            for (&i, v) in batch.iter().zip(vectors) {
+                out[i] = v;
+            }
+            done += batch.len();
+            progress(done, texts.len());
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::Input(format!("cannot tokenize text for embedding: {e}")))?;
+        let n = encodings.len();
+        let len = encodings[0].len();
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for e in &encodings {
+            ids.extend_from_slice(e.get_ids());
+            mask.extend_from_slice(e.get_attention_mask());
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        // Mean over real tokens only: padding must not pull short texts towards each other.
+        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
+        let counts = mask_f.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        let unit = mean.broadcast_div(&norm)?;
+        Ok(unit.to_vec2::<f32>()?)
+    }
+}

@@ -1,0 +1,22 @@
+//! pocketrag: private document Q&A. Documents are parsed, chunked, embedded and indexed; a
+//! question retrieves the best chunks, a small language model answers from them and cites them.
+//!
+//! Data flows one way through the modules:
+//! `ingest` → `chunk` → `embed` → `index` (inside `library`) → `rag` (prompt, `llm`, citations).
+//! The CLI (`src/bin/pocketrag.rs`) and the browser bindings are thin front ends over `rag::Engine`.
+
+pub mod chunk;
+pub mod embed;
+pub mod error;
+pub mod index;
+pub mod ingest;
+pub mod library;
+pub mod llm;
+pub mod rag;
+pub mod time;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod models;
+
+pub use error::{Error, Result};
+pub use rag::{Answer, Engine, Mode};

@@ -1,0 +1,203 @@
+//! The collection a user has built: documents, their chunks, and the index over the chunks — and
+//! its file format. Everything derivable (BM25 postings, the HNSW graph) is rebuilt on load rather
+//! than stored, so the file holds only what cannot be recomputed without the embedder.
+
+use crate::chunk::{Chunk, ChunkConfig};
+use crate::error::{Error, Result};
+use crate::index::{HnswConfig, Hit, HybridIndex};
+use crate::ingest::{Block, Document, Format};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 16] = b"POCKETRAG-INDEX\0";
+/// Bump on any change to `Saved`; older files are refused with a message to re-index.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredDocument {
+    pub id: u32,
+    pub name: String,
+    pub format: Format,
+    pub text: String,
+    pub blocks: Vec<Block>,
+    /// Index slots of this document's chunks, in document order.
+    pub slots: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    pub doc: u32,
+    pub chunk: Chunk,
+}
+
+pub struct Library {
+    /// Identifies the embedding model; vectors from another model are meaningless here.
+    pub embedder: String,
+    pub chunk_config: ChunkConfig,
+    docs: Vec<StoredDocument>,
+    /// By index slot; `None` where a chunk was removed.
+    chunks: Vec<Option<ChunkEntry>>,
+    index: HybridIndex,
+    next_id: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    embedder: String,
+    chunk_config: ChunkConfig,
+    hnsw: HnswConfig,
+    next_id: u32,
+    docs: Vec<StoredDocument>,
+    chunks: Vec<Option<(ChunkEntry, Vec<f32>)>>,
+}
+
+impl Library {
+    pub fn new(embedder: &str, chunk_config: ChunkConfig, hnsw: HnswConfig) -> Self {
+        Library {
+            embedder: embedder.to_string(),
+            chunk_config,
+            docs: vec![],
+            chunks: vec![],
+            index: HybridIndex::new(hnsw),
+            next_id: 0,
+        }
+    }
+
+    pub fn documents(&self) -> &[StoredDocument] {
+        &self.docs
+    }
+
+    pub fn document(&self, id: u32) -> Option<&StoredDocument> {
+        self.docs.iter().find(|d| d.id == id)
+    }
+
+    pub fn chunk(&self, slot: u32) -> Option<&ChunkEntry> {
+        self.chunks.get(slot as usize)?.as_ref()
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.index.vectors.len()
+    }
+
+    pub fn index(&self) -> &HybridIndex {
+        &self.index
+    }
+
+    /// Add a document with its chunks and their vectors (same order). A document with the same
+    /// name is replaced. Returns the new document's id.
+    pub fn add(&mut self, doc: Document, chunks: Vec<Chunk>, vectors: Vec<Vec<f32>>) -> u32 {
+        assert_eq!(chunks.len(), vectors.len(), "one vector per chunk");
+        self.remove(&doc.name);
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut slots = Vec::with_capacity(chunks.len());
+        for (chunk, vector) in chunks.into_iter().zip(vectors) {
+            let slot = self.index.add(vector, &chunk.text);
+            debug_assert_eq!(slot as usize, self.chunks.len());
+            self.chunks.push(Some(ChunkEntry { doc: id, chunk }));
+            slots.push(slot);
+        }
+        self.docs.push(StoredDocument { id, name: doc.name, format: doc.format, text: doc.text, blocks: doc.blocks, slots });
+        id
+    }
+
+    /// Remove a document by name; returns whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let Some(pos) = self.docs.iter().position(|d| d.name == name) else { return false };
+        let doc = self.docs.remove(pos);
+        for slot in doc.slots {
+            if let Some(entry) = self.chunks[slot as usize].take() {
+                self.index.remove(slot, &entry.chunk.text);
+            }
+        }
+        true
+    }
+
+    /// Fold pending additions and removals into the vector graph when they have grown large.
+    /// Cheap to call after every batch.
+    pub fn maintain(&mut self) -> bool {
+        self.index.vectors.maintain()
+    }
+
+    pub fn search(&self, query_vector: &[f32], query_text: &str, k: usize) -> Vec<Hit> {
+        self.index.search(query_vector, query_text, k)
+    }
+
+    pub fn save(&self) -> Vec<u8> {
+        let saved = Saved {
+            embedder: self.embedder.clone(),
+            chunk_config: self.chunk_config,
+            hnsw: *self.index.vectors.config(),
+            next_id: self.next_id,
+            docs: self.docs.clone(),
+            chunks: self
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(slot, e)| {
+                    let e = e.as_ref()?;
+                    Some((e.clone(), self.index.vectors.get(slot as u32)?.to_vec()))
+                })
+                .collect(),
+        };
+        let payload = postcard::to_stdvec(&saved).expect("library serialises");
+        let mut out = Vec::with_capacity(payload.len() + 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out
+    }
+
+    /// Read a saved library. `expect_embedder` guards against mixing vector spaces.
+    pub fn load(bytes: &[u8], expect_embedder: &str) -> Result<Self> {
+        let header = MAGIC.len() + 4 + 8;
+        if bytes.len() < header || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(Error::Index("not a pocketrag index file".into()));
+        }
+        let version = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+        if version != FORMAT_VERSION {
+            return Err(Error::Index(format!(
+                "made by a different version of pocketrag (format {version}, this build reads {FORMAT_VERSION}); index the documents again"
+            )));
+        }
+        let len = u64::from_le_bytes(bytes[20..28].try_into().unwrap()) as usize;
+        if bytes.len() != header + len + 4 {
+            return Err(Error::Index(format!(
+                "file is damaged or truncated ({} bytes, expected {})",
+                bytes.len(),
+                header.saturating_add(len).saturating_add(4)
+            )));
+        }
+        let payload = &bytes[header..header + len];
+        let crc = u32::from_le_bytes(bytes[header + len..].try_into().unwrap());
+        if crc32fast::hash(payload) != crc {
+            return Err(Error::Index("checksum mismatch: the file is damaged".into()));
+        }
+        let saved: Saved = postcard::from_bytes(payload).map_err(|e| Error::Index(format!("cannot decode: {e}")))?;
+        if saved.embedder != expect_embedder {
+            return Err(Error::Index(format!(
+                "built with embedder {:?}, but this engine uses {:?}; index the documents again",
+                saved.embedder, expect_embedder
+            )));
+        }
+        let mut lib = Library::new(&saved.embedder, saved.chunk_config, saved.hnsw);
+        lib.next_id = saved.next_id;
+        lib.docs = saved.docs;
+        for entry in saved.chunks {
+            match entry {
+                Some((entry, vector)) => {
+                    lib.index.add(vector, &entry.chunk.text);
+                    lib.chunks.push(Some(entry));
+                }
+                None => {
+                    lib.index.vectors.push_removed();
+                    lib.index.keywords.add_removed();
+                    lib.chunks.push(None);
+                }
+            }
+        }
+        lib.index.vectors.rebuild();
+        Ok(lib)
+    }
+}

@@ -1,0 +1,34 @@
+//! Where the fetched model files live on disk (native only; the browser receives bytes).
+//! `make models` puts them there; see `models/manifest.json`.
+
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::llm::Generator;
+use std::path::{Path, PathBuf};
+
+pub const GENERATOR_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q8_0.gguf";
+pub const EMBEDDER_DIR: &str = "minilm";
+
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound { " (run `make models`)" } else { "" };
+        Error::model(path.display(), format!("{e}{hint}"))
+    })
+}
+
+pub fn load_embedder(dir: &Path) -> Result<Embedder> {
+    let d = dir.join(EMBEDDER_DIR);
+    let weights = read(&d.join("model.safetensors"))?;
+    let tokenizer = read(&d.join("tokenizer.json"))?;
+    let config = read(&d.join("config.json"))?;
+    Embedder::from_bytes(&weights, &tokenizer, &config)
+}
+
+pub fn generator_path(dir: &Path) -> PathBuf {
+    dir.join(GENERATOR_FILE)
+}
+
+pub fn load_generator(path: &Path) -> Result<Generator> {
+    let bytes = read(path)?;
+    Generator::from_gguf_bytes(&bytes, &path.display().to_string())
+}

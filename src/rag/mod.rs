@@ -1,0 +1,355 @@
+//! The engine: documents in, cited answers out. This is the seam both front ends use — the CLI
+//! and the browser worker call the same methods and get the same structured results, including
+//! the scores, the prompt and the timings that the teaching view shows.
+
+pub mod cite;
+pub mod prompt;
+
+use crate::chunk::{self, ChunkConfig};
+use crate::embed::Embedder;
+use crate::error::{Error, Result};
+use crate::index::HnswConfig;
+use crate::ingest;
+use crate::library::Library;
+use crate::llm::{GenerateParams, Generator, StopReason};
+use crate::time::Stopwatch;
+use prompt::{PromptSource, NOT_FOUND};
+
+/// The answer given when the documents do not hold one.
+pub const NOT_FOUND_TEXT: &str = NOT_FOUND;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// How many chunks to retrieve for a question.
+    pub k: usize,
+    /// Below this cosine similarity for the best chunk, the engine abstains without asking the
+    /// model: nothing retrieved is about the question.
+    pub min_relevance: f32,
+    /// Prompt plus answer must fit in this many tokens; sources are dropped (lowest ranked first)
+    /// or shortened until they do. Smaller than the model's window because prefill time grows
+    /// with it.
+    pub context_budget: usize,
+    pub generate: GenerateParams,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { k: 4, min_relevance: 0.25, context_budget: 2048, generate: GenerateParams::default() }
+    }
+}
+
+/// A retrieved chunk, with where it came from and how it scored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Source {
+    /// The chunk's index slot (internal; lets the engine reuse its stored vector).
+    #[serde(skip)]
+    pub slot: u32,
+    /// The document's name as indexed.
+    pub doc: String,
+    pub text: String,
+    /// Cosine similarity between question and chunk.
+    pub score: f32,
+    pub keyword_score: Option<f32>,
+    pub fused_score: f32,
+    /// Byte range of the chunk in the document's extracted text.
+    pub start: usize,
+    pub end: usize,
+    pub page: Option<u32>,
+    pub heading: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Citation {
+    /// The source's number in the prompt, `[n]`.
+    pub n: usize,
+    /// Whether the model wrote `[n]` itself, or the engine matched the answer to the source.
+    pub by: CitedBy,
+    #[serde(flatten)]
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CitedBy {
+    Model,
+    Match,
+}
+
+/// An answer this similar (cosine) to a source is taken to come from it, when the model cited
+/// nothing itself. Measured: answers restating a source score 0.6-0.9 against it, unrelated
+/// sources stay below 0.3.
+const MATCH_CITATION_MIN: f32 = 0.5;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub embed: f64,
+    pub search: f64,
+    pub prefill: f64,
+    pub decode: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    /// Every source placed in the prompt, numbered from 1 in this order.
+    pub sources: Vec<Source>,
+    /// True when the engine answered NOT_FOUND itself because retrieval found nothing relevant.
+    pub abstained: bool,
+    pub prompt: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop: Option<StopReason>,
+    pub timings_ms: Timings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub hits: Vec<Source>,
+    pub timings_ms: Timings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DocReport {
+    pub name: String,
+    pub chunks: usize,
+    pub chars: usize,
+    pub embed_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Retrieve, then answer from the sources.
+    Rag,
+    /// Ask the model alone.
+    NoRag,
+}
+
+pub const EMBEDDER_NAME: &str = "all-MiniLM-L6-v2";
+
+pub struct Engine {
+    embedder: Embedder,
+    generator: Option<Generator>,
+    library: Library,
+    pub settings: Settings,
+}
+
+impl Engine {
+    /// An engine with an empty library. Without a generator it can index and search but not
+    /// answer (the indexing CLI does not need to load the language model).
+    pub fn new(embedder: Embedder, generator: Option<Generator>) -> Self {
+        let library = Library::new(EMBEDDER_NAME, ChunkConfig::default(), HnswConfig::default());
+        Engine { embedder, generator, library, settings: Settings::default() }
+    }
+
+    pub fn library(&self) -> &Library {
+        &self.library
+    }
+
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
+
+    pub fn generator_mut(&mut self) -> Option<&mut Generator> {
+        self.generator.as_mut()
+    }
+
+    /// Parse, chunk, embed and index one file. A document of the same name is replaced. On error
+    /// the library is unchanged.
+    pub fn add_document(&mut self, name: &str, bytes: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<DocReport> {
+        let doc = ingest::ingest(name, bytes)?;
+        let config = self.library.chunk_config;
+        let chunks = chunk::chunk(&doc, &config, &|s| self.embedder.count_tokens(s));
+        let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let clock = Stopwatch::start();
+        let vectors = self.embedder.embed_with_progress(&refs, progress)?;
+        let embed_ms = clock.ms();
+        let report = DocReport { name: doc.name.clone(), chunks: chunks.len(), chars: doc.text.chars().count(), embed_ms };
+        self.library.add(doc, chunks, vectors);
+        Ok(report)
+    }
+
+    pub fn remove_document(&mut self, name: &str) -> bool {
+        self.library.remove(name)
+    }
+
+    /// Fold recent additions and removals into the vector graph if they have grown large. Call
+    /// after a batch of `add_document`s.
+    pub fn maintain(&mut self) -> bool {
+        self.library.maintain()
+    }
+
+    pub fn search(&self, query: &str, k: usize) -> Result<SearchResult> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(Error::Input("the question is empty".into()));
+        }
+        if k == 0 {
+            return Err(Error::Input("k must be at least 1".into()));
+        }
+        let clock = Stopwatch::start();
+        let qv = self.embedder.embed(&[query])?.remove(0);
+        let embed = clock.ms();
+        let clock = Stopwatch::start();
+        let hits = self.library.search(&qv, query, k);
+        let search = clock.ms();
+        let hits = hits
+            .into_iter()
+            .filter_map(|h| {
+                let entry = self.library.chunk(h.slot)?;
+                let doc = self.library.document(entry.doc)?;
+                let c = &entry.chunk;
+                Some(Source {
+                    slot: h.slot,
+                    doc: doc.name.clone(),
+                    text: c.text.clone(),
+                    score: h.vector_score.unwrap_or(0.0),
+                    keyword_score: h.keyword_score,
+                    fused_score: h.fused_score,
+                    start: c.start,
+                    end: c.end,
+                    page: c.page,
+                    heading: c.heading.clone(),
+                })
+            })
+            .collect();
+        Ok(SearchResult { hits, timings_ms: Timings { embed, search, ..Default::default() } })
+    }
+
+    /// Answer a question. Text is streamed to `on_token` as it is generated; `cancel` is polled
+    /// between tokens.
+    pub fn answer(
+        &mut self,
+        question: &str,
+        mode: Mode,
+        k: usize,
+        on_token: &mut dyn FnMut(&str),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<Answer> {
+        if question.trim().is_empty() {
+            return Err(Error::Input("the question is empty".into()));
+        }
+        if self.generator.is_none() {
+            return Err(Error::Input("no language model is loaded".into()));
+        }
+        let mut timings = Timings::default();
+        let (messages, sources) = match mode {
+            Mode::NoRag => (prompt::plain_messages(question), vec![]),
+            Mode::Rag => {
+                let found = self.search(question, k)?;
+                timings.embed = found.timings_ms.embed;
+                timings.search = found.timings_ms.search;
+                let best = found.hits.iter().map(|h| h.score).fold(f32::NEG_INFINITY, f32::max);
+                if found.hits.is_empty() || best < self.settings.min_relevance {
+                    on_token(NOT_FOUND);
+                    return Ok(Answer {
+                        answer: NOT_FOUND.to_string(),
+                        citations: vec![],
+                        sources: found.hits,
+                        abstained: true,
+                        prompt: String::new(),
+                        prompt_tokens: 0,
+                        generated_tokens: 0,
+                        stop: None,
+                        timings_ms: timings,
+                    });
+                }
+                // Sources far below the relevance bar only distract a small model.
+                let relevant: Vec<Source> =
+                    found.hits.into_iter().filter(|h| h.score >= self.settings.min_relevance).collect();
+                let sources = self.fit_sources(question, relevant)?;
+                let ps: Vec<PromptSource> = sources.iter().map(|s| PromptSource { title: &s.doc, text: &s.text }).collect();
+                (prompt::rag_messages(question, &ps), sources)
+            }
+        };
+        let generator = self.generator.as_mut().expect("checked above");
+        let prompt_text = generator.render_chat(&messages)?;
+        let ids = generator.encode(&prompt_text)?;
+        let mut params = self.settings.generate.clone();
+        params.max_tokens = params.max_tokens.min(self.settings.context_budget.saturating_sub(ids.len()).max(1));
+        let gen = generator.generate(&ids, &params, on_token, cancel)?;
+        timings.prefill = gen.prefill_ms;
+        timings.decode = gen.decode_ms;
+        let answer = gen.text.trim().to_string();
+        let citations = self.citations(&answer, &sources)?;
+        Ok(Answer {
+            answer,
+            citations,
+            sources,
+            abstained: false,
+            prompt: prompt_text,
+            prompt_tokens: gen.prompt_tokens,
+            generated_tokens: gen.tokens.len(),
+            stop: Some(gen.stop),
+            timings_ms: timings,
+        })
+    }
+
+    /// The sources an answer rests on: those the model cited as `[n]`; failing that (small models
+    /// often forget), the source the answer is most similar to, if it is similar enough. Each
+    /// citation says which way it was found.
+    fn citations(&self, answer: &str, sources: &[Source]) -> Result<Vec<Citation>> {
+        let by_model: Vec<Citation> = cite::cited(answer, sources.len())
+            .into_iter()
+            .map(|n| Citation { n, by: CitedBy::Model, source: sources[n - 1].clone() })
+            .collect();
+        if !by_model.is_empty() || sources.is_empty() || answer.is_empty() || answer.contains(NOT_FOUND) {
+            return Ok(by_model);
+        }
+        let av = self.embedder.embed(&[answer])?.remove(0);
+        let best = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let v = self.library.index().vectors.get(s.slot)?;
+                Some((i, crate::index::vector::dot(&av, v)))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(match best {
+            Some((i, sim)) if sim >= MATCH_CITATION_MIN => {
+                vec![Citation { n: i + 1, by: CitedBy::Match, source: sources[i].clone() }]
+            }
+            _ => vec![],
+        })
+    }
+
+    /// Keep the best-ranked sources that fit the context budget with room for the answer. The
+    /// last one that does not fit whole is shortened at a word boundary rather than dropped when
+    /// a useful part of it fits.
+    fn fit_sources(&self, question: &str, mut hits: Vec<Source>) -> Result<Vec<Source>> {
+        let generator = self.generator.as_ref().expect("checked by caller");
+        let budget = self.settings.context_budget.saturating_sub(self.settings.generate.max_tokens);
+        let measure = |hits: &[Source]| -> Result<usize> {
+            let ps: Vec<PromptSource> = hits.iter().map(|s| PromptSource { title: &s.doc, text: &s.text }).collect();
+            Ok(generator.count_tokens(&generator.render_chat(&prompt::rag_messages(question, &ps))?))
+        };
+        if measure(&[])? > budget {
+            return Err(Error::Input(format!("the question alone is longer than the {budget}-token prompt budget")));
+        }
+        while !hits.is_empty() && measure(&hits)? > budget {
+            let last = hits.last_mut().unwrap();
+            let words: Vec<&str> = last.text.split_inclusive(char::is_whitespace).collect();
+            if words.len() > 16 {
+                // Halve the last source and try again; a few iterations reach the limit.
+                let kept = words[..words.len() / 2].concat().trim_end().to_string();
+                last.end = last.start + kept.len();
+                last.text = kept + " …";
+            } else {
+                hits.pop();
+            }
+        }
+        Ok(hits)
+    }
+
+    pub fn save(&self) -> Vec<u8> {
+        self.library.save()
+    }
+
+    /// Replace the library with one read from `bytes`. On error the current library is kept.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
+        self.library = Library::load(bytes, EMBEDDER_NAME)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! The whole pipeline on the real models: index a small document set written for this test (one
+//! Markdown, one text, one HTML file), ask questions whose answers are each in exactly one
+//! document, and check the right document is cited; ask an unrelated question and check the
+//! engine abstains; save and reload the library and get the same search results.
+
+mod common;
+
+use pocketrag::rag::{Mode, NOT_FOUND_TEXT};
+use pocketrag::Engine;
+use std::path::Path;
+
+fn library_engine() -> Engine {
+    let mut engine = Engine::new(common::embedder(), Some(common::generator()));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/library");
+    for name in ["lighthouse.md", "sourdough.txt", "bicycle.html"] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        engine.add_document(name, &bytes, &mut |_, _| {}).unwrap();
+    }
+    engine
+}
+
+#[test]
+fn answers_cite_the_document_that_holds_the_answer() {
+    let mut engine = library_engine();
+    let cases = [
+        ("When was the Harrow Point lighthouse first lit?", "lighthouse.md"),
+        ("How often should I feed a sourdough starter kept in the fridge?", "sourdough.txt"),
+        ("How do I find the hole in an inner tube?", "bicycle.html"),
+    ];
+    for (question, doc) in cases {
+        let mut streamed = String::new();
+        let a = engine.answer(question, Mode::Rag, 4, &mut |t| streamed.push_str(t), &|| false).unwrap();
+        assert!(!a.abstained, "{question}: abstained");
+        assert_eq!(streamed.trim(), a.answer, "streamed text is the answer");
+        assert!(!a.citations.is_empty(), "{question}: no citation in {:?}", a.answer);
+        for c in &a.citations {
+            assert_eq!(c.source.doc, doc, "{question}: cited {:?} ({:?}) for answer {:?}", c.source.doc, c.by, a.answer);
+        }
+        // The prompt really contains the numbered source the citation points at.
+        let c = &a.citations[0];
+        assert!(a.prompt.contains(&format!("[{}] {}", c.n, doc)), "prompt lacks source [{}]", c.n);
+        assert!(a.prompt_tokens > 50 && a.generated_tokens > 0);
+        assert!(a.timings_ms.prefill > 0.0 && a.timings_ms.decode > 0.0 && a.timings_ms.embed > 0.0);
+    }
+}
+
+#[test]
+fn abstains_when_nothing_relevant_is_indexed() {
+    let mut engine = library_engine();
+    let a = engine.answer("What is the capital of France?", Mode::Rag, 4, &mut |_| {}, &|| false).unwrap();
+    assert!(a.abstained);
+    assert_eq!(a.answer, NOT_FOUND_TEXT);
+    assert!(a.citations.is_empty());
+    // Without retrieval the model answers from its own weights instead.
+    let a = engine.answer("What is the capital of France?", Mode::NoRag, 4, &mut |_| {}, &|| false).unwrap();
+    assert!(!a.abstained && a.sources.is_empty() && a.answer.contains("Paris"), "{:?}", a.answer);
+}
+
+#[test]
+fn cancel_stops_generation_early() {
+    let mut engine = library_engine();
+    let count = std::cell::Cell::new(0);
+    let a = engine
+        .answer("How do I patch an inner tube?", Mode::Rag, 4, &mut |_| count.set(count.get() + 1), &|| count.get() >= 3)
+        .unwrap();
+    assert_eq!(a.stop, Some(pocketrag::llm::StopReason::Cancelled));
+    assert!(a.generated_tokens <= 4, "{}", a.generated_tokens);
+}
+
+#[test]
+fn library_survives_save_and_load_and_removal() {
+    let mut engine = library_engine();
+    let before = engine.search("vulcanising solution", 3).unwrap();
+    let bytes = engine.save();
+    let mut other = Engine::new(common::embedder(), None);
+    other.load(&bytes).unwrap();
+    let after = other.search("vulcanising solution", 3).unwrap();
+    let key = |r: &pocketrag::rag::SearchResult| r.hits.iter().map(|h| (h.doc.clone(), h.start)).collect::<Vec<_>>();
+    assert_eq!(key(&before), key(&after));
+    assert_eq!(after.hits[0].doc, "bicycle.html");
+
+    assert!(other.remove_document("bicycle.html"));
+    let gone = other.search("vulcanising solution", 5).unwrap();
+    assert!(gone.hits.iter().all(|h| h.doc != "bicycle.html"));
+    // Removals survive a round trip too.
+    let mut third = Engine::new(common::embedder(), None);
+    third.load(&other.save()).unwrap();
+    assert_eq!(third.library().documents().len(), 2);
+    assert!(third.search("vulcanising solution", 5).unwrap().hits.iter().all(|h| h.doc != "bicycle.html"));
+}
