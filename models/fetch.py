@@ -47,8 +47,20 @@ def fetch_package(pkg: dict, cache: Path) -> Path:
         return dest
 
 
+def check_derived(manifest: dict) -> None:
+    for d in manifest["derived"]:
+        path = HERE / d["to"]
+        digest = sha256(path)
+        if digest != d["sha256"]:
+            sys.exit(f"error: {d['to']} has sha256 {digest}, manifest pins {d['sha256']} (made by: {d['command']})")
+        print(f"ok      {d['to']}")
+
+
 def main() -> None:
     manifest = json.loads((HERE / "manifest.json").read_text())
+    if sys.argv[1:] == ["--check-derived"]:
+        check_derived(manifest)
+        return
     cache = HERE / ".cache"
     for pkg in manifest["packages"]:
         missing = [f for f in pkg["files"] if not ((HERE / f["to"]).exists() and sha256(HERE / f["to"]) == f["sha256"])]

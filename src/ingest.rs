@@ -375,6 +375,55 @@ mod tests {
         assert!(e.contains("bad.pdf"), "{e}");
     }
 
+    /// A minimal PDF with one page per entry of `pages` (each a line of text, or none).
+    fn pdf_bytes(pages: &[Option<&str>]) -> Vec<u8> {
+        let n = pages.len();
+        let mut objects: Vec<String> = vec![
+            "<< /Type /Catalog /Pages 2 0 R >>".into(),
+            format!(
+                "<< /Type /Pages /Kids [{}] /Count {n} >>",
+                (0..n).map(|i| format!("{} 0 R", 4 + 2 * i)).collect::<Vec<_>>().join(" ")
+            ),
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".into(),
+        ];
+        for (i, text) in pages.iter().enumerate() {
+            objects.push(format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents {} 0 R >>",
+                5 + 2 * i
+            ));
+            let stream = text.map(|t| format!("BT /F1 12 Tf 72 720 Td ({t}) Tj ET")).unwrap_or_default();
+            objects.push(format!("<< /Length {} >>\nstream\n{stream}\nendstream", stream.len()));
+        }
+        let mut out = b"%PDF-1.4\n".to_vec();
+        let mut offsets = vec![];
+        for (i, o) in objects.iter().enumerate() {
+            offsets.push(out.len());
+            out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        }
+        let xref = out.len();
+        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
+        for off in offsets {
+            out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
+        }
+        out.extend_from_slice(
+            format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
+        );
+        out
+    }
+
+    #[test]
+    fn pdf_pages_are_kept_and_textless_pdfs_refused() {
+        let d = ingest("two.pdf", &pdf_bytes(&[Some("Tides follow the moon."), Some("Second page here.")])).unwrap();
+        assert_eq!(d.format, Format::Pdf);
+        let pos = d.text.find("Second page").expect("page 2 text extracted");
+        assert_eq!(d.block_at(pos).unwrap().page, Some(2));
+        let first = d.text.find("Tides").expect("page 1 text extracted");
+        assert_eq!(d.block_at(first).unwrap().page, Some(1));
+
+        let e = ingest("scan.pdf", &pdf_bytes(&[None])).unwrap_err().to_string();
+        assert!(e.contains("scan.pdf") && e.contains("no extractable text"), "{e}");
+    }
+
     #[test]
     fn block_lookup_by_offset() {
         let d = ingest("a.txt", b"one\n\ntwo\n\nthree").unwrap();

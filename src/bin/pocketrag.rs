@@ -197,7 +197,6 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, paths: &[PathBuf]) -> Resul
         bar.inc(1);
     }
     bar.finish_and_clear();
-    engine.maintain();
     let bytes = engine.save();
     let tmp = out.with_extension("part");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;

@@ -175,8 +175,8 @@ impl Engine {
         self.library.remove(name)
     }
 
-    /// Fold recent additions and removals into the vector graph if they have grown large. Call
-    /// after a batch of `add_document`s.
+    /// Build or refresh the vector graph when the collection is large and the graph is missing or
+    /// stale. Long-lived front ends call it when idle; a one-shot query does better without it.
     pub fn maintain(&mut self) -> bool {
         self.library.maintain()
     }

@@ -1,0 +1,226 @@
+//! `make bench`: the figures the README reports, measured on this machine in one run.
+//!
+//! - generator: prefill and decode tok/s on a ~500-token RAG prompt, for the shipped Q8_0 file and
+//!   the published Q4_1 file it is derived from, and how often their greedy outputs agree;
+//! - embedder: embeddings/s for 128-token chunks;
+//! - index: build time, search latency p50/p99 and recall@10 (HNSW against exact search) at 1k and
+//!   10k chunks, and exact-scan latency at several sizes (the exact/HNSW crossover).
+//!
+//! Prints a readable report and, last, one JSON line with every figure.
+
+use candle_core::quantized::GgmlDType;
+use pocketrag::embed::Embedder;
+use pocketrag::index::vector::{HnswConfig, VectorIndex};
+use pocketrag::llm::{GenerateParams, Generator};
+use pocketrag::models;
+use pocketrag::rag::prompt::{rag_messages, PromptSource};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut report = serde_json::Map::new();
+    let embedder = models::load_embedder(&dir).expect("embedder (run `make models`)");
+
+    bench_generators(&dir, &mut report);
+    bench_embedder(&embedder, &mut report);
+    bench_index(&mut report);
+    println!("{}", serde_json::Value::Object(report));
+}
+
+/// Text for prompts and chunks: our own test documents, repeated as needed.
+fn corpus() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/library");
+    let mut s = String::new();
+    for f in ["lighthouse.md", "sourdough.txt", "bicycle.html"] {
+        let bytes = std::fs::read(dir.join(f)).unwrap();
+        let doc = pocketrag::ingest::ingest(f, &bytes).unwrap();
+        s.push_str(&doc.text);
+        s.push_str("\n\n");
+    }
+    s
+}
+
+fn rag_prompt(g: &Generator, target_tokens: usize) -> Vec<u32> {
+    let text = corpus();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    // Grow four sources until the rendered prompt reaches the target length.
+    let mut n = 40;
+    loop {
+        let pieces: Vec<String> = (0..4)
+            .map(|i| words.iter().cycle().skip(i * 37).take(n).copied().collect::<Vec<_>>().join(" "))
+            .collect();
+        let sources: Vec<PromptSource> =
+            pieces.iter().enumerate().map(|(i, t)| PromptSource { title: ["a.md", "b.txt", "c.html", "d.md"][i], text: t }).collect();
+        let prompt = g.render_chat(&rag_messages("How do I find the hole in an inner tube?", &sources)).unwrap();
+        let ids = g.encode(&prompt).unwrap();
+        if ids.len() >= target_tokens {
+            return ids;
+        }
+        n += 5;
+    }
+}
+
+fn speed(g: &mut Generator, ids: &[u32], decode: usize) -> (f64, f64) {
+    let params = GenerateParams { max_tokens: decode, repeat_penalty: 1.0, ..Default::default() };
+    // Decode speed counts the tokens actually produced (the model may stop early).
+    let gen = g.generate(ids, &params, &mut |_| {}, &|| false).unwrap();
+    let prefill = ids.len() as f64 / (gen.prefill_ms / 1000.0);
+    let decode_tps = gen.tokens.len().saturating_sub(1).max(1) as f64 / (gen.decode_ms / 1000.0);
+    (prefill, decode_tps)
+}
+
+fn bench_generators(dir: &Path, report: &mut serde_json::Map<String, serde_json::Value>) {
+    let q8_path = models::generator_path(dir);
+    let q4_path = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut q8 = models::load_generator(&q8_path).unwrap();
+    let mut q4 = models::load_generator(&q4_path).unwrap();
+    let ids = rag_prompt(&q8, 500);
+    println!("generator: RAG prompt of {} tokens, 64 decoded tokens, 1 run each", ids.len());
+    let (p8, d8) = speed(&mut q8, &ids, 64);
+    let (p4, d4) = speed(&mut q4, &ids, 64);
+    println!("  Q8_0 (shipped):   prefill {p8:7.1} tok/s   decode {d8:6.1} tok/s");
+    println!("  Q4_1 (published): prefill {p4:7.1} tok/s   decode {d4:6.1} tok/s");
+    println!("  Q8_0 / Q4_1:      prefill {:.2}x   decode {:.2}x", p8 / p4, d8 / d4);
+    report.insert("prompt_tokens".into(), json!(ids.len()));
+    report.insert("prefill_tok_s_q8_0".into(), json!(p8));
+    report.insert("decode_tok_s_q8_0".into(), json!(d8));
+    report.insert("prefill_tok_s_q4_1".into(), json!(p4));
+    report.insert("decode_tok_s_q4_1".into(), json!(d4));
+
+    // Greedy agreement on a fixed prompt set. The reference is the Q4_1 weights dequantized to
+    // f32 (exactly the published values, with no activation quantization); the Q4_1 kernel itself
+    // rounds activations to 8 bits, so it is compared against the same reference.
+    let q4_bytes = std::fs::read(&q4_path).unwrap();
+    let f32_bytes = pocketrag::llm::quantize::requantize(&q4_bytes, "q4_1", GgmlDType::Q4_1, GgmlDType::F32).unwrap();
+    let mut f32m = Generator::from_gguf_bytes(&f32_bytes, "f32").unwrap();
+    drop(f32_bytes);
+    let (pf, df) = speed(&mut f32m, &ids, 64);
+    println!("  F32 (reference):  prefill {pf:7.1} tok/s   decode {df:6.1} tok/s");
+    report.insert("prefill_tok_s_f32".into(), json!(pf));
+    report.insert("decode_tok_s_f32".into(), json!(df));
+    let prompts = [
+        "What is a lighthouse for?",
+        "Explain retrieval-augmented generation in one sentence.",
+        "Write a haiku about bicycles.",
+        "List three uses of flour.",
+        "What is 12 times 7?",
+        "Translate 'good morning' into French.",
+        "Why is the sky blue?",
+        "Give me a name for a sourdough starter.",
+        "How do I patch a bicycle inner tube?",
+        "Summarise the water cycle.",
+        "What does a compiler do?",
+        "Name a famous lighthouse.",
+    ];
+    let params = GenerateParams { max_tokens: 32, repeat_penalty: 1.0, ..Default::default() };
+    let (mut prefix8, mut prefix4, mut same8, mut same4) = (vec![], vec![], 0, 0);
+    for p in prompts {
+        let chat = q8.render_chat(&[pocketrag::llm::Message::new("user", p)]).unwrap();
+        let ids = q8.encode(&chat).unwrap();
+        let reference = f32m.generate(&ids, &params, &mut |_| {}, &|| false).unwrap().tokens;
+        for (model, prefixes, same) in [(&mut q8, &mut prefix8, &mut same8), (&mut q4, &mut prefix4, &mut same4)] {
+            let out = model.generate(&ids, &params, &mut |_| {}, &|| false).unwrap().tokens;
+            prefixes.push(out.iter().zip(&reference).take_while(|(x, y)| x == y).count());
+            if out == reference {
+                *same += 1;
+            }
+        }
+    }
+    let n = prompts.len();
+    println!("  greedy output identical to the f32 reference over 32 tokens, {n} prompts:");
+    println!("    Q8_0 {same8}/{n} (common prefixes {prefix8:?})");
+    println!("    Q4_1 {same4}/{n} (common prefixes {prefix4:?})");
+    report.insert("greedy_identical_q8_0".into(), json!(format!("{same8}/{n}")));
+    report.insert("greedy_identical_q4_1".into(), json!(format!("{same4}/{n}")));
+}
+
+fn bench_embedder(embedder: &Embedder, report: &mut serde_json::Map<String, serde_json::Value>) {
+    let text = corpus();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    // 64 different chunks of 128 word pieces each.
+    let mut chunks = Vec::new();
+    for i in 0..64 {
+        let mut n = 60;
+        loop {
+            let s = words.iter().cycle().skip(i * 11).take(n).copied().collect::<Vec<_>>().join(" ");
+            if embedder.count_tokens(&s) >= 126 {
+                chunks.push(s);
+                break;
+            }
+            n += 2;
+        }
+    }
+    let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+    embedder.embed(&refs[..8]).unwrap();
+    let t = Instant::now();
+    embedder.embed(&refs).unwrap();
+    let per_s = refs.len() as f64 / t.elapsed().as_secs_f64();
+    println!("embedder: {per_s:.1} embeddings/s (64 chunks of ~128 tokens, batched)");
+    report.insert("embed_chunks_s".into(), json!(per_s));
+}
+
+/// Clustered unit vectors: real embeddings are not uniform on the sphere, they bunch by topic.
+fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut s = seed | 1;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+    };
+    let centres: Vec<Vec<f32>> = (0..64).map(|_| (0..dim).map(|_| rnd()).collect()).collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i % centres.len()];
+            let v: Vec<f32> = c.iter().map(|x| x + 0.8 * rnd()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect()
+}
+
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[((xs.len() - 1) as f64 * p).round() as usize]
+}
+
+fn bench_index(report: &mut serde_json::Map<String, serde_json::Value>) {
+    let dim = 384;
+    println!("index: synthetic clustered 384-d unit vectors, 200 queries, k = 10");
+    for n in [1_000usize, 10_000] {
+        let data = synthetic(n, dim, 7 + n as u64);
+        let queries = synthetic(200, dim, 99 + n as u64);
+        let mut idx = VectorIndex::new(HnswConfig { exact_below: 0, ..Default::default() });
+        for v in &data {
+            idx.push(v.clone());
+        }
+        let t = Instant::now();
+        idx.rebuild();
+        let build_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let (mut hnsw_ms, mut exact_ms, mut found) = (vec![], vec![], 0);
+        for q in &queries {
+            let t = Instant::now();
+            let approx = idx.search(q, 10);
+            hnsw_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let exact = idx.exact(q, 10, 0);
+            exact_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            found += approx.iter().filter(|a| exact.iter().any(|e| e.0 == a.0)).count();
+        }
+        let recall = found as f64 / (queries.len() * 10) as f64;
+        let (h50, h99) = (percentile(&mut hnsw_ms, 0.5), percentile(&mut hnsw_ms, 0.99));
+        let (e50, e99) = (percentile(&mut exact_ms, 0.5), percentile(&mut exact_ms, 0.99));
+        println!(
+            "  {n:>6} chunks: HNSW build {build_ms:8.1} ms; search p50 {h50:.3} ms p99 {h99:.3} ms, recall@10 {recall:.3}; exact p50 {e50:.3} ms p99 {e99:.3} ms"
+        );
+        let key = if n == 1_000 { "1k" } else { "10k" };
+        report.insert(format!("hnsw_build_ms_{key}"), json!(build_ms));
+        report.insert(format!("search_p50_ms_{key}"), json!(h50));
+        report.insert(format!("search_p99_ms_{key}"), json!(h99));
+        report.insert(format!("recall10_{key}"), json!(recall));
+        report.insert(format!("exact_p50_ms_{key}"), json!(e50));
+        report.insert(format!("exact_p99_ms_{key}"), json!(e99));
+    }
+}

@@ -1,0 +1,124 @@
+//! The command line as a user drives it: JSON shapes, per-file errors, and clear failures (no
+//! panics, non-zero exit) for bad models, bad index files and empty questions.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pocketrag"));
+    c.arg("--models").arg(common::models_dir());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run pocketrag")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
+/// A scratch path private to this process and test (tests run in parallel threads).
+fn tmp(test: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pocketrag-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn library() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/library")
+}
+
+fn build_index(test: &str) -> PathBuf {
+    let out = tmp(test, "lib.idx");
+    // A folder with the good documents, plus files that must be skipped with a reason.
+    let bad = tmp(test, "bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("junk.txt"), [0u8, 159, 146, 150, 0, 1, 2]).unwrap();
+    std::fs::write(bad.join("empty.md"), "   \n").unwrap();
+    std::fs::write(bad.join("broken.pdf"), b"%PDF-1.7\nnot really a pdf").unwrap();
+    let o = run(bin().args(["index", "--fresh", "--out"]).arg(&out).arg(library()).arg(&bad));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    for f in ["junk.txt", "empty.md", "broken.pdf"] {
+        assert!(err.contains(f), "no message for {f}: {err}");
+    }
+    assert!(err.contains("indexed 3 files"), "{err}");
+    out
+}
+
+#[test]
+fn index_search_ask_json() {
+    let idx = build_index("json");
+    let o = run(bin().args(["search", "--json", "--k", "3", "--index"]).arg(&idx).arg("sourdough starter hooch"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let hits: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hits = hits.as_array().unwrap();
+    assert!(!hits.is_empty() && hits.len() <= 3);
+    assert!(hits[0]["doc"].as_str().unwrap().ends_with("sourdough.txt"));
+    assert!(hits[0]["text"].as_str().unwrap().contains("hooch"));
+    let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores[0] > 0.3);
+
+    let o = run(bin().args(["ask", "--json", "--index"]).arg(&idx).arg("When was the Harrow Point lighthouse first lit?"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!a["answer"].as_str().unwrap().is_empty());
+    let c = &a["citations"][0];
+    assert!(c["doc"].as_str().unwrap().ends_with("lighthouse.md"), "{a}");
+    assert!(c["n"].as_u64().unwrap() >= 1 && c["text"].is_string() && c["score"].is_number());
+    assert!(a["prompt_tokens"].as_u64().unwrap() > 0 && a["generated_tokens"].as_u64().unwrap() > 0);
+    for t in ["embed", "search", "prefill", "decode"] {
+        assert!(a["timings_ms"][t].is_number(), "timings_ms.{t} missing: {a}");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let idx = build_index("bad");
+    let tmp = |name: &str| tmp("bad", name);
+    // Empty question.
+    assert_clean_failure(&run(bin().args(["search", "--index"]).arg(&idx).arg("   ")), "empty");
+    // Index file from another version, damaged, or not an index at all.
+    let good = std::fs::read(&idx).unwrap();
+    let mut old = good.clone();
+    old[16..20].copy_from_slice(&0u32.to_le_bytes());
+    std::fs::write(tmp("old.idx"), &old).unwrap();
+    assert_clean_failure(&run(bin().args(["search", "--index"]).arg(tmp("old.idx")).arg("q")), "different version");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(tmp("bad.idx"), &bad).unwrap();
+    assert_clean_failure(&run(bin().args(["search", "--index"]).arg(tmp("bad.idx")).arg("q")), "damaged");
+    std::fs::write(tmp("short.idx"), &good[..good.len() / 3]).unwrap();
+    assert_clean_failure(&run(bin().args(["search", "--index"]).arg(tmp("short.idx")).arg("q")), "truncated");
+    assert_clean_failure(&run(bin().args(["search", "--index"]).arg(library().join("sourdough.txt")).arg("q")), "not a pocketrag index");
+}
+
+#[test]
+fn broken_model_files_are_named() {
+    let tmp = |name: &str| tmp("model", name);
+    let real = std::fs::read(common::models_dir().join(pocketrag::models::GENERATOR_FILE)).unwrap();
+    let truncated = tmp("truncated.gguf");
+    std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
+    let junk = tmp("junk.gguf");
+    std::fs::write(&junk, b"this is not a model at all, just some words").unwrap();
+    let wrong = common::models_dir().join("minilm/model.safetensors");
+    for (path, why) in [(&truncated, "truncated"), (&junk, "not a readable GGUF"), (&wrong, "not a readable GGUF")] {
+        let o = run(bin().args(["ask", "--no-rag", "--model"]).arg(path).arg("hi"));
+        assert_clean_failure(&o, why);
+        assert!(stderr(&o).contains(&path.display().to_string()), "file not named: {}", stderr(&o));
+    }
+    let o = run(bin().args(["ask", "--no-rag", "--model"]).arg(tmp("missing.gguf")).arg("hi"));
+    assert_clean_failure(&o, "make models");
+}
