@@ -88,3 +88,33 @@ fn library_survives_save_and_load_and_removal() {
     assert_eq!(third.library().documents().len(), 2);
     assert!(third.search("vulcanising solution", 5).unwrap().hits.iter().all(|h| h.doc != "bicycle.html"));
 }
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let mut engine = library_engine();
+    engine.settings.generate.temperature = 0.9;
+    engine.settings.generate.max_tokens = 24;
+    let q = "Tell me about sourdough starters.";
+    let mut run = |seed| {
+        engine.settings.generate.seed = seed;
+        engine.answer(q, Mode::NoRag, 4, &mut |_| {}, &|| false).unwrap().answer
+    };
+    let (a, b, c) = (run(1), run(1), run(2));
+    assert_eq!(a, b, "same seed, same text");
+    assert_ne!(a, c, "another seed should sample another text");
+}
+
+#[test]
+fn sources_are_trimmed_to_the_context_budget() {
+    let mut engine = library_engine();
+    engine.settings.min_relevance = -1.0; // let every chunk in, so the budget has to bite
+    engine.settings.generate.max_tokens = 16;
+    let full = engine.answer("How do I patch an inner tube?", Mode::Rag, 6, &mut |_| {}, &|| false).unwrap();
+    engine.settings.context_budget = full.prompt_tokens / 2 + 16;
+    let cut = engine.answer("How do I patch an inner tube?", Mode::Rag, 6, &mut |_| {}, &|| false).unwrap();
+    assert!(cut.prompt_tokens + 16 <= engine.settings.context_budget, "{} tokens", cut.prompt_tokens);
+    assert!(!cut.sources.is_empty() && cut.sources.len() <= full.sources.len());
+    // The best source survives; what was cut came from the bottom of the ranking.
+    assert_eq!(cut.sources[0].doc, full.sources[0].doc);
+    assert_eq!(cut.sources[0].start, full.sources[0].start);
+}
