@@ -189,9 +189,10 @@ fn percentile(xs: &mut [f64], p: f64) -> f64 {
 fn bench_index(report: &mut serde_json::Map<String, serde_json::Value>) {
     let dim = 384;
     println!("index: synthetic clustered 384-d unit vectors, 200 queries, k = 10");
-    for n in [1_000usize, 10_000] {
+    for n in [1_000usize, 10_000, 20_000] {
         let data = synthetic(n, dim, 7 + n as u64);
         let queries = synthetic(200, dim, 99 + n as u64);
+        // Default graph parameters, but always a graph, so both methods are measured at every size.
         let mut idx = VectorIndex::new(HnswConfig { exact_below: 0, ..Default::default() });
         for v in &data {
             idx.push(v.clone());
@@ -215,7 +216,7 @@ fn bench_index(report: &mut serde_json::Map<String, serde_json::Value>) {
         println!(
             "  {n:>6} chunks: HNSW build {build_ms:8.1} ms; search p50 {h50:.3} ms p99 {h99:.3} ms, recall@10 {recall:.3}; exact p50 {e50:.3} ms p99 {e99:.3} ms"
         );
-        let key = if n == 1_000 { "1k" } else { "10k" };
+        let key = format!("{}k", n / 1000);
         report.insert(format!("hnsw_build_ms_{key}"), json!(build_ms));
         report.insert(format!("search_p50_ms_{key}"), json!(h50));
         report.insert(format!("search_p99_ms_{key}"), json!(h99));

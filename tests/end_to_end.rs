@@ -69,7 +69,7 @@ fn cancel_stops_generation_early() {
 
 #[test]
 fn library_survives_save_and_load_and_removal() {
-    let mut engine = library_engine();
+    let engine = library_engine();
     let before = engine.search("vulcanising solution", 3).unwrap();
     let bytes = engine.save();
     let mut other = Engine::new(common::embedder(), None);

@@ -25,7 +25,7 @@ pub struct HnswConfig {
 
 impl Default for HnswConfig {
     fn default() -> Self {
-        HnswConfig { exact_below: 5000, ef_construction: 100, ef_search: 96, seed: 0x5eed }
+        HnswConfig { exact_below: 10_000, ef_construction: 100, ef_search: 200, seed: 0x5eed }
     }
 }
 

@@ -33,7 +33,7 @@ pub fn requantize(bytes: &[u8], file: &str, from: GgmlDType, to: GgmlDType) -> R
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
     for name in names {
         let t = ct.tensor(&mut reader, name, &Device::Cpu).map_err(|e| Error::model(file, e))?;
-        let t = if t.dtype() == from && t.shape().dims().last().map_or(false, |d| d % to.block_size() == 0) {
+        let t = if t.dtype() == from && t.shape().dims().last().is_some_and(|d| d % to.block_size() == 0) {
             QTensor::quantize(&t.dequantize(&Device::Cpu)?, to)?
         } else {
             t

@@ -151,10 +151,6 @@ impl Engine {
         &self.embedder
     }
 
-    pub fn generator_mut(&mut self) -> Option<&mut Generator> {
-        self.generator.as_mut()
-    }
-
     /// Parse, chunk, embed and index one file. A document of the same name is replaced. On error
     /// the library is unchanged.
     pub fn add_document(&mut self, name: &str, bytes: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<DocReport> {
