@@ -5,7 +5,7 @@
 
 mod common;
 
-use pocketrag::rag::{Mode, NOT_FOUND_TEXT};
+use pocketrag::rag::{Mode, NOT_FOUND};
 use pocketrag::Engine;
 use std::path::Path;
 
@@ -49,7 +49,7 @@ fn abstains_when_nothing_relevant_is_indexed() {
     let mut engine = library_engine();
     let a = engine.answer("What is the capital of France?", Mode::Rag, 4, &mut |_| {}, &|| false).unwrap();
     assert!(a.abstained);
-    assert_eq!(a.answer, NOT_FOUND_TEXT);
+    assert_eq!(a.answer, NOT_FOUND);
     assert!(a.citations.is_empty());
     // Without retrieval the model answers from its own weights instead.
     let a = engine.answer("What is the capital of France?", Mode::NoRag, 4, &mut |_| {}, &|| false).unwrap();

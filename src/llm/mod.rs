@@ -140,10 +140,6 @@ impl Generator {
         Ok(enc.get_ids().to_vec())
     }
 
-    pub fn count_tokens(&self, text: &str) -> usize {
-        self.encode(text).map(|ids| ids.len()).unwrap_or(text.len() / 3)
-    }
-
     /// Render a conversation with the model's own chat template, ready for the assistant's turn.
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
         let env = minijinja::Environment::new();

@@ -13,10 +13,8 @@ use crate::ingest;
 use crate::library::Library;
 use crate::llm::{GenerateParams, Generator, StopReason};
 use crate::time::Stopwatch;
-use prompt::{PromptSource, NOT_FOUND};
-
-/// The answer given when the documents do not hold one.
-pub const NOT_FOUND_TEXT: &str = NOT_FOUND;
+pub use prompt::NOT_FOUND;
+use prompt::PromptSource;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,8 +229,11 @@ impl Engine {
             return Err(Error::Input("no language model is loaded".into()));
         }
         let mut timings = Timings::default();
-        let (messages, sources) = match mode {
-            Mode::NoRag => (prompt::plain_messages(question), vec![]),
+        let (sources, prompt_text, ids) = match mode {
+            Mode::NoRag => {
+                let (text, ids) = self.render(&prompt::plain_messages(question))?;
+                (vec![], text, ids)
+            }
             Mode::Rag => {
                 let found = self.search(question, k)?;
                 timings.embed = found.timings_ms.embed;
@@ -255,14 +256,10 @@ impl Engine {
                 // Sources far below the relevance bar only distract a small model.
                 let relevant: Vec<Source> =
                     found.hits.into_iter().filter(|h| h.score >= self.settings.min_relevance).collect();
-                let sources = self.fit_sources(question, relevant)?;
-                let ps: Vec<PromptSource> = sources.iter().map(|s| PromptSource { title: &s.doc, text: &s.text }).collect();
-                (prompt::rag_messages(question, &ps), sources)
+                self.fit_sources(question, relevant)?
             }
         };
         let generator = self.generator.as_mut().expect("checked above");
-        let prompt_text = generator.render_chat(&messages)?;
-        let ids = generator.encode(&prompt_text)?;
         let mut params = self.settings.generate.clone();
         params.max_tokens = params.max_tokens.min(self.settings.context_budget.saturating_sub(ids.len()).max(1));
         let gen = generator.generate(&ids, &params, on_token, cancel)?;
@@ -311,21 +308,32 @@ impl Engine {
         })
     }
 
-    /// Keep the best-ranked sources that fit the context budget with room for the answer. The
-    /// last one that does not fit whole is shortened at a word boundary rather than dropped when
-    /// a useful part of it fits.
-    fn fit_sources(&self, question: &str, mut hits: Vec<Source>) -> Result<Vec<Source>> {
+    /// A conversation rendered with the model's chat template, and its token ids.
+    fn render(&self, messages: &[crate::llm::Message]) -> Result<(String, Vec<u32>)> {
         let generator = self.generator.as_ref().expect("checked by caller");
+        let text = generator.render_chat(messages)?;
+        let ids = generator.encode(&text)?;
+        Ok((text, ids))
+    }
+
+    /// Keep the best-ranked sources that fit the context budget with room for the answer, and
+    /// return them with the prompt they make. The last one that does not fit whole is shortened
+    /// at a word boundary rather than dropped when a useful part of it fits.
+    fn fit_sources(&self, question: &str, mut hits: Vec<Source>) -> Result<(Vec<Source>, String, Vec<u32>)> {
         let budget = self.settings.context_budget.saturating_sub(self.settings.generate.max_tokens);
-        let measure = |hits: &[Source]| -> Result<usize> {
+        let render = |hits: &[Source]| {
             let ps: Vec<PromptSource> = hits.iter().map(|s| PromptSource { title: &s.doc, text: &s.text }).collect();
-            Ok(generator.count_tokens(&generator.render_chat(&prompt::rag_messages(question, &ps))?))
+            self.render(&prompt::rag_messages(question, &ps))
         };
-        if measure(&[])? > budget {
+        if render(&[])?.1.len() > budget {
             return Err(Error::Input(format!("the question alone is longer than the {budget}-token prompt budget")));
         }
-        while !hits.is_empty() && measure(&hits)? > budget {
-            let last = hits.last_mut().unwrap();
+        loop {
+            let (text, ids) = render(&hits)?;
+            if ids.len() <= budget {
+                return Ok((hits, text, ids));
+            }
+            let last = hits.last_mut().expect("the empty prompt fits, checked above");
             let words: Vec<&str> = last.text.split_inclusive(char::is_whitespace).collect();
             if words.len() > 16 {
                 // Halve the last source and try again; a few iterations reach the limit.
@@ -336,7 +344,6 @@ impl Engine {
                 hits.pop();
             }
         }
-        Ok(hits)
     }
 
     pub fn save(&self) -> Vec<u8> {
