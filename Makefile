@@ -9,7 +9,7 @@ GEN_Q8  := models/smollm2/SmolLM2-135M-Instruct.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test wasm wasm-target demo bench clean-models
+.PHONY: all models build test wasm wasm-target wasm-bindgen-cli demo bench clean-models
 
 all: build
 
@@ -27,15 +27,25 @@ $(GEN_Q8): $(GEN_Q4) | build
 	$(BIN) requantize --from q4_1 --to q8_0 $(GEN_Q4) $(GEN_Q8)
 	$(PYTHON) models/fetch.py --check-derived
 
+# wasm-bindgen-cli must be exactly the version of the wasm-bindgen crate in Cargo.lock.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/version = |"/, ""); print }' Cargo.lock)
+WASM := target/wasm32-unknown-unknown/release/pocketrag.wasm
+
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
-# The library must keep building for the browser.
-wasm: wasm-target
+wasm-bindgen-cli:
+	@wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" \
+		|| $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+# The library built for WebAssembly, with JS bindings for Node (tests/wasm runs it).
+wasm: wasm-target wasm-bindgen-cli
 	$(CARGO) build --release --locked --lib --target wasm32-unknown-unknown
+	wasm-bindgen --target nodejs --out-dir target/wasm-node $(WASM)
 
 test: build models wasm
 	$(CARGO) test --release --locked
+	node --test --test-reporter=tap tests/wasm/
 
 # Index the sample articles (samples/, our own short texts on how RAG works) and answer one
 # question with the CLI. The browser app comes with issue 3.

@@ -17,6 +17,8 @@ pub mod time;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod models;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use error::{Error, Result};
 pub use rag::{Answer, Engine, Mode};

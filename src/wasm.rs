@@ -1,0 +1,104 @@
+//! The browser's (and Node's) door into the engine: wasm-bindgen types in, plain JS values out.
+//! Nothing here knows an algorithm; every method forwards to `rag::Engine`.
+
+use crate::embed::Embedder;
+use crate::llm::Generator;
+use crate::rag::{Engine, Mode};
+use js_sys::Function;
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(js_name = Engine)]
+pub struct WasmEngine {
+    inner: Engine,
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| JsError::new(&e.to_string()))
+}
+
+fn js_err(e: crate::Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+#[wasm_bindgen(js_class = Engine)]
+impl WasmEngine {
+    /// Build an engine from model bytes: the embedder's safetensors, tokenizer.json and
+    /// config.json, and optionally the generator's GGUF (without it the engine can index and
+    /// search but not answer).
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        embedder_weights: &[u8],
+        embedder_tokenizer: &[u8],
+        embedder_config: &[u8],
+        generator_gguf: Option<Vec<u8>>,
+    ) -> Result<WasmEngine, JsError> {
+        let embedder = Embedder::from_bytes(embedder_weights, embedder_tokenizer, embedder_config).map_err(js_err)?;
+        let generator = generator_gguf
+            .map(|bytes| Generator::from_gguf_bytes(&bytes, "generator GGUF"))
+            .transpose()
+            .map_err(js_err)?;
+        Ok(WasmEngine { inner: Engine::new(embedder, generator) })
+    }
+
+    /// Index one file. `progress(done, total)` is called as chunks are embedded. Returns
+    /// `{name, chunks, chars, embed_ms}`; throws with a readable message for a bad file.
+    #[wasm_bindgen(js_name = addDocument)]
+    pub fn add_document(&mut self, name: &str, bytes: &[u8], progress: Option<Function>) -> Result<JsValue, JsError> {
+        let mut report = |done: usize, total: usize| {
+            if let Some(f) = &progress {
+                let _ = f.call2(&JsValue::NULL, &(done as u32).into(), &(total as u32).into());
+            }
+        };
+        let r = self.inner.add_document(name, bytes, &mut report).map_err(js_err)?;
+        to_js(&r)
+    }
+
+    #[wasm_bindgen(js_name = removeDocument)]
+    pub fn remove_document(&mut self, name: &str) -> bool {
+        self.inner.remove_document(name)
+    }
+
+    /// Names of the indexed documents, in the order they were added.
+    pub fn documents(&self) -> Vec<String> {
+        self.inner.library().documents().iter().map(|d| d.name.clone()).collect()
+    }
+
+    pub fn search(&self, query: &str, k: usize) -> Result<JsValue, JsError> {
+        to_js(&self.inner.search(query, k).map_err(js_err)?)
+    }
+
+    /// Answer a question. `onToken(text)` receives the answer as it is generated; `shouldCancel()`
+    /// is polled between tokens. Returns the same object as `pocketrag ask --json`.
+    pub fn answer(
+        &mut self,
+        question: &str,
+        use_retrieval: bool,
+        k: usize,
+        on_token: Option<Function>,
+        should_cancel: Option<Function>,
+    ) -> Result<JsValue, JsError> {
+        let mode = if use_retrieval { Mode::Rag } else { Mode::NoRag };
+        let mut stream = |piece: &str| {
+            if let Some(f) = &on_token {
+                let _ = f.call1(&JsValue::NULL, &JsValue::from_str(piece));
+            }
+        };
+        let cancel = || should_cancel.as_ref().and_then(|f| f.call0(&JsValue::NULL).ok()).is_some_and(|v| v.is_truthy());
+        let a = self.inner.answer(question, mode, k, &mut stream, &cancel).map_err(js_err)?;
+        to_js(&a)
+    }
+
+    /// The library as one index file (the same format the CLI writes).
+    pub fn save(&self) -> Vec<u8> {
+        self.inner.save()
+    }
+
+    /// Replace the library with a saved one; throws (and keeps the current one) if the file is
+    /// from another version or damaged.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), JsError> {
+        self.inner.load(bytes).map_err(js_err)
+    }
+}

@@ -1,0 +1,64 @@
+// The WebAssembly build of the engine, run under Node on the real models: the same pipeline the
+// browser worker will drive. Built by `make wasm` into target/wasm-node/.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..', '..');
+const { Engine } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const model = (p) => fs.readFileSync(path.join(root, 'models', p));
+const doc = (name) => fs.readFileSync(path.join(root, 'tests', 'data', 'library', name));
+
+function embedderOnly() {
+  return new Engine(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
+}
+
+test('wasm engine indexes, searches, answers with a citation, and round-trips its index', () => {
+  const engine = new Engine(
+    model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'),
+    model('smollm2/SmolLM2-135M-Instruct.Q8_0.gguf'));
+  let progressCalls = 0;
+  for (const name of ['lighthouse.md', 'sourdough.txt', 'bicycle.html']) {
+    const report = engine.addDocument(name, doc(name), () => { progressCalls++; });
+    assert.equal(report.name, name);
+    assert.ok(report.chunks >= 1);
+  }
+  assert.ok(progressCalls >= 3);
+  assert.deepEqual(engine.documents(), ['lighthouse.md', 'sourdough.txt', 'bicycle.html']);
+
+  const found = engine.search('vulcanising solution', 3);
+  assert.equal(found.hits[0].doc, 'bicycle.html');
+  assert.ok(found.hits[0].score > 0.3);
+
+  let streamed = '';
+  const a = engine.answer('When was the Harrow Point lighthouse first lit?', true, 4, (t) => { streamed += t; }, () => false);
+  assert.equal(streamed.trim(), a.answer);
+  assert.ok(a.citations.length >= 1, JSON.stringify(a));
+  assert.ok(a.citations.every((c) => c.doc === 'lighthouse.md'), JSON.stringify(a.citations));
+  assert.ok(a.prompt_tokens > 50 && a.generated_tokens > 0);
+
+  // Cancellation from the polled callback.
+  let n = 0;
+  const c = engine.answer('How do I patch an inner tube?', true, 4, () => { n++; }, () => n >= 2);
+  assert.equal(c.stop, 'cancelled');
+
+  // The saved index loads into a fresh engine and gives the same hits.
+  const other = embedderOnly();
+  other.load(engine.save());
+  assert.deepEqual(other.search('vulcanising solution', 3).hits.map((h) => [h.doc, h.start]),
+                   found.hits.map((h) => [h.doc, h.start]));
+});
+
+test('wasm engine reports bad input as exceptions with readable messages', () => {
+  const engine = embedderOnly();
+  assert.throws(() => engine.addDocument('junk.bin', new Uint8Array([0, 1, 2, 0, 255])), /junk\.bin.*binary/);
+  assert.throws(() => engine.search('   ', 3), /empty/);
+  assert.throws(() => engine.load(new Uint8Array([1, 2, 3])), /not a pocketrag index/);
+  const gguf = model('smollm2/SmolLM2-135M-Instruct.Q8_0.gguf');
+  assert.throws(() => new Engine(model('minilm/model.safetensors'), model('minilm/tokenizer.json'),
+                                 model('minilm/config.json'), gguf.subarray(0, gguf.length >> 1)), /truncated/);
+  // Answering needs a generator; this engine has none.
+  engine.addDocument('a.txt', Buffer.from('Some text about tides and the moon.'));
+  assert.throws(() => engine.answer('tides?', true, 4), /no language model/);
+});
