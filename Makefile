@@ -9,7 +9,7 @@ GEN_Q8  := models/smollm2/SmolLM2-135M-Instruct.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test wasm wasm-target wasm-bindgen-cli demo bench clean-models
+.PHONY: all models build test wasm wasm-target wasm-bindgen-cli site demo demo-cli browser bench clean-models
 
 all: build
 
@@ -43,18 +43,37 @@ wasm: wasm-target wasm-bindgen-cli
 	$(CARGO) build --release --locked --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target nodejs --out-dir target/wasm-node $(WASM)
 
-test: build models wasm
+test: build models wasm site browser
 	$(CARGO) test --release --locked
-	node --test --test-reporter=tap tests/wasm/
+	node --test --test-reporter=tap --test-concurrency=1 tests/wasm/ tests/web/
 
-# Index the sample articles (samples/, our own short texts on how RAG works) and answer one
-# question with the CLI. The browser app comes with issue 3.
-demo: build models
+# The static site: the page, the wasm package for browsers, the models and the sample articles.
+# Model files are hard-linked where possible (they are large).
+SITE := dist
+site: build models wasm
+	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2 $(SITE)/samples
+	cp www/*.html www/*.js www/*.css $(SITE)/
+	wasm-bindgen --target web --out-dir $(SITE)/pkg $(WASM)
+	for f in model.safetensors tokenizer.json config.json LICENSE NOTICE; do \
+		ln -f models/minilm/$$f $(SITE)/models/minilm/$$f 2>/dev/null || cp models/minilm/$$f $(SITE)/models/minilm/; done
+	for f in $(notdir $(GEN_Q8)) LICENSE; do \
+		ln -f models/smollm2/$$f $(SITE)/models/smollm2/$$f 2>/dev/null || cp models/smollm2/$$f $(SITE)/models/smollm2/; done
+	cp samples/*.md $(SITE)/samples/
+	cd $(SITE)/samples && $(PYTHON) -c 'import glob, json; print(json.dumps(sorted(glob.glob("*.md"))))' > index.json
+
+# Build the site and serve it on http://127.0.0.1:8080 with COOP/COEP (cross-origin isolation).
+demo: site
+	$(PYTHON) tools/serve.py $(SITE) --port 8080
+
+# The same engine from the terminal, on the sample articles.
+demo-cli: build models
 	$(BIN) index --fresh --out $(DEMO_INDEX) $(DEMO_DOCS)
 	$(BIN) ask --index $(DEMO_INDEX) "What does LoRA train?"
-	@echo
-	@echo "Ask your own: $(BIN) ask --index $(DEMO_INDEX) \"your question\""
-	@echo "Index your own files: $(BIN) index --out my.idx path/to/folder"
+
+# Browser tests need Debian's chromium and the npm package playwright-core.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
 
 bench: build models
 	$(CARGO) bench --locked --bench pipeline

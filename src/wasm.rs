@@ -66,6 +66,13 @@ impl WasmEngine {
         self.inner.library().documents().iter().map(|d| d.name.clone()).collect()
     }
 
+    /// The extracted text of a document (what chunk offsets refer to), for showing a cited
+    /// passage in context.
+    #[wasm_bindgen(js_name = documentText)]
+    pub fn document_text(&self, name: &str) -> Option<String> {
+        self.inner.library().documents().iter().find(|d| d.name == name).map(|d| d.text.clone())
+    }
+
     pub fn search(&self, query: &str, k: usize) -> Result<JsValue, JsError> {
         to_js(&self.inner.search(query, k).map_err(js_err)?)
     }

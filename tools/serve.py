@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Serve a folder on 127.0.0.1 with the headers that make the page cross-origin isolated
+(COOP/COEP, needed for SharedArrayBuffer) and a Content-Security-Policy that keeps every request
+on this origin. Prints the URL once listening; port 0 picks a free port.
+
+    python3 tools/serve.py DIR [--port 8080]
+"""
+import argparse
+import functools
+import http.server
+import sys
+
+HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    # wasm needs 'wasm-unsafe-eval'; nothing may be fetched from anywhere but here.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+    "style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript"}
+
+    def end_headers(self):
+        for k, v in HEADERS.items():
+            self.send_header(k, v)
+        super().end_headers()
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--port", type=int, default=8080)
+    args = ap.parse_args()
+    handler = functools.partial(Handler, directory=args.dir)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as httpd:
+        print(f"serving {args.dir} on http://127.0.0.1:{httpd.server_address[1]}/", flush=True)
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+// The page: renders what the worker reports. Everything that comes from a document or the model
+// is set with textContent, never as HTML.
+const $ = (id) => document.getElementById(id);
+const worker = new Worker('worker.js', { type: 'module' });
+const isolated = self.crossOriginIsolated === true;
+const cancelBuffer = isolated ? new SharedArrayBuffer(4) : null;
+const cancel = cancelBuffer ? new Int32Array(cancelBuffer) : null;
+const params = new URLSearchParams(location.search);
+let busy = false;
+let lastAnswer = null;
+
+function el(tag, attrs = {}, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function setStatus(text) { $('status').textContent = text; }
+
+function setBusy(b) {
+  busy = b;
+  $('ask-button').disabled = b;
+  // Stop needs shared memory to reach a worker that is busy generating.
+  $('stop-button').disabled = !b || !cancel;
+}
+
+// ---- documents ----
+function docRow(name) {
+  let row = [...$('doc-list').children].find((li) => li.dataset.doc === name);
+  if (!row) {
+    row = el('li', { 'data-testid': 'doc-status', 'data-doc': name });
+    row.append(el('span', { class: 'name' }, name), el('span', { class: 'state' }));
+    const remove = el('button', { type: 'button', 'aria-label': `Remove ${name}` }, '✕');
+    remove.addEventListener('click', () => worker.postMessage({ type: 'remove', name }));
+    row.append(remove);
+    $('doc-list').append(row);
+  }
+  return row;
+}
+
+function onDoc({ name, state, done, total, reason, chunks }) {
+  const row = docRow(name);
+  row.dataset.state = state;
+  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks` : 'indexing…')
+    : state === 'indexed' ? `indexed (${chunks} chunks)` : `error: ${reason}`;
+  row.querySelector('.state').textContent = label;
+}
+
+async function addFiles(fileList) {
+  const files = [];
+  for (const f of fileList) files.push({ name: f.name, bytes: await f.arrayBuffer() });
+  for (const f of files) onDoc({ name: f.name, state: 'indexing' });
+  worker.postMessage({ type: 'add', files }, files.map((f) => f.bytes));
+}
+
+// Copy the FileList first: clearing the input empties the live list while files are being read.
+$('file-input').addEventListener('change', (e) => { addFiles([...e.target.files]); e.target.value = ''; });
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); addFiles([...e.dataTransfer.files]); });
+
+// ---- asking ----
+$('ask-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const question = $('question').value.trim();
+  if (!question || busy) return;
+  setBusy(true);
+  $('answer').textContent = '';
+  $('answer').dataset.state = 'streaming';
+  $('citations').replaceChildren();
+  $('viewer').hidden = true;
+  if (cancel) Atomics.store(cancel, 0, 0);
+  worker.postMessage({ type: 'ask', question, rag: $('use-rag').checked, k: 4 });
+});
+
+function stop() { if (busy && cancel) Atomics.store(cancel, 0, 1); }
+$('stop-button').addEventListener('click', stop);
+document.addEventListener('keydown', (e) => { if (e.key === 'Escape') stop(); });
+
+function onAnswer(a) {
+  lastAnswer = a;
+  $('answer').textContent = a.answer;
+  $('answer').dataset.state = 'done';
+  const list = $('citations');
+  list.replaceChildren();
+  for (const c of a.citations) {
+    const li = el('li');
+    const b = el('button', { type: 'button', 'data-testid': 'citation', 'data-doc': c.doc },
+      `[${c.n}] ${c.doc}${c.heading ? ' — ' + c.heading : ''}${c.by === 'match' ? ' (matched)' : ''}`);
+    b.addEventListener('click', () => showSource(c));
+    li.append(b);
+    list.append(li);
+  }
+  renderHow(a);
+  setBusy(false);
+}
+
+let pendingSource = null;
+function showSource(source) {
+  pendingSource = source;
+  worker.postMessage({ type: 'text', name: source.doc });
+}
+
+function onText({ name, text }) {
+  const s = pendingSource;
+  if (!s || s.doc !== name) return;
+  $('viewer-title').textContent = name + (s.page ? `, page ${s.page}` : '');
+  const before = text.slice(0, s.start);
+  const passage = text.slice(s.start, s.end);
+  const after = text.slice(s.end);
+  const mark = el('mark', {}, passage);
+  $('viewer-text').replaceChildren(document.createTextNode(before), mark, document.createTextNode(after));
+  $('viewer').hidden = false;
+  mark.scrollIntoView({ block: 'center' });
+}
+
+function renderHow(a) {
+  const body = $('how-body');
+  body.replaceChildren();
+  const t = a.timings_ms;
+  const tps = t.decode > 0 ? (a.generated_tokens / (t.decode / 1000)).toFixed(1) : '–';
+  body.append(el('p', {}, a.abstained
+    ? 'No passage was relevant enough (best cosine below the threshold), so the model was not asked.'
+    : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated. ` +
+      `Embed ${t.embed.toFixed(0)} ms · search ${t.search.toFixed(1)} ms · prefill ${t.prefill.toFixed(0)} ms · ` +
+      `decode ${t.decode.toFixed(0)} ms (${tps} tok/s).`));
+  if (a.sources.length) {
+    const table = el('table');
+    const head = el('tr');
+    for (const h of ['#', 'document', 'vector (cosine)', 'keyword (BM25)', 'fused (RRF)', 'passage']) head.append(el('th', {}, h));
+    table.append(head);
+    a.sources.forEach((s, i) => {
+      const row = el('tr');
+      row.append(el('td', {}, String(i + 1)), el('td', {}, s.doc), el('td', {}, s.score.toFixed(3)),
+        el('td', {}, s.keyword_score == null ? '–' : s.keyword_score.toFixed(2)), el('td', {}, s.fused_score.toFixed(4)),
+        el('td', {}, s.text));
+      table.append(row);
+    });
+    body.append(el('h4', {}, 'Retrieved passages'), table);
+  }
+  if (a.prompt) body.append(el('h4', {}, 'Exact prompt sent to the model'), el('pre', {}, a.prompt));
+}
+
+// ---- worker events ----
+worker.onmessage = ({ data: m }) => {
+  switch (m.type) {
+    case 'download': {
+      const p = $('download');
+      p.hidden = m.loaded >= m.total;
+      p.max = m.total || 1;
+      p.value = m.loaded;
+      setStatus(`downloading models: ${(m.loaded / 1e6).toFixed(1)} / ${(m.total / 1e6).toFixed(1)} MB`);
+      break;
+    }
+    case 'ready': $('backend').textContent = m.backend; setStatus('indexing the sample documents…'); break;
+    case 'idle': setStatus('ready'); break;
+    case 'doc': onDoc(m); break;
+    case 'removed': docRow(m.name).remove(); break;
+    case 'token': $('answer').textContent += m.text; break;
+    case 'answer': onAnswer(m.answer); break;
+    case 'text': onText(m); break;
+    case 'error':
+      if (m.during === 'ask') {
+        $('answer').textContent = m.message;
+        $('answer').dataset.state = 'error';
+        setBusy(false);
+      } else {
+        setStatus(`error: ${m.message}`);
+      }
+      break;
+  }
+};
+
+// WebGPU is issue 5; until then every request runs on the CPU, whatever ?backend= asks for.
+$('backend').textContent = 'cpu';
+$('backend').title = params.get('backend') === 'webgpu' ? 'WebGPU was requested but is not implemented yet' : 'WebAssembly on the CPU';
+setBusy(false);
+worker.postMessage({ type: 'init', cancelBuffer });
