@@ -83,6 +83,7 @@ function onAnswer(a) {
   lastAnswer = a;
   $('answer').textContent = a.answer;
   $('answer').dataset.state = 'done';
+  $('answer').dataset.stop = a.stop ?? 'abstained';
   const list = $('citations');
   list.replaceChildren();
   for (const c of a.citations) {

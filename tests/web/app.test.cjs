@@ -91,6 +91,15 @@ test('the page indexes a dropped file and answers with a citation, offline from 
   await page.press('[data-testid="question"]', 'Enter');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
 
+  // Esc stops a streaming answer.
+  await page.uncheck('#use-rag');
+  await page.fill('[data-testid="question"]', 'Write a long story about a lighthouse keeper and the sea.');
+  await page.press('[data-testid="question"]', 'Enter');
+  await page.waitForFunction(() => document.querySelector('[data-testid="answer"]').textContent.length > 0, null, { timeout: 120_000 });
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 60_000 });
+  assert.equal(await page.getAttribute('[data-testid="answer"]', 'data-stop'), 'cancelled');
+
   assert.equal(await page.evaluate(() => window.__xss), undefined, 'no script from a document ran');
   assert.equal(await page.$$eval('#doc-list img, #how-body img, #answer img', (els) => els.length), 0);
   const origin = new URL(server.url).origin;
