@@ -61,9 +61,16 @@ impl WasmEngine {
         self.inner.remove_document(name)
     }
 
-    /// Names of the indexed documents, in the order they were added.
-    pub fn documents(&self) -> Vec<String> {
-        self.inner.library().documents().iter().map(|d| d.name.clone()).collect()
+    /// The indexed documents, in the order they were added: `[{name, chunks}]`.
+    pub fn documents(&self) -> Result<JsValue, JsError> {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            name: &'a str,
+            chunks: usize,
+        }
+        let docs: Vec<Doc> =
+            self.inner.library().documents().iter().map(|d| Doc { name: &d.name, chunks: d.slots.len() }).collect();
+        to_js(&docs)
     }
 
     /// The extracted text of a document (what chunk offsets refer to), for showing a cited

@@ -155,8 +155,9 @@ worker.onmessage = ({ data: m }) => {
       setStatus(`downloading models: ${(m.loaded / 1e6).toFixed(1)} / ${(m.total / 1e6).toFixed(1)} MB`);
       break;
     }
-    case 'ready': $('backend').textContent = m.backend; setStatus('indexing the sample documents…'); break;
+    case 'ready': $('backend').textContent = m.backend; setStatus('loading documents…'); break;
     case 'idle': setStatus('ready'); break;
+    case 'notice': setStatus(m.message); break;
     case 'doc': onDoc(m); break;
     case 'removed': docRow(m.name).remove(); break;
     case 'token': $('answer').textContent += m.text; break;

@@ -33,7 +33,7 @@ async function launch() {
   });
 }
 
-test('the page indexes a dropped file and answers with a citation, offline from other origins', async (t) => {
+test('the page indexes a dropped file, answers with a citation, keeps documents across reloads, stays on its origin', async (t) => {
   const server = await serve();
   const context = await launch();
   t.after(async () => { await context.close(); server.proc.kill(); });
@@ -102,6 +102,38 @@ test('the page indexes a dropped file and answers with a citation, offline from 
 
   assert.equal(await page.evaluate(() => window.__xss), undefined, 'no script from a document ran');
   assert.equal(await page.$$eval('#doc-list img, #how-body img, #answer img', (els) => els.length), 0);
+  // Removing a document, then reloading: what was added persists, what was removed stays gone.
+  await page.click('[data-testid="doc-status"][data-doc="hostile.html"] button');
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="hostile.html"]', { state: 'detached' });
+  await page.reload();
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 120_000 });
+  assert.equal(await page.$('[data-testid="doc-status"][data-doc="hostile.html"]'), null);
+  assert.ok(await page.$('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]'));
+
+  // A damaged stored index is rebuilt from the stored documents: nothing is lost.
+  await page.evaluate(() => new Promise((resolve, reject) => {
+    const req = indexedDB.open('pocketrag');
+    req.onsuccess = () => {
+      const t = req.result.transaction('state', 'readwrite');
+      t.objectStore('state').put(new Uint8Array([1, 2, 3, 4]), 'index');
+      t.oncomplete = () => { req.result.close(); resolve(); };
+      t.onerror = () => reject(t.error);
+    };
+    req.onerror = () => reject(req.error);
+  }));
+  await page.reload();
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 120_000 });
+  const restored = await page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc));
+  for (const name of ['lighthouse.md', 'rag.md', 'webgpu.md', '<img src=z onerror=alert(3)>.txt']) {
+    assert.ok(restored.includes(name), `${name} lost after rebuild: ${restored}`);
+  }
+  await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
+  await page.press('[data-testid="question"]', 'Enter');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  assert.deepEqual(await page.$$eval('[data-testid="citation"]', (els) => [...new Set(els.map((e) => e.dataset.doc))]), ['lighthouse.md']);
+
   const origin = new URL(server.url).origin;
   const foreign = requests.filter((u) => !u.startsWith(origin) && !u.startsWith('blob:') && !u.startsWith('data:'));
   assert.deepEqual(foreign, [], 'requests left the origin');
