@@ -74,9 +74,16 @@ fn index_search_ask_json() {
     assert!(o.status.success(), "{}", stderr(&o));
     let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!a["answer"].as_str().unwrap().is_empty());
-    let c = &a["citations"][0];
-    assert!(c["doc"].as_str().unwrap().ends_with("lighthouse.md"), "{a}");
-    assert!(c["n"].as_u64().unwrap() >= 1 && c["text"].is_string() && c["score"].is_number());
+    // Whether this CPU's greedy text cites anything is the model's business (see end_to_end.rs);
+    // the shape of what is printed is ours.
+    let s = &a["sources"][0];
+    assert!(s["doc"].as_str().unwrap().ends_with("lighthouse.md"), "{a}");
+    assert!(s["text"].as_str().unwrap().contains("1871") && s["score"].as_f64().unwrap() > 0.5, "{a}");
+    for c in a["citations"].as_array().unwrap() {
+        assert!(c["doc"].as_str().unwrap().ends_with("lighthouse.md"), "{a}");
+        assert!(c["n"].as_u64().unwrap() >= 1 && c["text"].is_string() && c["score"].is_number());
+        assert!(matches!(c["by"].as_str(), Some("model" | "match")), "{a}");
+    }
     assert!(a["prompt_tokens"].as_u64().unwrap() > 0 && a["generated_tokens"].as_u64().unwrap() > 0);
     for t in ["embed", "search", "prefill", "decode"] {
         assert!(a["timings_ms"][t].is_number(), "timings_ms.{t} missing: {a}");

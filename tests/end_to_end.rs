@@ -5,7 +5,7 @@
 
 mod common;
 
-use pocketrag::rag::{Mode, NOT_FOUND};
+use pocketrag::rag::{CitedBy, Mode, NOT_FOUND};
 use pocketrag::Engine;
 use std::path::Path;
 
@@ -19,8 +19,14 @@ fn library_engine() -> Engine {
     engine
 }
 
+// The base model's exact greedy text differs between CPUs: the f32 matrix products dispatch at
+// run time to AVX-512, AVX2 or SSE kernels that round differently, and a 135M model amplifies a
+// last-bit difference into a different sentence. So this test asks what holds on every CPU (the
+// right source comes first and is in the prompt, nothing is cited wrongly), and the next test
+// checks attribution on fixed answers. The wasm build, whose arithmetic is the same everywhere,
+// is held to a citation on a generated answer in tests/wasm and tests/web.
 #[test]
-fn answers_cite_the_document_that_holds_the_answer() {
+fn answers_come_from_the_document_that_holds_the_answer() {
     let mut engine = library_engine();
     let cases = [
         ("When was the Harrow Point lighthouse first lit?", "lighthouse.md"),
@@ -31,17 +37,43 @@ fn answers_cite_the_document_that_holds_the_answer() {
         let mut streamed = String::new();
         let a = engine.answer(question, Mode::Rag, 4, &mut |t| streamed.push_str(t), &|| false).unwrap();
         assert!(!a.abstained, "{question}: abstained");
+        assert!(!a.answer.is_empty());
         assert_eq!(streamed.trim(), a.answer, "streamed text is the answer");
-        assert!(!a.citations.is_empty(), "{question}: no citation in {:?}", a.answer);
+        assert_eq!(a.sources[0].doc, doc, "{question}: best source");
+        assert!(a.prompt.contains(&format!("[1] {doc}")), "{question}: prompt lacks source [1]");
         for c in &a.citations {
             assert_eq!(c.source.doc, doc, "{question}: cited {:?} ({:?}) for answer {:?}", c.source.doc, c.by, a.answer);
+            assert!(a.prompt.contains(&format!("[{}] {}", c.n, c.source.doc)), "prompt lacks source [{}]", c.n);
         }
-        // The prompt really contains the numbered source the citation points at.
-        let c = &a.citations[0];
-        assert!(a.prompt.contains(&format!("[{}] {}", c.n, doc)), "prompt lacks source [{}]", c.n);
         assert!(a.prompt_tokens > 50 && a.generated_tokens > 0);
         assert!(a.timings_ms.prefill > 0.0 && a.timings_ms.decode > 0.0 && a.timings_ms.embed > 0.0);
     }
+}
+
+#[test]
+fn answers_are_attributed_to_the_sources_they_restate() {
+    let engine = library_engine();
+    let sources = engine.search("When was the Harrow Point lighthouse first lit?", 4).unwrap().hits;
+    let lighthouse = sources.iter().position(|s| s.text.contains("1871")).expect("the answer is retrieved") + 1;
+    let cite = |answer: &str| engine.citations(answer, &sources).unwrap();
+    let ns = |cs: &[pocketrag::rag::Citation]| cs.iter().map(|c| (c.n, c.by)).collect::<Vec<_>>();
+
+    // Markers the model wrote win, in order, and numbers outside the prompt are ignored.
+    let c = cite(&format!("It was first lit in 1871 [{lighthouse}]. It has a museum [9]."));
+    assert_eq!(ns(&c), [(lighthouse, CitedBy::Model)]);
+    // No marker: the answer is matched to the source it restates.
+    let c = cite("The Harrow Point lighthouse was first lit in 1871.");
+    assert_eq!(ns(&c), [(lighthouse, CitedBy::Match)]);
+    assert!(c[0].source.text.contains("1871") && c[0].source.doc == "lighthouse.md");
+    // A correct first sentence still counts when the model rambles on after it.
+    let c = cite(
+        "The lighthouse on Kessel Island was lit for the first time in 1871. I hope this helps you with your \
+         homework, and please let me know if there is anything else you would like to ask me about today!",
+    );
+    assert_eq!(ns(&c), [(lighthouse, CitedBy::Match)]);
+    // Unrelated text, and the refusal, cite nothing.
+    assert!(cite("Bananas are yellow and rich in potassium, which keeps muscles working.").is_empty());
+    assert!(cite(NOT_FOUND).is_empty());
 }
 
 #[test]

@@ -16,6 +16,7 @@ use crate::time::Stopwatch;
 pub use prompt::NOT_FOUND;
 use prompt::PromptSource;
 use serde::{Deserialize, Serialize};
+use unicode_segmentation::UnicodeSegmentation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -78,6 +79,10 @@ pub enum CitedBy {
 /// nothing itself. Measured: answers restating a source score 0.6-0.9 against it, unrelated
 /// sources stay below 0.3.
 const MATCH_CITATION_MIN: f32 = 0.5;
+
+/// Shorter sentences ("Yes.", "A: 1871.") carry too little meaning to match on their own; they
+/// still count as part of the whole answer.
+const MATCH_SENTENCE_MIN_WORDS: usize = 4;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
@@ -281,31 +286,44 @@ impl Engine {
     }
 
     /// The sources an answer rests on: those the model cited as `[n]`; failing that (small models
-    /// often forget), the source the answer is most similar to, if it is similar enough. Each
-    /// citation says which way it was found.
-    fn citations(&self, answer: &str, sources: &[Source]) -> Result<Vec<Citation>> {
+    /// often forget), the sources that the answer, or one of its sentences, closely restates.
+    /// Sentences are matched one by one because a model that rambles after a correct first
+    /// sentence would otherwise dilute the whole answer's embedding below the bar. Each citation
+    /// says which way it was found.
+    pub fn citations(&self, answer: &str, sources: &[Source]) -> Result<Vec<Citation>> {
         let by_model: Vec<Citation> = cite::cited(answer, sources.len())
             .into_iter()
             .map(|n| Citation { n, by: CitedBy::Model, source: sources[n - 1].clone() })
             .collect();
-        if !by_model.is_empty() || sources.is_empty() || answer.is_empty() || answer.contains(NOT_FOUND) {
+        if !by_model.is_empty() || sources.is_empty() || answer.trim().is_empty() || answer.contains(NOT_FOUND) {
             return Ok(by_model);
         }
-        let av = self.embedder.embed(&[answer])?.remove(0);
-        let best = sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let v = self.library.index().vectors.get(s.slot)?;
-                Some((i, crate::index::vector::dot(&av, v)))
-            })
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        Ok(match best {
-            Some((i, sim)) if sim >= MATCH_CITATION_MIN => {
-                vec![Citation { n: i + 1, by: CitedBy::Match, source: sources[i].clone() }]
+        let mut pieces = vec![answer];
+        pieces.extend(
+            answer
+                .unicode_sentences()
+                .map(str::trim)
+                .filter(|s| s.split_whitespace().count() >= MATCH_SENTENCE_MIN_WORDS),
+        );
+        let vectors = self.embedder.embed(&pieces)?;
+        let index = self.library.index();
+        let mut matched = std::collections::BTreeSet::new();
+        for v in &vectors {
+            let best = sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((i, crate::index::vector::dot(v, index.vectors.get(s.slot)?))))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((i, sim)) = best {
+                if sim >= MATCH_CITATION_MIN {
+                    matched.insert(i);
+                }
             }
-            _ => vec![],
-        })
+        }
+        Ok(matched
+            .into_iter()
+            .map(|i| Citation { n: i + 1, by: CitedBy::Match, source: sources[i].clone() })
+            .collect())
     }
 
     /// A conversation rendered with the model's chat template, and its token ids.
