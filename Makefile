@@ -47,19 +47,22 @@ test: build models wasm site browser
 	$(CARGO) test --release --locked
 	node --test --test-reporter=tap --test-concurrency=1 tests/wasm/ tests/web/
 
-# The static site: the page, the wasm package for browsers, the models and the sample articles.
-# Model files are hard-linked where possible (they are large).
+# The static site: the page, the wasm package for browsers, the models, and a document
+# collection indexed here by the CLI (DOCS, by default our sample articles) that the page loads on
+# a first visit, so the first question needs no embedding. Model files are hard-linked where
+# possible (they are large).
 SITE := dist
+DOCS ?= samples
 site: build models wasm
-	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2 $(SITE)/samples
+	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2
 	cp www/*.html www/*.js www/*.css $(SITE)/
 	wasm-bindgen --target web --out-dir $(SITE)/pkg $(WASM)
 	for f in model.safetensors tokenizer.json config.json LICENSE NOTICE; do \
 		ln -f models/minilm/$$f $(SITE)/models/minilm/$$f 2>/dev/null || cp models/minilm/$$f $(SITE)/models/minilm/; done
 	for f in $(notdir $(GEN_Q8)) LICENSE; do \
 		ln -f models/smollm2/$$f $(SITE)/models/smollm2/$$f 2>/dev/null || cp models/smollm2/$$f $(SITE)/models/smollm2/; done
-	cp samples/*.md $(SITE)/samples/
-	cd $(SITE)/samples && $(PYTHON) -c 'import glob, json; print(json.dumps(sorted(glob.glob("*.md"))))' > index.json
+	$(PYTHON) tools/site_manifest.py $(SITE)
+	cd "$(DOCS)" && $(abspath $(BIN)) --models $(abspath models) index --fresh --out $(abspath $(SITE))/library.idx .
 
 # Build the site and serve it on http://127.0.0.1:8080 with COOP/COEP (cross-origin isolation).
 demo: site

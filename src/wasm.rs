@@ -2,8 +2,8 @@
 //! Nothing here knows an algorithm; every method forwards to `rag::Engine`.
 
 use crate::embed::Embedder;
-use crate::llm::Generator;
-use crate::rag::{Engine, Mode};
+use crate::llm::{Generator, Step};
+use crate::rag::{Engine, Mode, PendingAnswer};
 use js_sys::Function;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -11,6 +11,8 @@ use wasm_bindgen::prelude::*;
 #[wasm_bindgen(js_name = Engine)]
 pub struct WasmEngine {
     inner: Engine,
+    /// The answer that `step` is driving, between `beginAnswer` and `finishAnswer`.
+    pending: Option<PendingAnswer>,
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
@@ -40,7 +42,7 @@ impl WasmEngine {
             .map(|bytes| Generator::from_gguf_bytes(&bytes, "generator GGUF"))
             .transpose()
             .map_err(js_err)?;
-        Ok(WasmEngine { inner: Engine::new(embedder, generator) })
+        Ok(WasmEngine { inner: Engine::new(embedder, generator), pending: None })
     }
 
     /// Index one file. `progress(done, total)` is called as chunks are embedded. Returns
@@ -103,6 +105,44 @@ impl WasmEngine {
         let cancel = || should_cancel.as_ref().and_then(|f| f.call0(&JsValue::NULL).ok()).is_some_and(|v| v.is_truthy());
         let a = self.inner.answer(question, mode, k, &mut stream, &cancel).map_err(js_err)?;
         to_js(&a)
+    }
+
+    /// Start answering a question, one step at a time: a worker that calls `step()` in a loop
+    /// and yields to its event loop in between can hear a Stop message, with no shared memory.
+    /// Replaces any answer still pending.
+    #[wasm_bindgen(js_name = beginAnswer)]
+    pub fn begin_answer(&mut self, question: &str, use_retrieval: bool, k: usize) -> Result<(), JsError> {
+        let mode = if use_retrieval { Mode::Rag } else { Mode::NoRag };
+        self.pending = None;
+        self.pending = Some(self.inner.begin_answer(question, mode, k).map_err(js_err)?);
+        Ok(())
+    }
+
+    /// One step of the pending answer: `{type: "prefill", done, total}`, `{type: "token", text}`
+    /// (text may be empty while a character is incomplete) or `{type: "done", stop}`.
+    pub fn step(&mut self) -> Result<JsValue, JsError> {
+        let pending = self.pending.as_mut().ok_or_else(|| JsError::new("no answer is pending"))?;
+        let step = self.inner.step_answer(pending).map_err(js_err)?;
+        to_js(&match step {
+            Step::Prefill { done, total } => serde_json::json!({ "type": "prefill", "done": done, "total": total }),
+            Step::Token(text) => serde_json::json!({ "type": "token", "text": text }),
+            Step::Done(stop) => serde_json::json!({ "type": "done", "stop": stop }),
+        })
+    }
+
+    /// Stop the pending answer at its next step, keeping what it has said.
+    #[wasm_bindgen(js_name = cancelAnswer)]
+    pub fn cancel_answer(&mut self) {
+        if let Some(p) = self.pending.as_mut() {
+            p.cancel();
+        }
+    }
+
+    /// The pending answer, finished: the same object as `answer()` returns.
+    #[wasm_bindgen(js_name = finishAnswer)]
+    pub fn finish_answer(&mut self) -> Result<JsValue, JsError> {
+        let pending = self.pending.take().ok_or_else(|| JsError::new("no answer is pending"))?;
+        to_js(&self.inner.finish_answer(pending).map_err(js_err)?)
     }
 
     /// The library as one index file (the same format the CLI writes).

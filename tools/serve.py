@@ -3,7 +3,11 @@
 (COOP/COEP, needed for SharedArrayBuffer) and a Content-Security-Policy that keeps every request
 on this origin. Prints the URL once listening; port 0 picks a free port.
 
-    python3 tools/serve.py DIR [--port 8080]
+    python3 tools/serve.py DIR [--port 8080] [--plain] [--log]
+
+--plain leaves those headers out, as a static host that cannot set headers would (the page must
+work there too, single-threaded and without shared memory); --log prints one line per request
+("GET /path"), which the browser tests read to check what a visit downloaded.
 """
 import argparse
 import functools
@@ -26,10 +30,18 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
                       ".wasm": "application/wasm", ".js": "text/javascript", ".mjs": "text/javascript"}
 
+    plain = False
+    log = False
+
     def end_headers(self):
-        for k, v in HEADERS.items():
-            self.send_header(k, v)
+        if not self.plain:
+            for k, v in HEADERS.items():
+                self.send_header(k, v)
         super().end_headers()
+
+    def log_request(self, code="-", size="-"):
+        if self.log:
+            print(f"{self.command} {self.path} {code}", flush=True)
 
     def log_message(self, fmt, *args):
         pass
@@ -39,7 +51,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
     ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--plain", action="store_true", help="no COOP/COEP/CSP headers")
+    ap.add_argument("--log", action="store_true", help="print each request")
     args = ap.parse_args()
+    Handler.plain = args.plain
+    Handler.log = args.log
     handler = functools.partial(Handler, directory=args.dir)
     with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as httpd:
         print(f"serving {args.dir} on http://127.0.0.1:{httpd.server_address[1]}/", flush=True)

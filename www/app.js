@@ -2,9 +2,6 @@
 // is set with textContent, never as HTML.
 const $ = (id) => document.getElementById(id);
 const worker = new Worker('worker.js', { type: 'module' });
-const isolated = self.crossOriginIsolated === true;
-const cancelBuffer = isolated ? new SharedArrayBuffer(4) : null;
-const cancel = cancelBuffer ? new Int32Array(cancelBuffer) : null;
 const params = new URLSearchParams(location.search);
 let busy = false;
 let lastAnswer = null;
@@ -21,8 +18,7 @@ function setStatus(text) { $('status').textContent = text; }
 function setBusy(b) {
   busy = b;
   $('ask-button').disabled = b;
-  // Stop needs shared memory to reach a worker that is busy generating.
-  $('stop-button').disabled = !b || !cancel;
+  $('stop-button').disabled = !b;
 }
 
 // ---- documents ----
@@ -71,11 +67,10 @@ $('ask-form').addEventListener('submit', (e) => {
   $('answer').dataset.state = 'streaming';
   $('citations').replaceChildren();
   $('viewer').hidden = true;
-  if (cancel) Atomics.store(cancel, 0, 0);
   worker.postMessage({ type: 'ask', question, rag: $('use-rag').checked, k: 4 });
 });
 
-function stop() { if (busy && cancel) Atomics.store(cancel, 0, 1); }
+function stop() { if (busy) worker.postMessage({ type: 'stop' }); }
 $('stop-button').addEventListener('click', stop);
 document.addEventListener('keydown', (e) => { if (e.key === 'Escape') stop(); });
 
@@ -95,6 +90,7 @@ function onAnswer(a) {
     list.append(li);
   }
   renderHow(a);
+  setStatus('ready');
   setBusy(false);
 }
 
@@ -160,7 +156,11 @@ worker.onmessage = ({ data: m }) => {
     case 'notice': setStatus(m.message); break;
     case 'doc': onDoc(m); break;
     case 'removed': docRow(m.name).remove(); break;
-    case 'token': $('answer').textContent += m.text; break;
+    case 'prefill': setStatus(`reading the prompt: ${m.done} / ${m.total} tokens`); break;
+    case 'token':
+      if ($('answer').textContent === '') setStatus('answering…');
+      $('answer').textContent += m.text;
+      break;
     case 'answer': onAnswer(m.answer); break;
     case 'text': onText(m); break;
     case 'error':
@@ -179,4 +179,10 @@ worker.onmessage = ({ data: m }) => {
 $('backend').textContent = 'cpu';
 $('backend').title = params.get('backend') === 'webgpu' ? 'WebGPU was requested but is not implemented yet' : 'WebAssembly on the CPU';
 setBusy(false);
-worker.postMessage({ type: 'init', cancelBuffer });
+worker.postMessage({ type: 'init' });
+
+// The service worker keeps the page itself (and the wasm) for offline visits; the models are
+// cached by the worker above.
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('sw.js').catch((e) => console.warn('offline support unavailable:', e));
+}

@@ -178,7 +178,8 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, paths: &[PathBuf]) -> Resul
     let mut failed = 0;
     let mut chunks = 0;
     for file in &files {
-        let name = file.display().to_string();
+        // Documents are named by the path they were given by; "./" adds nothing to a name.
+        let name = file.strip_prefix(".").unwrap_or(file).display().to_string();
         bar.set_message(name.clone());
         let result = read_document(file).and_then(|bytes| {
             let b = bar.clone();
@@ -230,12 +231,14 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            for entry in walkdir::WalkDir::new(p).sort_by_file_name() {
+            // Hidden files and folders (.git, editor swap files) are not documents; the folder
+            // given may itself be "." and is walked.
+            let visible = |e: &walkdir::DirEntry| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.');
+            for entry in walkdir::WalkDir::new(p).sort_by_file_name().into_iter().filter_entry(visible) {
                 let entry = entry?;
                 let path = entry.path();
-                let hidden = entry.file_name().to_string_lossy().starts_with('.');
                 let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-                if entry.file_type().is_file() && !hidden && EXTENSIONS.contains(&ext.as_str()) {
+                if entry.file_type().is_file() && EXTENSIONS.contains(&ext.as_str()) {
                     files.push(path.to_path_buf());
                 }
             }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::index::HnswConfig;
 use crate::ingest;
 use crate::library::Library;
-use crate::llm::{GenerateParams, Generator, StopReason};
+use crate::llm::{GenerateParams, Generator, Run, Step, StopReason};
 use crate::time::Stopwatch;
 pub use prompt::NOT_FOUND;
 use prompt::PromptSource;
@@ -105,6 +105,22 @@ pub struct Answer {
     pub generated_tokens: usize,
     pub stop: Option<StopReason>,
     pub timings_ms: Timings,
+}
+
+/// An answer under way: see [`Engine::begin_answer`].
+pub enum PendingAnswer {
+    /// Retrieval found nothing relevant, so the answer is NOT_FOUND without running the model.
+    Abstained { answer: Answer, said: bool },
+    Generating { run: Box<Run>, sources: Vec<Source>, prompt: String, timings: Timings },
+}
+
+impl PendingAnswer {
+    /// Stop at the next step, keeping what was generated.
+    pub fn cancel(&mut self) {
+        if let PendingAnswer::Generating { run, .. } = self {
+            run.cancel();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,7 +234,7 @@ impl Engine {
     }
 
     /// Answer a question. Text is streamed to `on_token` as it is generated; `cancel` is polled
-    /// between tokens.
+    /// between steps (prompt slices and tokens).
     pub fn answer(
         &mut self,
         question: &str,
@@ -227,6 +243,22 @@ impl Engine {
         on_token: &mut dyn FnMut(&str),
         cancel: &dyn Fn() -> bool,
     ) -> Result<Answer> {
+        let mut pending = self.begin_answer(question, mode, k)?;
+        loop {
+            if cancel() {
+                pending.cancel();
+            }
+            match self.step_answer(&mut pending)? {
+                Step::Token(t) if !t.is_empty() => on_token(&t),
+                Step::Done(_) => return self.finish_answer(pending),
+                _ => {}
+            }
+        }
+    }
+
+    /// Retrieve and build the prompt; the model has not run yet. Drive the answer with
+    /// [`Engine::step_answer`] until it is done, then collect it with [`Engine::finish_answer`].
+    pub fn begin_answer(&mut self, question: &str, mode: Mode, k: usize) -> Result<PendingAnswer> {
         if question.trim().is_empty() {
             return Err(Error::Input("the question is empty".into()));
         }
@@ -245,17 +277,19 @@ impl Engine {
                 timings.search = found.timings_ms.search;
                 let best = found.hits.iter().map(|h| h.score).fold(f32::NEG_INFINITY, f32::max);
                 if found.hits.is_empty() || best < self.settings.min_relevance {
-                    on_token(NOT_FOUND);
-                    return Ok(Answer {
-                        answer: NOT_FOUND.to_string(),
-                        citations: vec![],
-                        sources: found.hits,
-                        abstained: true,
-                        prompt: String::new(),
-                        prompt_tokens: 0,
-                        generated_tokens: 0,
-                        stop: None,
-                        timings_ms: timings,
+                    return Ok(PendingAnswer::Abstained {
+                        said: false,
+                        answer: Answer {
+                            answer: NOT_FOUND.to_string(),
+                            citations: vec![],
+                            sources: found.hits,
+                            abstained: true,
+                            prompt: String::new(),
+                            prompt_tokens: 0,
+                            generated_tokens: 0,
+                            stop: None,
+                            timings_ms: timings,
+                        },
                     });
                 }
                 // Sources far below the relevance bar only distract a small model.
@@ -267,20 +301,45 @@ impl Engine {
         let generator = self.generator.as_mut().expect("checked above");
         let mut params = self.settings.generate.clone();
         params.max_tokens = params.max_tokens.min(self.settings.context_budget.saturating_sub(ids.len()).max(1));
-        let gen = generator.generate(&ids, &params, on_token, cancel)?;
-        timings.prefill = gen.prefill_ms;
-        timings.decode = gen.decode_ms;
-        let answer = gen.text.trim().to_string();
+        let run = generator.start(&ids, &params)?;
+        Ok(PendingAnswer::Generating { run: Box::new(run), sources, prompt: prompt_text, timings })
+    }
+
+    /// One bounded piece of work on a pending answer: a slice of the prompt, or one token.
+    pub fn step_answer(&mut self, pending: &mut PendingAnswer) -> Result<Step> {
+        match pending {
+            PendingAnswer::Abstained { said, .. } if !*said => {
+                *said = true;
+                Ok(Step::Token(NOT_FOUND.to_string()))
+            }
+            PendingAnswer::Abstained { .. } => Ok(Step::Done(StopReason::EndOfText)),
+            PendingAnswer::Generating { run, .. } => {
+                let generator = self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
+                generator.step(run)
+            }
+        }
+    }
+
+    /// The finished answer with its citations. Works on a cancelled answer too: it holds the
+    /// text produced before Stop.
+    pub fn finish_answer(&self, pending: PendingAnswer) -> Result<Answer> {
+        let (run, sources, prompt, mut timings) = match pending {
+            PendingAnswer::Abstained { answer, .. } => return Ok(answer),
+            PendingAnswer::Generating { run, sources, prompt, timings } => (run.finish(), sources, prompt, timings),
+        };
+        timings.prefill = run.prefill_ms;
+        timings.decode = run.decode_ms;
+        let answer = run.text.trim().to_string();
         let citations = self.citations(&answer, &sources)?;
         Ok(Answer {
             answer,
             citations,
             sources,
             abstained: false,
-            prompt: prompt_text,
-            prompt_tokens: gen.prompt_tokens,
-            generated_tokens: gen.tokens.len(),
-            stop: Some(gen.stop),
+            prompt,
+            prompt_tokens: run.prompt_tokens,
+            generated_tokens: run.tokens.len(),
+            stop: Some(run.stop),
             timings_ms: timings,
         })
     }

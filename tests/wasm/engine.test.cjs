@@ -44,6 +44,38 @@ test('wasm engine indexes, searches, answers with a citation, and round-trips it
   const c = engine.answer('How do I patch an inner tube?', true, 4, () => { n++; }, () => n >= 2);
   assert.equal(c.stop, 'cancelled');
 
+  // The stepping API the browser worker uses: prefill slices, then tokens, then done; the same
+  // greedy answer as answer() gives.
+  engine.beginAnswer('When was the Harrow Point lighthouse first lit?', true, 4);
+  const kinds = [];
+  let text = '';
+  for (;;) {
+    const step = engine.step();
+    kinds.push(step.type);
+    if (step.type === 'token') text += step.text;
+    if (step.type === 'prefill') assert.ok(step.done <= step.total && step.total === a.prompt_tokens);
+    if (step.type === 'done') { assert.equal(step.stop, a.stop); break; }
+  }
+  assert.equal(kinds[0], 'prefill');
+  assert.ok(kinds.includes('token'));
+  const stepped = engine.finishAnswer();
+  assert.equal(stepped.answer, a.answer);
+  assert.equal(text.trim(), a.answer);
+  assert.deepEqual(stepped.citations.map((x) => x.n), a.citations.map((x) => x.n));
+  assert.throws(() => engine.step(), /no answer is pending/);
+
+  // Cancelled between steps: what was said so far is kept.
+  engine.beginAnswer('Write a long story about a lighthouse keeper.', false, 4);
+  let tokens = 0;
+  for (;;) {
+    const step = engine.step();
+    if (step.type === 'token' && ++tokens === 3) engine.cancelAnswer();
+    if (step.type === 'done') { assert.equal(step.stop, 'cancelled'); break; }
+  }
+  const cut = engine.finishAnswer();
+  assert.equal(cut.stop, 'cancelled');
+  assert.equal(cut.generated_tokens, 3);
+
   // The saved index loads into a fresh engine and gives the same hits.
   const other = embedderOnly();
   other.load(engine.save());

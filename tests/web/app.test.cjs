@@ -1,7 +1,8 @@
 // The page in headless Chromium (Debian's, driven by playwright-core), served by tools/serve.py
-// from dist/ (built by `make site`): sample documents load on first visit, a dropped document is
-// indexed and a question about it is answered with a citation, hostile documents stay inert text,
-// and no request leaves the page's origin.
+// from dist/ (built by `make site`): the site's collection loads on first visit, a dropped
+// document is indexed and a question about it is answered with a citation, hostile documents stay
+// inert text, a second visit downloads no model, the page answers with the server gone, no
+// request leaves the page's origin, and Stop works on a host that cannot set COOP/COEP headers.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
@@ -12,15 +13,30 @@ const { chromium } = require('playwright-core');
 
 const root = path.resolve(__dirname, '..', '..');
 
-function serve() {
+// The server prints one line per request (--log); `log` collects the paths asked for.
+function serve(...flags) {
   return new Promise((resolve, reject) => {
-    const proc = spawn('python3', [path.join(root, 'tools', 'serve.py'), path.join(root, 'dist'), '--port', '0']);
+    const proc = spawn('python3', [path.join(root, 'tools', 'serve.py'), path.join(root, 'dist'), '--port', '0', '--log', ...flags]);
+    const log = [];
+    let url = null;
+    let buffered = '';
     proc.stdout.on('data', (d) => {
-      const m = /http:\/\/[\d.]+:\d+\//.exec(String(d));
-      if (m) resolve({ proc, url: m[0] });
+      buffered += String(d);
+      const lines = buffered.split('\n');
+      buffered = lines.pop();
+      for (const line of lines) {
+        const m = /http:\/\/[\d.]+:\d+\//.exec(line);
+        if (m && !url) { url = m[0]; resolve({ proc, url, log }); } else log.push(line);
+      }
     });
-    proc.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
+    proc.on('exit', (code) => { if (!url) reject(new Error(`server exited with ${code}`)); });
   });
+}
+
+const modelDownloads = (log) => log.filter((l) => /^GET \/models\//.test(l) && !l.includes('manifest.json'));
+
+async function waitReady(page) {
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 240_000 });
 }
 
 async function launch() {
@@ -39,16 +55,17 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   t.after(async () => { await context.close(); server.proc.kill(); });
   const page = context.pages()[0] || await context.newPage();
   const requests = [];
-  page.on('request', (r) => requests.push(r.url()));
+  context.on('request', (r) => requests.push(r.url()));
   context.on('serviceworker', () => {});
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
 
   await page.goto(server.url);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'served cross-origin isolated');
-  // First visit: the sample articles are indexed without the user doing anything.
+  // First visit: the site's collection (indexed by the CLI in `make site`) is there at once.
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
-  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 120_000 });
+  await waitReady(page);
+  assert.equal(modelDownloads(server.log).length, 4, server.log.join('\n'));
   assert.equal(await page.textContent('[data-testid="backend"]'), 'cpu');
 
   // A document of the user's own, plus hostile ones.
@@ -105,10 +122,16 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   // Removing a document, then reloading: what was added persists, what was removed stays gone.
   await page.click('[data-testid="doc-status"][data-doc="hostile.html"] button');
   await page.waitForSelector('[data-testid="doc-status"][data-doc="hostile.html"]', { state: 'detached' });
+  // So is a document of the site's collection.
+  await page.click('[data-testid="doc-status"][data-doc="quantization.md"] button');
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="quantization.md"]', { state: 'detached' });
+  const before = server.log.length;
   await page.reload();
   await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
-  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 120_000 });
+  await waitReady(page);
+  assert.deepEqual(modelDownloads(server.log.slice(before)), [], 'the second visit downloaded models again');
   assert.equal(await page.$('[data-testid="doc-status"][data-doc="hostile.html"]'), null);
+  assert.equal(await page.$('[data-testid="doc-status"][data-doc="quantization.md"]'), null);
   assert.ok(await page.$('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]'));
 
   // A damaged stored index is rebuilt from the stored documents: nothing is lost.
@@ -124,11 +147,19 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   }));
   await page.reload();
   await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
-  await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 120_000 });
+  await waitReady(page);
   const restored = await page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc));
   for (const name of ['lighthouse.md', 'rag.md', 'webgpu.md', '<img src=z onerror=alert(3)>.txt']) {
     assert.ok(restored.includes(name), `${name} lost after rebuild: ${restored}`);
   }
+  assert.ok(!restored.includes('quantization.md'), 'a removed document came back in the rebuild');
+
+  // Offline: with the server gone, the page still opens and answers.
+  server.proc.kill();
+  await new Promise((resolve) => server.proc.once('exit', resolve));
+  await page.reload();
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
+  await waitReady(page);
   await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
   await page.press('[data-testid="question"]', 'Enter');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
@@ -137,5 +168,33 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   const origin = new URL(server.url).origin;
   const foreign = requests.filter((u) => !u.startsWith(origin) && !u.startsWith('blob:') && !u.startsWith('data:'));
   assert.deepEqual(foreign, [], 'requests left the origin');
+  assert.deepEqual(errors, []);
+});
+
+test('without COOP/COEP headers the page still works and Stop still stops', async (t) => {
+  const server = await serve('--plain');
+  const context = await launch();
+  t.after(async () => { await context.close(); server.proc.kill(); });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(server.url);
+  assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
+  await waitReady(page);
+
+  await page.fill('[data-testid="question"]', 'What does LoRA train?');
+  await page.click('[data-testid="ask"]');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  assert.ok((await page.textContent('[data-testid="answer"]')).trim().length > 0);
+
+  await page.uncheck('#use-rag');
+  await page.fill('[data-testid="question"]', 'Write a long story about a lighthouse keeper and the sea.');
+  await page.click('[data-testid="ask"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="answer"]').textContent.length > 0, null, { timeout: 120_000 });
+  assert.equal(await page.isEnabled('[data-testid="stop"]'), true);
+  await page.click('[data-testid="stop"]');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 60_000 });
+  assert.equal(await page.getAttribute('[data-testid="answer"]', 'data-stop'), 'cancelled');
   assert.deepEqual(errors, []);
 });
