@@ -48,11 +48,13 @@ fn rag_prompt(g: &Generator, target_tokens: usize) -> Vec<u32> {
     // Grow four sources until the rendered prompt reaches the target length.
     let mut n = 40;
     loop {
-        let pieces: Vec<String> = (0..4)
-            .map(|i| words.iter().cycle().skip(i * 37).take(n).copied().collect::<Vec<_>>().join(" "))
+        let pieces: Vec<String> =
+            (0..4).map(|i| words.iter().cycle().skip(i * 37).take(n).copied().collect::<Vec<_>>().join(" ")).collect();
+        let sources: Vec<PromptSource> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PromptSource { title: ["a.md", "b.txt", "c.html", "d.md"][i], text: t })
             .collect();
-        let sources: Vec<PromptSource> =
-            pieces.iter().enumerate().map(|(i, t)| PromptSource { title: ["a.md", "b.txt", "c.html", "d.md"][i], text: t }).collect();
         let prompt = g.render_chat(&rag_messages("How do I find the hole in an inner tube?", &sources)).unwrap();
         let ids = g.encode(&prompt).unwrap();
         if ids.len() >= target_tokens {

@@ -26,20 +26,17 @@ pub struct Embedder {
 impl Embedder {
     /// Load from the three files of a sentence-transformers folder.
     pub fn from_bytes(weights: &[u8], tokenizer_json: &[u8], config_json: &[u8]) -> Result<Self> {
-        let config: Config = serde_json::from_slice(config_json)
-            .map_err(|e| Error::model("embedder config.json", e))?;
-        let mut counter = Tokenizer::from_bytes(tokenizer_json)
-            .map_err(|e| Error::model("embedder tokenizer.json", e))?;
+        let config: Config =
+            serde_json::from_slice(config_json).map_err(|e| Error::model("embedder config.json", e))?;
+        let mut counter =
+            Tokenizer::from_bytes(tokenizer_json).map_err(|e| Error::model("embedder tokenizer.json", e))?;
         counter.with_truncation(None).map_err(|e| Error::model("embedder tokenizer.json", e))?;
         counter.with_padding(None);
         let mut tokenizer = counter.clone();
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_SEQ_LEN, ..Default::default() }))
             .map_err(|e| Error::model("embedder tokenizer.json", e))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
         let device = Device::Cpu;
         let vb = VarBuilder::from_slice_safetensors(weights, DType::F32, &device)
             .map_err(|e| Error::model("embedder model.safetensors", format!("not a valid safetensors file ({e})")))?;
@@ -63,11 +60,7 @@ impl Embedder {
     }
 
     /// As `embed`, calling `progress(done, total)` after each batch.
-    pub fn embed_with_progress(
-        &self,
-        texts: &[&str],
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_with_progress(&self, texts: &[&str], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let mut out = vec![Vec::new(); texts.len()];

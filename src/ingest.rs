@@ -161,12 +161,7 @@ impl Builder {
 
     fn finish_block(&mut self) {
         if let Some(start) = self.open.take() {
-            self.blocks.push(Block {
-                start,
-                end: self.text.len(),
-                heading: self.heading.clone(),
-                page: self.page,
-            });
+            self.blocks.push(Block { start, end: self.text.len(), heading: self.heading.clone(), page: self.page });
         }
         self.pending_space = false;
     }
@@ -211,12 +206,10 @@ fn markdown(src: &str) -> Builder {
                 b.push(&h);
                 b.finish_block();
             }
-            Event::Text(t) | Event::Code(t) | Event::InlineMath(t) | Event::DisplayMath(t) => {
-                match heading.as_mut() {
-                    Some(h) => h.push_str(&t),
-                    None => b.push(&t),
-                }
-            }
+            Event::Text(t) | Event::Code(t) | Event::InlineMath(t) | Event::DisplayMath(t) => match heading.as_mut() {
+                Some(h) => h.push_str(&t),
+                None => b.push(&t),
+            },
             Event::SoftBreak | Event::HardBreak => match heading.as_mut() {
                 Some(h) => h.push(' '),
                 None => b.pending_space = true,
@@ -254,8 +247,7 @@ fn walk_html(node: ego_tree::NodeRef<'_, scraper::Node>, b: &mut Builder) {
             Node::Element(el) => {
                 let name = el.name();
                 match name {
-                    "script" | "style" | "noscript" | "template" | "head" | "svg" | "iframe"
-                    | "object" => continue,
+                    "script" | "style" | "noscript" | "template" | "head" | "svg" | "iframe" | "object" => continue,
                     "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
                         b.finish_block();
                         let text: String = scraper::ElementRef::wrap(child)
@@ -271,10 +263,33 @@ fn walk_html(node: ego_tree::NodeRef<'_, scraper::Node>, b: &mut Builder) {
                 }
                 let block = matches!(
                     name,
-                    "p" | "div" | "li" | "pre" | "blockquote" | "section" | "article" | "main"
-                        | "header" | "footer" | "nav" | "aside" | "tr" | "table" | "ul" | "ol"
-                        | "dl" | "dt" | "dd" | "figure" | "figcaption" | "form" | "br" | "hr"
-                        | "body" | "address" | "details" | "summary"
+                    "p" | "div"
+                        | "li"
+                        | "pre"
+                        | "blockquote"
+                        | "section"
+                        | "article"
+                        | "main"
+                        | "header"
+                        | "footer"
+                        | "nav"
+                        | "aside"
+                        | "tr"
+                        | "table"
+                        | "ul"
+                        | "ol"
+                        | "dl"
+                        | "dt"
+                        | "dd"
+                        | "figure"
+                        | "figcaption"
+                        | "form"
+                        | "br"
+                        | "hr"
+                        | "body"
+                        | "address"
+                        | "details"
+                        | "summary"
                 );
                 if block {
                     b.finish_block();
@@ -294,8 +309,7 @@ fn walk_html(node: ego_tree::NodeRef<'_, scraper::Node>, b: &mut Builder) {
 }
 
 fn pdf(name: &str, bytes: &[u8]) -> Result<Builder> {
-    let pages = extract_pdf_pages(bytes)
-        .map_err(|e| Error::document(name, format!("cannot read this PDF: {e}")))?;
+    let pages = extract_pdf_pages(bytes).map_err(|e| Error::document(name, format!("cannot read this PDF: {e}")))?;
     let mut b = Builder::default();
     for (i, page) in pages.iter().enumerate() {
         b.finish_block();
@@ -343,10 +357,7 @@ mod tests {
     fn markdown_headings_and_inline() {
         let src = "# Title\n\nSome **bold**er text and `code`.\n\n## Part two\n\n- item one\n- item two\n";
         let d = ingest("n.md", src.as_bytes()).unwrap();
-        assert_eq!(
-            texts(&d),
-            ["Title", "Some bolder text and code.", "Part two", "item one", "item two"]
-        );
+        assert_eq!(texts(&d), ["Title", "Some bolder text and code.", "Part two", "item one", "item two"]);
         assert_eq!(d.blocks[1].heading.as_deref(), Some("Title"));
         assert_eq!(d.blocks[4].heading.as_deref(), Some("Part two"));
     }

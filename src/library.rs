@@ -4,7 +4,7 @@
 
 use crate::chunk::{Chunk, ChunkConfig};
 use crate::error::{Error, Result};
-use crate::index::{HnswConfig, Hit, HybridIndex};
+use crate::index::{Hit, HnswConfig, HybridIndex};
 use crate::ingest::{Block, Document, Format};
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +96,14 @@ impl Library {
             self.chunks.push(Some(ChunkEntry { doc: id, chunk }));
             slots.push(slot);
         }
-        self.docs.push(StoredDocument { id, name: doc.name, format: doc.format, text: doc.text, blocks: doc.blocks, slots });
+        self.docs.push(StoredDocument {
+            id,
+            name: doc.name,
+            format: doc.format,
+            text: doc.text,
+            blocks: doc.blocks,
+            slots,
+        });
         id
     }
 

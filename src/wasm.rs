@@ -8,6 +8,54 @@ use js_sys::Function;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+// The shapes of the plain objects the methods below return (serde turns the Rust structs into
+// them). Kept next to the bindings so the two change together.
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** A retrieved passage and how it scored. `start`/`end` are byte offsets into documentText(doc). */
+export interface Source {
+  doc: string;
+  text: string;
+  /** Cosine similarity between the question and the passage. */
+  score: number;
+  /** BM25 score, when the passage matched a keyword of the question. */
+  keyword_score: number | null;
+  /** Reciprocal-rank fusion of the two rankings. */
+  fused_score: number;
+  start: number;
+  end: number;
+  page: number | null;
+  heading: string | null;
+}
+/** A source the answer rests on: cited as [n] by the model, or matched by the engine. */
+export interface Citation extends Source {
+  n: number;
+  by: "model" | "match";
+}
+export interface Timings { embed: number; search: number; prefill: number; decode: number }
+export type StopReason = "end_of_text" | "max_tokens" | "context_full" | "cancelled";
+export interface Answer {
+  answer: string;
+  citations: Citation[];
+  /** Every source placed in the prompt, numbered from 1 in this order. */
+  sources: Source[];
+  /** True when retrieval found nothing relevant and the engine said so without the model. */
+  abstained: boolean;
+  prompt: string;
+  prompt_tokens: number;
+  generated_tokens: number;
+  stop: StopReason | null;
+  timings_ms: Timings;
+}
+export interface SearchResult { hits: Source[]; timings_ms: Timings }
+export interface DocReport { name: string; chunks: number; chars: number; embed_ms: number }
+export interface DocInfo { name: string; chunks: number }
+export type Step =
+  | { type: "prefill"; done: number; total: number }
+  | { type: "token"; text: string }
+  | { type: "done"; stop: StopReason };
+"#;
+
 #[wasm_bindgen(js_name = Engine)]
 pub struct WasmEngine {
     inner: Engine,
@@ -16,9 +64,7 @@ pub struct WasmEngine {
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .map_err(|e| JsError::new(&e.to_string()))
+    value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
 }
 
 fn js_err(e: crate::Error) -> JsError {
@@ -47,8 +93,15 @@ impl WasmEngine {
 
     /// Index one file. `progress(done, total)` is called as chunks are embedded. Returns
     /// `{name, chunks, chars, embed_ms}`; throws with a readable message for a bad file.
-    #[wasm_bindgen(js_name = addDocument)]
-    pub fn add_document(&mut self, name: &str, bytes: &[u8], progress: Option<Function>) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(js_name = addDocument, unchecked_return_type = "DocReport")]
+    pub fn add_document(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "((done: number, total: number) => void) | null")] progress: Option<
+            Function,
+        >,
+    ) -> Result<JsValue, JsError> {
         let mut report = |done: usize, total: usize| {
             if let Some(f) = &progress {
                 let _ = f.call2(&JsValue::NULL, &(done as u32).into(), &(total as u32).into());
@@ -64,6 +117,7 @@ impl WasmEngine {
     }
 
     /// The indexed documents, in the order they were added: `[{name, chunks}]`.
+    #[wasm_bindgen(unchecked_return_type = "DocInfo[]")]
     pub fn documents(&self) -> Result<JsValue, JsError> {
         #[derive(Serialize)]
         struct Doc<'a> {
@@ -82,19 +136,21 @@ impl WasmEngine {
         self.inner.library().documents().iter().find(|d| d.name == name).map(|d| d.text.clone())
     }
 
+    #[wasm_bindgen(unchecked_return_type = "SearchResult")]
     pub fn search(&self, query: &str, k: usize) -> Result<JsValue, JsError> {
         to_js(&self.inner.search(query, k).map_err(js_err)?)
     }
 
     /// Answer a question. `onToken(text)` receives the answer as it is generated; `shouldCancel()`
     /// is polled between tokens. Returns the same object as `pocketrag ask --json`.
+    #[wasm_bindgen(unchecked_return_type = "Answer")]
     pub fn answer(
         &mut self,
         question: &str,
         use_retrieval: bool,
         k: usize,
-        on_token: Option<Function>,
-        should_cancel: Option<Function>,
+        #[wasm_bindgen(unchecked_param_type = "((text: string) => void) | null")] on_token: Option<Function>,
+        #[wasm_bindgen(unchecked_param_type = "(() => boolean) | null")] should_cancel: Option<Function>,
     ) -> Result<JsValue, JsError> {
         let mode = if use_retrieval { Mode::Rag } else { Mode::NoRag };
         let mut stream = |piece: &str| {
@@ -102,7 +158,8 @@ impl WasmEngine {
                 let _ = f.call1(&JsValue::NULL, &JsValue::from_str(piece));
             }
         };
-        let cancel = || should_cancel.as_ref().and_then(|f| f.call0(&JsValue::NULL).ok()).is_some_and(|v| v.is_truthy());
+        let cancel =
+            || should_cancel.as_ref().and_then(|f| f.call0(&JsValue::NULL).ok()).is_some_and(|v| v.is_truthy());
         let a = self.inner.answer(question, mode, k, &mut stream, &cancel).map_err(js_err)?;
         to_js(&a)
     }
@@ -120,11 +177,14 @@ impl WasmEngine {
 
     /// One step of the pending answer: `{type: "prefill", done, total}`, `{type: "token", text}`
     /// (text may be empty while a character is incomplete) or `{type: "done", stop}`.
+    #[wasm_bindgen(unchecked_return_type = "Step")]
     pub fn step(&mut self) -> Result<JsValue, JsError> {
         let pending = self.pending.as_mut().ok_or_else(|| JsError::new("no answer is pending"))?;
         let step = self.inner.step_answer(pending).map_err(js_err)?;
         to_js(&match step {
-            Step::Prefill { done, total } => serde_json::json!({ "type": "prefill", "done": done, "total": total }),
+            Step::Prefill { done, total } => {
+                serde_json::json!({ "type": "prefill", "done": done, "total": total })
+            }
             Step::Token(text) => serde_json::json!({ "type": "token", "text": text }),
             Step::Done(stop) => serde_json::json!({ "type": "done", "stop": stop }),
         })
@@ -139,7 +199,7 @@ impl WasmEngine {
     }
 
     /// The pending answer, finished: the same object as `answer()` returns.
-    #[wasm_bindgen(js_name = finishAnswer)]
+    #[wasm_bindgen(js_name = finishAnswer, unchecked_return_type = "Answer")]
     pub fn finish_answer(&mut self) -> Result<JsValue, JsError> {
         let pending = self.pending.take().ok_or_else(|| JsError::new("no answer is pending"))?;
         to_js(&self.inner.finish_answer(pending).map_err(js_err)?)

@@ -70,7 +70,8 @@ fn index_search_ask_json() {
     let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
     assert!(scores[0] > 0.3);
 
-    let o = run(bin().args(["ask", "--json", "--index"]).arg(&idx).arg("When was the Harrow Point lighthouse first lit?"));
+    let o =
+        run(bin().args(["ask", "--json", "--index"]).arg(&idx).arg("When was the Harrow Point lighthouse first lit?"));
     assert!(o.status.success(), "{}", stderr(&o));
     let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!a["answer"].as_str().unwrap().is_empty());
@@ -109,7 +110,10 @@ fn bad_inputs_fail_clearly() {
     assert_clean_failure(&run(bin().args(["search", "--index"]).arg(tmp("bad.idx")).arg("q")), "damaged");
     std::fs::write(tmp("short.idx"), &good[..good.len() / 3]).unwrap();
     assert_clean_failure(&run(bin().args(["search", "--index"]).arg(tmp("short.idx")).arg("q")), "truncated");
-    assert_clean_failure(&run(bin().args(["search", "--index"]).arg(library().join("sourdough.txt")).arg("q")), "not a pocketrag index");
+    assert_clean_failure(
+        &run(bin().args(["search", "--index"]).arg(library().join("sourdough.txt")).arg("q")),
+        "not a pocketrag index",
+    );
 }
 
 #[test]

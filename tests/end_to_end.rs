@@ -42,7 +42,11 @@ fn answers_come_from_the_document_that_holds_the_answer() {
         assert_eq!(a.sources[0].doc, doc, "{question}: best source");
         assert!(a.prompt.contains(&format!("[1] {doc}")), "{question}: prompt lacks source [1]");
         for c in &a.citations {
-            assert_eq!(c.source.doc, doc, "{question}: cited {:?} ({:?}) for answer {:?}", c.source.doc, c.by, a.answer);
+            assert_eq!(
+                c.source.doc, doc,
+                "{question}: cited {:?} ({:?}) for answer {:?}",
+                c.source.doc, c.by, a.answer
+            );
             assert!(a.prompt.contains(&format!("[{}] {}", c.n, c.source.doc)), "prompt lacks source [{}]", c.n);
         }
         assert!(a.prompt_tokens > 50 && a.generated_tokens > 0);
@@ -93,7 +97,9 @@ fn cancel_stops_generation_early() {
     let mut engine = library_engine();
     let count = std::cell::Cell::new(0);
     let a = engine
-        .answer("How do I patch an inner tube?", Mode::Rag, 4, &mut |_| count.set(count.get() + 1), &|| count.get() >= 3)
+        .answer("How do I patch an inner tube?", Mode::Rag, 4, &mut |_| count.set(count.get() + 1), &|| {
+            count.get() >= 3
+        })
         .unwrap();
     assert_eq!(a.stop, Some(pocketrag::llm::StopReason::Cancelled));
     assert!(a.generated_tokens <= 4, "{}", a.generated_tokens);

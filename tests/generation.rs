@@ -65,6 +65,7 @@ fn cancel_between_prefill_slices_produces_nothing() {
     assert_eq!((gen.stop, gen.tokens.len(), gen.text.as_str()), (StopReason::Cancelled, 0, ""));
 
     // The model is ready for the next question straight away.
-    let gen = g.generate(&short, &GenerateParams { max_tokens: 8, ..Default::default() }, &mut |_| {}, &|| false).unwrap();
+    let gen =
+        g.generate(&short, &GenerateParams { max_tokens: 8, ..Default::default() }, &mut |_| {}, &|| false).unwrap();
     assert!(!gen.tokens.is_empty());
 }

@@ -10,7 +10,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "pocketrag", version, about = "Private document Q&A: index files, search them, ask questions with cited answers")]
+#[command(
+    name = "pocketrag",
+    version,
+    about = "Private document Q&A: index files, search them, ask questions with cited answers"
+)]
 struct Cli {
     /// Folder holding the fetched models (see `make models`).
     #[arg(long, global = true, default_value = "models", env = "POCKETRAG_MODELS")]
@@ -127,7 +131,13 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!();
                 for c in &answer.citations {
-                    println!("[{}] {}{}  (score {:.3})", c.n, c.source.doc, location(c.source.page, c.source.heading.as_deref()), c.source.score);
+                    println!(
+                        "[{}] {}{}  (score {:.3})",
+                        c.n,
+                        c.source.doc,
+                        location(c.source.page, c.source.heading.as_deref()),
+                        c.source.score
+                    );
                     println!("    {}", one_line(&c.source.text, 200));
                 }
                 let t = &answer.timings_ms;
@@ -167,8 +177,7 @@ fn open(models_dir: &Path, index: Option<&Path>, generator: Option<&Path>) -> Re
 
 fn index(models_dir: &Path, out: &Path, fresh: bool, paths: &[PathBuf]) -> Result<()> {
     let existing = if out.exists() && !fresh { Some(out) } else { None };
-    let mut engine = open(models_dir, existing, None)
-        .map_err(|e| e.context("use --fresh to start a new index"))?;
+    let mut engine = open(models_dir, existing, None).map_err(|e| e.context("use --fresh to start a new index"))?;
     let files = collect_files(paths)?;
     if files.is_empty() {
         bail!("no documents found in the given paths");
@@ -185,7 +194,9 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, paths: &[PathBuf]) -> Resul
             let b = bar.clone();
             let shown = name.clone();
             engine
-                .add_document(&name, &bytes, &mut |done, total| b.set_message(format!("{shown}: {done}/{total} chunks")))
+                .add_document(&name, &bytes, &mut |done, total| {
+                    b.set_message(format!("{shown}: {done}/{total} chunks"))
+                })
                 .map_err(anyhow::Error::from)
         });
         match result {

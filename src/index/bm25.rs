@@ -9,9 +9,7 @@ const B: f32 = 0.75;
 /// Lower-cased alphanumeric runs. Deliberately simple (no stemming): the vector side already
 /// handles paraphrase, this side is for exact terms.
 pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_lowercase())
+    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| t.to_lowercase())
 }
 
 #[derive(Default)]

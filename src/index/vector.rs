@@ -142,12 +142,8 @@ impl VectorIndex {
             self.graph = None;
             return;
         }
-        let (points, values): (Vec<Vector>, Vec<u32>) = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|v| (v.clone(), i as u32)))
-            .unzip();
+        let (points, values): (Vec<Vector>, Vec<u32>) =
+            self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|v| (v.clone(), i as u32))).unzip();
         let graph = Builder::default()
             .ef_construction(self.config.ef_construction)
             .ef_search(self.config.ef_search)

@@ -112,12 +112,8 @@ impl Generator {
                 }
             }
         }
-        let trained = ct
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map(|v| v as usize)
-            .unwrap_or(2048);
+        let trained =
+            ct.metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map(|v| v as usize).unwrap_or(2048);
         let device = Device::Cpu;
         let model = ModelWeights::from_gguf(ct, &mut reader, &device)
             .map_err(|e| Error::model(file, format!("cannot load weights ({e})")))?;
@@ -135,21 +131,15 @@ impl Generator {
 
     /// Token ids for text that may contain chat markup (special tokens are recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| Error::Input(format!("cannot tokenize: {e}")))?;
+        let enc = self.tokenizer.encode_fast(text, false).map_err(|e| Error::Input(format!("cannot tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Render a conversation with the model's own chat template, ready for the assistant's turn.
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
         let env = minijinja::Environment::new();
-        env.render_str(
-            &self.template,
-            minijinja::context! { messages => messages, add_generation_prompt => true },
-        )
-        .map_err(|e| Error::Input(format!("chat template failed: {e}")))
+        env.render_str(&self.template, minijinja::context! { messages => messages, add_generation_prompt => true })
+            .map_err(|e| Error::Input(format!("chat template failed: {e}")))
     }
 
     /// Begin a generation. Nothing runs yet: call [`Generator::step`] until it returns
@@ -274,7 +264,10 @@ impl Generator {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Step {
     /// Fed the prompt up to token `done` of `total`.
-    Prefill { done: usize, total: usize },
+    Prefill {
+        done: usize,
+        total: usize,
+    },
     /// Produced one token; the text is empty while a multi-byte character is still incomplete.
     Token(String),
     Done(StopReason),

@@ -21,19 +21,18 @@ const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 pub fn from_gguf(ct: &Content, file: &str) -> Result<Tokenizer> {
-    let get = |key: &str| {
-        ct.metadata.get(key).ok_or_else(|| Error::model(file, format!("no {key} in the GGUF metadata")))
-    };
+    let get =
+        |key: &str| ct.metadata.get(key).ok_or_else(|| Error::model(file, format!("no {key} in the GGUF metadata")));
     let kind = get("tokenizer.ggml.model")?.to_string().map_err(|e| Error::model(file, e))?;
     if kind != "gpt2" {
-        return Err(Error::model(file, format!("tokenizer type {kind:?} is not supported (only byte-level BPE, \"gpt2\")")));
+        return Err(Error::model(
+            file,
+            format!("tokenizer type {kind:?} is not supported (only byte-level BPE, \"gpt2\")"),
+        ));
     }
     let strings = |key: &str| -> Result<Vec<String>> {
         let values = get(key)?.to_vec().map_err(|e| Error::model(file, format!("{key}: {e}")))?;
-        values
-            .iter()
-            .map(|v| v.to_string().cloned().map_err(|e| Error::model(file, format!("{key}: {e}"))))
-            .collect()
+        values.iter().map(|v| v.to_string().cloned().map_err(|e| Error::model(file, format!("{key}: {e}")))).collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges = strings("tokenizer.ggml.merges")?;

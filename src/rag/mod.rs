@@ -13,8 +13,8 @@ use crate::ingest;
 use crate::library::Library;
 use crate::llm::{GenerateParams, Generator, Run, Step, StopReason};
 use crate::time::Stopwatch;
-pub use prompt::NOT_FOUND;
 use prompt::PromptSource;
+pub use prompt::NOT_FOUND;
 use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -110,8 +110,16 @@ pub struct Answer {
 /// An answer under way: see [`Engine::begin_answer`].
 pub enum PendingAnswer {
     /// Retrieval found nothing relevant, so the answer is NOT_FOUND without running the model.
-    Abstained { answer: Answer, said: bool },
-    Generating { run: Box<Run>, sources: Vec<Source>, prompt: String, timings: Timings },
+    Abstained {
+        answer: Answer,
+        said: bool,
+    },
+    Generating {
+        run: Box<Run>,
+        sources: Vec<Source>,
+        prompt: String,
+        timings: Timings,
+    },
 }
 
 impl PendingAnswer {
@@ -172,7 +180,12 @@ impl Engine {
 
     /// Parse, chunk, embed and index one file. A document of the same name is replaced. On error
     /// the library is unchanged.
-    pub fn add_document(&mut self, name: &str, bytes: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<DocReport> {
+    pub fn add_document(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<DocReport> {
         let doc = ingest::ingest(name, bytes)?;
         let config = self.library.chunk_config;
         let chunks = chunk::chunk(&doc, &config, &|s| self.embedder.count_tokens(s));
@@ -181,7 +194,8 @@ impl Engine {
         let clock = Stopwatch::start();
         let vectors = self.embedder.embed_with_progress(&refs, progress)?;
         let embed_ms = clock.ms();
-        let report = DocReport { name: doc.name.clone(), chunks: chunks.len(), chars: doc.text.chars().count(), embed_ms };
+        let report =
+            DocReport { name: doc.name.clone(), chunks: chunks.len(), chars: doc.text.chars().count(), embed_ms };
         self.library.add(doc, chunks, vectors);
         Ok(report)
     }
@@ -314,7 +328,8 @@ impl Engine {
             }
             PendingAnswer::Abstained { .. } => Ok(Step::Done(StopReason::EndOfText)),
             PendingAnswer::Generating { run, .. } => {
-                let generator = self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
+                let generator =
+                    self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
                 generator.step(run)
             }
         }
@@ -379,10 +394,7 @@ impl Engine {
                 }
             }
         }
-        Ok(matched
-            .into_iter()
-            .map(|i| Citation { n: i + 1, by: CitedBy::Match, source: sources[i].clone() })
-            .collect())
+        Ok(matched.into_iter().map(|i| Citation { n: i + 1, by: CitedBy::Match, source: sources[i].clone() }).collect())
     }
 
     /// A conversation rendered with the model's chat template, and its token ids.
