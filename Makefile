@@ -9,7 +9,7 @@ GEN_Q8  := models/smollm2/SmolLM2-135M-Instruct.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test wasm wasm-target wasm-bindgen-cli site demo demo-cli browser bench clean-models
+.PHONY: all models build test wasm wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web clean-models
 
 all: build
 
@@ -80,6 +80,10 @@ browser:
 
 bench: build models
 	$(CARGO) bench --locked --bench pipeline
+
+# The browser's figures: www/bench.html run in headless Chromium; prints one JSON object.
+bench-web: site browser
+	node tools/bench_web.cjs
 
 clean-models:
 	rm -rf models/smollm2 models/minilm models/.cache

@@ -10,7 +10,6 @@
 
 use candle_core::quantized::GgmlDType;
 use pocketrag::embed::Embedder;
-use pocketrag::index::vector::{HnswConfig, VectorIndex};
 use pocketrag::llm::{GenerateParams, Generator};
 use pocketrag::models;
 use pocketrag::rag::prompt::{rag_messages, PromptSource};
@@ -139,21 +138,7 @@ fn bench_generators(dir: &Path, report: &mut serde_json::Map<String, serde_json:
 }
 
 fn bench_embedder(embedder: &Embedder, report: &mut serde_json::Map<String, serde_json::Value>) {
-    let text = corpus();
-    let words: Vec<&str> = text.split_whitespace().collect();
-    // 64 different chunks of 128 word pieces each.
-    let mut chunks = Vec::new();
-    for i in 0..64 {
-        let mut n = 60;
-        loop {
-            let s = words.iter().cycle().skip(i * 11).take(n).copied().collect::<Vec<_>>().join(" ");
-            if embedder.count_tokens(&s) >= 126 {
-                chunks.push(s);
-                break;
-            }
-            n += 2;
-        }
-    }
+    let chunks = pocketrag::bench::chunk_texts(embedder, &corpus(), 64);
     let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
     embedder.embed(&refs[..8]).unwrap();
     let t = Instant::now();
@@ -163,67 +148,20 @@ fn bench_embedder(embedder: &Embedder, report: &mut serde_json::Map<String, serd
     report.insert("embed_chunks_s".into(), json!(per_s));
 }
 
-/// Clustered unit vectors: real embeddings are not uniform on the sphere, they bunch by topic.
-fn synthetic(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut s = seed | 1;
-    let mut rnd = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
-    };
-    let centres: Vec<Vec<f32>> = (0..64).map(|_| (0..dim).map(|_| rnd()).collect()).collect();
-    (0..n)
-        .map(|i| {
-            let c = &centres[i % centres.len()];
-            let v: Vec<f32> = c.iter().map(|x| x + 0.8 * rnd()).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / norm).collect()
-        })
-        .collect()
-}
-
-fn percentile(xs: &mut [f64], p: f64) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[((xs.len() - 1) as f64 * p).round() as usize]
-}
-
 fn bench_index(report: &mut serde_json::Map<String, serde_json::Value>) {
-    let dim = 384;
     println!("index: synthetic clustered 384-d unit vectors, 200 queries, k = 10");
     for n in [1_000usize, 10_000, 20_000] {
-        let data = synthetic(n, dim, 7 + n as u64);
-        let queries = synthetic(200, dim, 99 + n as u64);
-        // Default graph parameters, but always a graph, so both methods are measured at every size.
-        let mut idx = VectorIndex::new(HnswConfig { exact_below: 0, ..Default::default() });
-        for v in &data {
-            idx.push(v.clone());
-        }
-        let t = Instant::now();
-        idx.rebuild();
-        let build_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let (mut hnsw_ms, mut exact_ms, mut found) = (vec![], vec![], 0);
-        for q in &queries {
-            let t = Instant::now();
-            let approx = idx.search(q, 10);
-            hnsw_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-            let t = Instant::now();
-            let exact = idx.exact(q, 10, 0);
-            exact_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-            found += approx.iter().filter(|a| exact.iter().any(|e| e.0 == a.0)).count();
-        }
-        let recall = found as f64 / (queries.len() * 10) as f64;
-        let (h50, h99) = (percentile(&mut hnsw_ms, 0.5), percentile(&mut hnsw_ms, 0.99));
-        let (e50, e99) = (percentile(&mut exact_ms, 0.5), percentile(&mut exact_ms, 0.99));
+        let f = pocketrag::bench::index_figures(n);
         println!(
-            "  {n:>6} chunks: HNSW build {build_ms:8.1} ms; search p50 {h50:.3} ms p99 {h99:.3} ms, recall@10 {recall:.3}; exact p50 {e50:.3} ms p99 {e99:.3} ms"
+            "  {n:>6} chunks: HNSW build {:8.1} ms; search p50 {:.3} ms p99 {:.3} ms, recall@10 {:.3}; exact p50 {:.3} ms p99 {:.3} ms",
+            f.build_ms, f.search_p50_ms, f.search_p99_ms, f.recall10, f.exact_p50_ms, f.exact_p99_ms
         );
         let key = format!("{}k", n / 1000);
-        report.insert(format!("hnsw_build_ms_{key}"), json!(build_ms));
-        report.insert(format!("search_p50_ms_{key}"), json!(h50));
-        report.insert(format!("search_p99_ms_{key}"), json!(h99));
-        report.insert(format!("recall10_{key}"), json!(recall));
-        report.insert(format!("exact_p50_ms_{key}"), json!(e50));
-        report.insert(format!("exact_p99_ms_{key}"), json!(e99));
+        report.insert(format!("hnsw_build_ms_{key}"), json!(f.build_ms));
+        report.insert(format!("search_p50_ms_{key}"), json!(f.search_p50_ms));
+        report.insert(format!("search_p99_ms_{key}"), json!(f.search_p99_ms));
+        report.insert(format!("recall10_{key}"), json!(f.recall10));
+        report.insert(format!("exact_p50_ms_{key}"), json!(f.exact_p50_ms));
+        report.insert(format!("exact_p99_ms_{key}"), json!(f.exact_p99_ms));
     }
 }

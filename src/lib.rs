@@ -5,6 +5,7 @@
 //! `ingest` → `chunk` → `embed` → `index` (inside `library`) → `rag` (prompt, `llm`, citations).
 //! The CLI (`src/bin/pocketrag.rs`) and the browser bindings are thin front ends over `rag::Engine`.
 
+pub mod bench;
 pub mod chunk;
 pub mod embed;
 pub mod error;

@@ -216,3 +216,41 @@ impl WasmEngine {
         self.inner.load(bytes).map_err(js_err)
     }
 }
+
+/// The embedder on its own, for helper workers that embed while the engine's worker does the
+/// rest (and for `make bench-web`).
+#[wasm_bindgen(js_name = Embedder)]
+pub struct WasmEmbedder {
+    inner: Embedder,
+}
+
+#[wasm_bindgen(js_class = Embedder)]
+impl WasmEmbedder {
+    #[wasm_bindgen(constructor)]
+    pub fn new(weights: &[u8], tokenizer: &[u8], config: &[u8]) -> Result<WasmEmbedder, JsError> {
+        Ok(WasmEmbedder { inner: Embedder::from_bytes(weights, tokenizer, config).map_err(js_err)? })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// Unit vectors for `texts`, one after another in one array (`texts.length * dim()` floats).
+    pub fn embed(&self, texts: Vec<String>) -> Result<Vec<f32>, JsError> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        Ok(self.inner.embed(&refs).map_err(js_err)?.concat())
+    }
+
+    /// `n` different texts of about 128 word pieces cut from `corpus`: the benchmark's chunks.
+    #[wasm_bindgen(js_name = benchChunks)]
+    pub fn bench_chunks(&self, corpus: &str, n: usize) -> Vec<String> {
+        crate::bench::chunk_texts(&self.inner, corpus, n)
+    }
+}
+
+/// Vector-index figures at `n` synthetic chunks: build time, graph and exact search latency,
+/// recall@10 (the same workload as `make bench`).
+#[wasm_bindgen(js_name = benchIndex, unchecked_return_type = "object")]
+pub fn bench_index(n: usize) -> Result<JsValue, JsError> {
+    to_js(&crate::bench::index_figures(n))
+}

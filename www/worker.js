@@ -2,13 +2,7 @@
 // requests ({type, ...}) and answers with events: download, doc, prefill, token, answer, error,
 // ready.
 import init, { Engine } from './pkg/pocketrag.js';
-
-const MODELS = {
-  embedderWeights: 'models/minilm/model.safetensors',
-  embedderTokenizer: 'models/minilm/tokenizer.json',
-  embedderConfig: 'models/minilm/config.json',
-  generator: 'models/smollm2/SmolLM2-135M-Instruct.Q8_0.gguf',
-};
+import { MODELS, loadModels, pruneModelCache } from './models.js';
 
 let engine = null;
 // Set by a 'stop' message. Answers are generated one step at a time with a turn of the event
@@ -100,74 +94,6 @@ async function restore() {
   return true;
 }
 
-// ---- models: kept in the Cache API under their sha256, so a second visit downloads nothing and
-// a changed model is fetched again. Every file is checked against the site's manifest before it
-// is cached or used: a truncated or damaged download is refused with its name, not fed to wasm.
-const MODEL_CACHE = 'pocketrag-models';
-
-async function sha256(bytes) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  return [...digest].map((b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-async function download(files, onProgress) {
-  // Sizes come from the manifest, so the bar covers every file from the start.
-  const total = files.reduce((n, f) => n + f.bytes, 0);
-  let loaded = 0;
-  return Promise.all(files.map(async (f) => {
-    const res = await fetch(f.path);
-    if (!res.ok) throw new Error(`cannot download ${f.path}: HTTP ${res.status}`);
-    const bytes = new Uint8Array(f.bytes);
-    const reader = res.body.getReader();
-    let at = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (at + value.length > bytes.length) throw new Error(`${f.path} is larger than the manifest says`);
-      bytes.set(value, at);
-      at += value.length;
-      loaded += value.length;
-      onProgress(loaded, total);
-    }
-    if (at !== bytes.length) throw new Error(`${f.path} arrived truncated (${at} of ${bytes.length} bytes); reload to try again`);
-    return bytes;
-  }));
-}
-
-async function loadModels(names) {
-  const res = await fetch('models/manifest.json');
-  if (!res.ok) throw new Error(`cannot read models/manifest.json: HTTP ${res.status}`);
-  const manifest = await res.json();
-  const files = names.map((path) => {
-    const f = manifest.files[path];
-    if (!f) throw new Error(`models/manifest.json does not list ${path}`);
-    return { path, ...f, key: `${path}?sha256=${f.sha256}` };
-  });
-  const cache = self.caches ? await caches.open(MODEL_CACHE) : null;
-  const bytes = await Promise.all(files.map(async (f) => {
-    const hit = cache && await cache.match(f.key);
-    return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
-  }));
-  const missing = files.filter((_, i) => bytes[i] === null);
-  const fetched = await download(missing, (loaded, total) => post({ type: 'download', loaded, total }));
-  for (const [i, f] of files.entries()) {
-    if (bytes[i] === null) bytes[i] = fetched[missing.indexOf(f)];
-    if (await sha256(bytes[i]) !== f.sha256) {
-      if (cache) await cache.delete(f.key);
-      throw new Error(`${f.path} is damaged (its sha256 does not match the manifest); reload to download it again`);
-    }
-    if (cache && missing.includes(f)) {
-      await cache.put(f.key, new Response(bytes[i], { headers: { 'content-type': 'application/octet-stream' } }));
-    }
-  }
-  // Entries for models this site no longer serves would otherwise fill the disk.
-  if (cache) {
-    const keep = new Set(files.map((f) => new URL(f.key, self.location.href).href));
-    for (const req of await cache.keys()) if (!keep.has(req.url)) await cache.delete(req);
-  }
-  return bytes;
-}
-
 /// Index one file; returns whether it was indexed.
 function addDocument(name, bytes) {
   post({ type: 'doc', name, state: 'indexing' });
@@ -192,7 +118,9 @@ async function addAndStore(files) {
 const handlers = {
   async init() {
     await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
-    const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator]);
+    const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
+      (loaded, total) => post({ type: 'download', loaded, total }));
+    await pruneModelCache();
     engine = new Engine(w, t, c, g);
     post({ type: 'ready', backend: 'cpu' });
     db = await openDb();

@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..', '..');
-const { Engine } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const { Engine, Embedder, benchIndex } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
 const model = (p) => fs.readFileSync(path.join(root, 'models', p));
 const doc = (name) => fs.readFileSync(path.join(root, 'tests', 'data', 'library', name));
 
@@ -94,4 +94,27 @@ test('wasm engine reports bad input as exceptions with readable messages', () =>
   // Answering needs a generator; this engine has none.
   engine.addDocument('a.txt', Buffer.from('Some text about tides and the moon.'));
   assert.throws(() => engine.answer('tides?', true, 4), /no language model/);
+});
+
+test('the standalone embedder agrees with the engine, and the index benchmark runs', () => {
+  const embedder = new Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
+  const dim = embedder.dim();
+  const v = embedder.embed(['The lighthouse was first lit in 1871.', 'Feed the starter once a week.']);
+  assert.equal(v.length, 2 * dim);
+  for (const i of [0, 1]) {
+    const norm = Math.hypot(...v.subarray(i * dim, (i + 1) * dim));
+    assert.ok(Math.abs(norm - 1) < 1e-4, `norm ${norm}`);
+  }
+  // The engine ranks a one-chunk document by the same cosine.
+  const engine = embedderOnly();
+  engine.addDocument('one.txt', Buffer.from('Feed the starter once a week.'));
+  const [q] = [embedder.embed(['How often do I feed the starter?'])];
+  const cos = q.reduce((s, x, i) => s + x * v[dim + i], 0);
+  assert.ok(Math.abs(engine.search('How often do I feed the starter?', 1).hits[0].score - cos) < 1e-4);
+
+  const chunks = embedder.benchChunks(fs.readFileSync(path.join(root, 'samples', 'rag.md'), 'utf8'), 3);
+  assert.equal(chunks.length, 3);
+  const f = benchIndex(500);
+  assert.equal(f.chunks, 500);
+  assert.ok(f.recall10 > 0.9 && f.search_p50_ms > 0 && f.exact_p50_ms > 0, JSON.stringify(f));
 });

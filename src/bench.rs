@@ -1,0 +1,99 @@
+//! Measurements shared by the two benchmark front ends: `make bench` (native, benches/pipeline.rs)
+//! and `make bench-web` (the same code compiled to wasm, run inside Chromium). Keeping the
+//! workloads here means the two report the same thing.
+
+use crate::embed::Embedder;
+use crate::index::vector::{HnswConfig, VectorIndex};
+use crate::time::Stopwatch;
+use serde::Serialize;
+
+/// Clustered unit vectors: real embeddings are not uniform on the sphere, they bunch by topic.
+pub fn synthetic_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut s = seed | 1;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+    };
+    let centres: Vec<Vec<f32>> = (0..64).map(|_| (0..dim).map(|_| rnd()).collect()).collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i % centres.len()];
+            let v: Vec<f32> = c.iter().map(|x| x + 0.8 * rnd()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect()
+}
+
+pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[((xs.len() - 1) as f64 * p).round() as usize]
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexFigures {
+    pub chunks: usize,
+    pub build_ms: f64,
+    pub search_p50_ms: f64,
+    pub search_p99_ms: f64,
+    /// Share of the exact top 10 that the graph search finds.
+    pub recall10: f64,
+    pub exact_p50_ms: f64,
+    pub exact_p99_ms: f64,
+}
+
+/// Build a graph over `n` synthetic 384-d vectors and time 200 top-10 queries through it and by
+/// exact scan. The graph is built whatever the size (the app scans small sets exactly), so both
+/// methods are measured at every size.
+pub fn index_figures(n: usize) -> IndexFigures {
+    let dim = 384;
+    let data = synthetic_vectors(n, dim, 7 + n as u64);
+    let queries = synthetic_vectors(200, dim, 99 + n as u64);
+    let mut idx = VectorIndex::new(HnswConfig { exact_below: 0, ..Default::default() });
+    for v in data {
+        idx.push(v);
+    }
+    let clock = Stopwatch::start();
+    idx.rebuild();
+    let build_ms = clock.ms();
+    let (mut graph_ms, mut exact_ms, mut found) = (vec![], vec![], 0);
+    for q in &queries {
+        let clock = Stopwatch::start();
+        let approx = idx.search(q, 10);
+        graph_ms.push(clock.ms());
+        let clock = Stopwatch::start();
+        let exact = idx.exact(q, 10, 0);
+        exact_ms.push(clock.ms());
+        found += approx.iter().filter(|a| exact.iter().any(|e| e.0 == a.0)).count();
+    }
+    IndexFigures {
+        chunks: n,
+        build_ms,
+        search_p50_ms: percentile(&mut graph_ms, 0.5),
+        search_p99_ms: percentile(&mut graph_ms, 0.99),
+        recall10: found as f64 / (queries.len() * 10) as f64,
+        exact_p50_ms: percentile(&mut exact_ms, 0.5),
+        exact_p99_ms: percentile(&mut exact_ms, 0.99),
+    }
+}
+
+/// `n` different chunk texts of about 128 word pieces each (the chunker's maximum), cut from
+/// `corpus`.
+pub fn chunk_texts(embedder: &Embedder, corpus: &str, n: usize) -> Vec<String> {
+    let words: Vec<&str> = corpus.split_whitespace().collect();
+    assert!(words.len() > 200, "the corpus is too small to cut 128-token chunks from");
+    (0..n)
+        .map(|i| {
+            let mut take = 60;
+            loop {
+                let s = words.iter().cycle().skip(i * 11).take(take).copied().collect::<Vec<_>>().join(" ");
+                if embedder.count_tokens(&s) >= 126 {
+                    return s;
+                }
+                take += 2;
+            }
+        })
+        .collect()
+}

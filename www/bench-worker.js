@@ -1,0 +1,93 @@
+// One benchmark worker: loads the models (from the cache the app fills) and measures what the
+// page asks for, replying with one message per request.
+import init, { Engine, Embedder, benchIndex } from './pkg/pocketrag.js';
+import { MODELS, loadModels } from './models.js';
+
+let engine = null;
+let embedder = null;
+const post = (msg) => self.postMessage(msg);
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+// Questions about the shipped sample articles that retrieve four sources each, making prompts of
+// 464-494 tokens (checked with `pocketrag ask --json` on dist/library.idx).
+const QUESTIONS = [
+  'How does retrieval-augmented generation find passages and answer?',
+  'What is the difference between fine-tuning and retrieval?',
+  'How do embeddings, vector search and retrieval work together?',
+];
+
+const handlers = {
+  async init({ generator }) {
+    await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
+    const names = [MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig];
+    const [w, t, c, g] = await loadModels(generator ? [...names, MODELS.generator] : names,
+      (loaded, total) => post({ type: 'status', text: `downloading models: ${(loaded / 1e6).toFixed(0)} / ${(total / 1e6).toFixed(0)} MB` }));
+    embedder = new Embedder(w, t, c);
+    if (generator) {
+      engine = new Engine(w, t, c, g);
+      const res = await fetch('library.idx');
+      if (!res.ok) throw new Error(`cannot load library.idx: HTTP ${res.status}`);
+      engine.load(new Uint8Array(await res.arrayBuffer()));
+    }
+    return {};
+  },
+  // Time to first token is measured from the question (embedding and search included) to the
+  // first piece of answer text, exactly as a user waits for it.
+  generation() {
+    const runs = QUESTIONS.map((q, i) => {
+      post({ type: 'status', text: `generating ${i + 1}/${QUESTIONS.length}…` });
+      const t0 = performance.now();
+      engine.beginAnswer(q, true, 4);
+      let ttft = null;
+      for (;;) {
+        const step = engine.step();
+        if (ttft === null && step.type === 'token' && step.text) ttft = performance.now() - t0;
+        if (step.type === 'done') break;
+      }
+      const a = engine.finishAnswer();
+      return {
+        ttft,
+        prompt: a.prompt_tokens,
+        prefill: a.prompt_tokens / (a.timings_ms.prefill / 1000),
+        decode: a.generated_tokens / (a.timings_ms.decode / 1000),
+      };
+    });
+    return {
+      figures: {
+        prefill_tok_s_1t: median(runs.map((r) => r.prefill)),
+        decode_tok_s_1t: median(runs.map((r) => r.decode)),
+        ttft_ms_500: median(runs.map((r) => r.ttft)),
+        ttft_prompt_tokens: median(runs.map((r) => r.prompt)),
+      },
+    };
+  },
+  chunks({ n }) {
+    const corpus = engine.documents().map((d) => engine.documentText(d.name)).join('\n\n');
+    return { chunks: embedder.benchChunks(corpus, n) };
+  },
+  embed({ texts }) {
+    const t0 = performance.now();
+    embedder.embed(texts);
+    return { ms: performance.now() - t0 };
+  },
+  index({ n }) {
+    post({ type: 'status', text: `vector index at ${n} chunks…` });
+    const f = benchIndex(n);
+    return {
+      figures: {
+        search_p50_ms_10k: f.search_p50_ms,
+        recall10_10k: f.recall10,
+        hnsw_build_ms_10k: f.build_ms,
+        exact_p50_ms_10k: f.exact_p50_ms,
+      },
+    };
+  },
+};
+
+self.onmessage = async ({ data }) => {
+  try {
+    post({ type: 'ok', ...(await handlers[data.type](data)) });
+  } catch (e) {
+    post({ type: 'error', message: String(e.message || e) });
+  }
+};

@@ -1,0 +1,70 @@
+// The benchmark page: runs each measurement in workers (as the app does) and prints one JSON
+// object into #result, with data-state="done" (or "error") when finished.
+const $ = (id) => document.getElementById(id);
+const status = (text) => { $('status').textContent = text; };
+
+function start(role) {
+  const w = new Worker('bench-worker.js', { type: 'module' });
+  const replies = [];
+  const waiters = [];
+  w.onmessage = ({ data }) => {
+    if (data.type === 'status') return status(data.text);
+    if (waiters.length) waiters.shift()(data); else replies.push(data);
+  };
+  w.onerror = (e) => fail(new Error(e.message));
+  const next = () => new Promise((resolve) => (replies.length ? resolve(replies.shift()) : waiters.push(resolve)));
+  const request = async (msg) => {
+    w.postMessage(msg);
+    const reply = await next();
+    if (reply.type === 'error') throw new Error(reply.message);
+    return reply;
+  };
+  return { request, terminate: () => w.terminate(), role };
+}
+
+function fail(e) {
+  $('result').textContent = JSON.stringify({ error: String(e.message || e) });
+  $('result').dataset.state = 'error';
+}
+
+async function run() {
+  const result = { backend: 'cpu' };
+
+  // One thread: generation (and time to first token) on the app's own pipeline, the embedder,
+  // and the vector index.
+  const main = start('main');
+  await main.request({ type: 'init', generator: true });
+  Object.assign(result, (await main.request({ type: 'generation' })).figures);
+  const { chunks } = await main.request({ type: 'chunks', n: 64 });
+  await main.request({ type: 'embed', texts: chunks.slice(0, 8) });
+  const one = await main.request({ type: 'embed', texts: chunks });
+  result.embed_chunks_s_1t = chunks.length / (one.ms / 1000);
+  Object.assign(result, (await main.request({ type: 'index', n: 10_000 })).figures);
+  main.terminate();
+
+  // Two threads for embedding: two workers with their own wasm instance, each embedding half the
+  // chunks, which is how indexing can use both cores without shared memory.
+  status('embedding on two workers…');
+  const pair = [start('a'), start('b')];
+  await Promise.all(pair.map((w) => w.request({ type: 'init', generator: false })));
+  const half = Math.ceil(chunks.length / 2);
+  // A first batch each, so both instances are warm (as the single-thread measurement was).
+  await Promise.all(pair.map((w, i) => w.request({ type: 'embed', texts: chunks.slice(i * half, i * half + 8) })));
+  const t0 = performance.now();
+  await Promise.all(pair.map((w, i) => w.request({ type: 'embed', texts: chunks.slice(i * half, (i + 1) * half) })));
+  result.embed_chunks_s_2t = chunks.length / ((performance.now() - t0) / 1000);
+  pair.forEach((w) => w.terminate());
+
+  // candle's CPU kernels parallelise with std threads, which wasm32-unknown-unknown cannot
+  // start, so one answer runs on one thread whatever the page's isolation.
+  result.prefill_tok_s_2t = null;
+  result.decode_tok_s_2t = null;
+  result.threads_note = 'generation runs on one thread in wasm (candle spawns std threads, which wasm32-unknown-unknown cannot); embedding uses two workers';
+  result.cross_origin_isolated = self.crossOriginIsolated === true;
+  result.user_agent = navigator.userAgent;
+  $('result').textContent = JSON.stringify(result);
+  $('result').dataset.state = 'done';
+  status('done');
+}
+
+run().catch(fail);
