@@ -78,24 +78,20 @@ pub fn ingest(name: &str, bytes: &[u8]) -> Result<Document> {
         ));
     }
     let format = detect_format(name, bytes);
+    if format == Format::Pdf {
+        let pages =
+            extract_pdf_pages(bytes).map_err(|e| Error::document(name, format!("cannot read this PDF: {e}")))?;
+        return ingest_pdf_pages(name, &pages);
+    }
+    let text = decode_text(name, bytes)?;
     let mut builder = match format {
-        Format::Pdf => pdf(name, bytes)?,
-        other => {
-            let text = decode_text(name, bytes)?;
-            match other {
-                Format::Markdown => markdown(&text),
-                Format::Html => html(&text),
-                _ => plain(&text, None),
-            }
-        }
+        Format::Markdown => markdown(&text),
+        Format::Html => html(&text),
+        _ => plain(&text, None),
     };
     builder.finish_block();
     if builder.blocks.is_empty() {
-        let why = match format {
-            Format::Pdf => "the PDF has no extractable text (a scanned image? run OCR first)",
-            _ => "the file contains no text",
-        };
-        return Err(Error::document(name, why));
+        return Err(Error::document(name, "the file contains no text"));
     }
     Ok(Document { name: name.to_string(), format, text: builder.text, blocks: builder.blocks })
 }
@@ -308,19 +304,26 @@ fn walk_html(node: ego_tree::NodeRef<'_, scraper::Node>, b: &mut Builder) {
     }
 }
 
-fn pdf(name: &str, bytes: &[u8]) -> Result<Builder> {
-    let pages = extract_pdf_pages(bytes).map_err(|e| Error::document(name, format!("cannot read this PDF: {e}")))?;
+/// A PDF's document from the text of its pages (as [`extract_pdf_pages`] gives it). Separate from
+/// extraction because in the browser extraction runs in a disposable worker: the PDF parser can
+/// panic, and a panic in WebAssembly kills the instance.
+pub fn ingest_pdf_pages(name: &str, pages: &[String]) -> Result<Document> {
     let mut b = Builder::default();
     for (i, page) in pages.iter().enumerate() {
         b.finish_block();
         b.page = Some(i as u32 + 1);
         plain_into(&mut b, page);
     }
-    Ok(b)
+    b.finish_block();
+    if b.blocks.is_empty() {
+        return Err(Error::document(name, "the PDF has no extractable text (a scanned image? run OCR first)"));
+    }
+    Ok(Document { name: name.to_string(), format: Format::Pdf, text: b.text, blocks: b.blocks })
 }
 
+/// The text of each page of a PDF.
 #[cfg(not(target_arch = "wasm32"))]
-fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+pub fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     // pdf-extract panics on some malformed files; one bad PDF must not take the batch down.
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -333,8 +336,10 @@ fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     }
 }
 
+/// The text of each page of a PDF. Here a parser panic aborts the instance: call it where that
+/// costs nothing (the page runs it in a worker of its own).
 #[cfg(target_arch = "wasm32")]
-fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+pub fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| e.to_string())
 }
 

@@ -13,6 +13,7 @@ pub mod index;
 pub mod ingest;
 pub mod library;
 pub mod llm;
+pub mod memory;
 pub mod rag;
 pub mod time;
 

@@ -111,6 +111,26 @@ impl WasmEngine {
         to_js(&r)
     }
 
+    /// Index a PDF from the text of its pages, as `extractPdfPages` returned it (in another worker:
+    /// see there). Same return value and errors as `addDocument`.
+    #[wasm_bindgen(js_name = addPdfPages, unchecked_return_type = "DocReport")]
+    pub fn add_pdf_pages(
+        &mut self,
+        name: &str,
+        pages: Vec<String>,
+        #[wasm_bindgen(unchecked_param_type = "((done: number, total: number) => void) | null")] progress: Option<
+            Function,
+        >,
+    ) -> Result<JsValue, JsError> {
+        let mut report = |done: usize, total: usize| {
+            if let Some(f) = &progress {
+                let _ = f.call2(&JsValue::NULL, &(done as u32).into(), &(total as u32).into());
+            }
+        };
+        let doc = crate::ingest::ingest_pdf_pages(name, &pages).map_err(js_err)?;
+        to_js(&self.inner.add_ingested(doc, &mut report).map_err(js_err)?)
+    }
+
     #[wasm_bindgen(js_name = removeDocument)]
     pub fn remove_document(&mut self, name: &str) -> bool {
         self.inner.remove_document(name)
@@ -205,6 +225,20 @@ impl WasmEngine {
         to_js(&self.inner.finish_answer(pending).map_err(js_err)?)
     }
 
+    /// Refuse documents whose indexing would grow this instance's memory past `bytes` (0: no
+    /// limit but what the browser gives). The page lowers it below the browser's ceiling so a
+    /// refusal comes with a message rather than a dead instance.
+    #[wasm_bindgen(js_name = setMemoryLimit)]
+    pub fn set_memory_limit(&mut self, bytes: f64) {
+        self.inner.settings.memory_limit = (bytes > 0.0).then_some(bytes as usize);
+    }
+
+    /// Bytes of linear memory this instance has grown to.
+    #[wasm_bindgen(js_name = memoryInUse)]
+    pub fn memory_in_use(&self) -> f64 {
+        crate::memory::in_use().unwrap_or(0) as f64
+    }
+
     /// The library as one index file (the same format the CLI writes).
     pub fn save(&self) -> Vec<u8> {
         self.inner.save()
@@ -253,4 +287,18 @@ impl WasmEmbedder {
 #[wasm_bindgen(js_name = benchIndex, unchecked_return_type = "object")]
 pub fn bench_index(n: usize) -> Result<JsValue, JsError> {
     to_js(&crate::bench::index_figures(n))
+}
+
+/// Whether `addDocument` would read these bytes as a PDF (by content, then by name).
+#[wasm_bindgen(js_name = isPdf)]
+pub fn is_pdf(name: &str, bytes: &[u8]) -> bool {
+    crate::ingest::detect_format(name, bytes) == crate::ingest::Format::Pdf
+}
+
+/// The text of each page of a PDF. The PDF parser panics on some malformed files, and a panic
+/// aborts this wasm instance, so the page calls this in a worker of its own that it can throw
+/// away, never in the engine's.
+#[wasm_bindgen(js_name = extractPdfPages)]
+pub fn extract_pdf_pages(bytes: &[u8]) -> Result<Vec<String>, JsError> {
+    crate::ingest::extract_pdf_pages(bytes).map_err(|e| JsError::new(&format!("cannot read this PDF: {e}")))
 }

@@ -2,7 +2,7 @@
 // by sha256 itself) is answered from the network when it can be, so a new release shows up on
 // the next visit, and from the last copy seen when it cannot, so the page opens offline.
 const SHELL_CACHE = 'pocketrag-shell';
-const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'models.js', 'style.css', 'pkg/pocketrag.js',
+const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'models.js', 'parse-worker.js', 'style.css', 'pkg/pocketrag.js',
   'pkg/pocketrag_bg.wasm', 'models/manifest.json'];
 
 self.addEventListener('install', (event) => {
@@ -21,7 +21,7 @@ async function networkFirst(request) {
     return response;
   } catch (offline) {
     // ?backend= and ?threads= do not change the page's bytes.
-    const hit = await cache.match(request, { ignoreSearch: request.mode === 'navigate' });
+    const hit = await cache.match(request, { ignoreSearch: true });
     if (hit) return hit;
     throw offline;
   }

@@ -1,10 +1,11 @@
 // The worker owns the wasm Engine, so indexing and generation never block the page. It receives
 // requests ({type, ...}) and answers with events: download, doc, prefill, token, answer, error,
 // ready.
-import init, { Engine } from './pkg/pocketrag.js';
+import init, { Engine, isPdf } from './pkg/pocketrag.js';
 import { MODELS, loadModels, pruneModelCache } from './models.js';
 
 let engine = null;
+const MEMORY_LIMIT = 3.5 * 2 ** 30;
 // Set by a 'stop' message. Answers are generated one step at a time with a turn of the event
 // loop in between, so the message gets through on any page, cross-origin isolated or not.
 let stopRequested = false;
@@ -77,6 +78,11 @@ async function restore() {
   try {
     engine.load(saved);
     announceDocuments();
+    // Documents stored after the last save (the tab closed mid-batch) are indexed again.
+    const have = new Set(engine.documents().map((d) => d.name));
+    const unsaved = (await storedDocNames()).filter((name) => !have.has(name));
+    for (const name of unsaved) await addDocument(name, new Uint8Array(await storedDoc(name)));
+    if (unsaved.length) await saveIndex();
     return true;
   } catch (e) {
     post({ type: 'notice', message: `The stored index could not be used (${e.message}); re-indexing your documents.` });
@@ -89,16 +95,41 @@ async function restore() {
     }
   }
   announceDocuments();
-  for (const name of await storedDocNames()) addDocument(name, new Uint8Array(await storedDoc(name)));
+  for (const name of await storedDocNames()) await addDocument(name, new Uint8Array(await storedDoc(name)));
   await saveIndex();
   return true;
 }
 
+// ---- PDF text comes from a separate worker (see parse-worker.js), started when first needed and
+// replaced after a crash.
+let parser = null;
+let parseId = 0;
+const parsing = new Map();
+function extractPdf(bytes) {
+  if (!parser) {
+    parser = new Worker('parse-worker.js', { type: 'module' });
+    parser.onmessage = ({ data }) => {
+      const { resolve, reject } = parsing.get(data.id);
+      parsing.delete(data.id);
+      if (data.crashed) { parser.terminate(); parser = null; }
+      if (data.error) reject(new Error(data.error)); else resolve(data.pages);
+    };
+  }
+  const id = ++parseId;
+  return new Promise((resolve, reject) => {
+    parsing.set(id, { resolve, reject });
+    parser.postMessage({ id, bytes });
+  });
+}
+
 /// Index one file; returns whether it was indexed.
-function addDocument(name, bytes) {
+async function addDocument(name, bytes) {
   post({ type: 'doc', name, state: 'indexing' });
+  const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total });
   try {
-    const report = engine.addDocument(name, bytes, (done, total) => post({ type: 'doc', name, state: 'indexing', done, total }));
+    const report = isPdf(name, bytes)
+      ? engine.addPdfPages(name, await extractPdf(bytes.slice()), progress)
+      : engine.addDocument(name, bytes, progress);
     post({ type: 'doc', name, state: 'indexed', chunks: report.chunks });
     return true;
   } catch (e) {
@@ -107,10 +138,19 @@ function addDocument(name, bytes) {
   }
 }
 
-/// Index files the user gave us and keep them.
+// Saving serialises the whole index, so during a long batch it happens every few seconds rather
+// than after every file; if the tab dies mid-batch, at most those seconds of work are lost.
+const SAVE_EVERY_MS = 5000;
+
 async function addAndStore(files) {
+  let saved = performance.now();
   for (const { name, bytes } of files) {
-    if (addDocument(name, bytes)) await storeDoc(name, bytes);
+    if (!(await addDocument(name, bytes))) continue;
+    await storeDoc(name, bytes);
+    if (performance.now() - saved > SAVE_EVERY_MS) {
+      await saveIndex();
+      saved = performance.now();
+    }
   }
   await saveIndex();
 }
@@ -122,6 +162,9 @@ const handlers = {
       (loaded, total) => post({ type: 'download', loaded, total }));
     await pruneModelCache();
     engine = new Engine(w, t, c, g);
+    // wasm32 memory ends at 4 GiB; stopping short of it turns running out into a per-file
+    // message (see src/memory.rs) instead of a dead instance.
+    engine.setMemoryLimit(MEMORY_LIMIT);
     post({ type: 'ready', backend: 'cpu' });
     db = await openDb();
     // First visit: nothing stored yet, so start with the site's collection.
@@ -174,6 +217,10 @@ self.onmessage = async (event) => {
   try {
     await handlers[msg.type](msg);
   } catch (e) {
-    post({ type: 'error', during: msg.type, message: String(e.message || e) });
+    // A trap (a panic or running out of memory) leaves the wasm instance unusable.
+    const message = e instanceof WebAssembly.RuntimeError
+      ? `the engine stopped unexpectedly (${e.message}); reload the page: your documents are saved`
+      : String(e.message || e);
+    post({ type: 'error', during: msg.type, message });
   }
 };

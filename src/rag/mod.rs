@@ -30,11 +30,20 @@ pub struct Settings {
     /// with it.
     pub context_budget: usize,
     pub generate: GenerateParams,
+    /// In WebAssembly, refuse a document whose indexing would take the instance's memory past
+    /// this many bytes (None: only what the browser will give). See `memory`.
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { k: 4, min_relevance: 0.25, context_budget: 2048, generate: GenerateParams::default() }
+        Settings {
+            k: 4,
+            min_relevance: 0.25,
+            context_budget: 2048,
+            generate: GenerateParams::default(),
+            memory_limit: None,
+        }
     }
 }
 
@@ -186,7 +195,17 @@ impl Engine {
         bytes: &[u8],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<DocReport> {
+        // Oversized files get ingest's own message instead.
+        if bytes.len() <= ingest::MAX_DOCUMENT_BYTES {
+            crate::memory::ensure_room(name, crate::memory::indexing_need(bytes.len()), self.settings.memory_limit)?;
+        }
         let doc = ingest::ingest(name, bytes)?;
+        self.add_ingested(doc, progress)
+    }
+
+    /// Chunk, embed and index a document that is already text (the browser extracts PDF text in
+    /// a worker of its own, then calls this).
+    pub fn add_ingested(&mut self, doc: ingest::Document, progress: &mut dyn FnMut(usize, usize)) -> Result<DocReport> {
         let config = self.library.chunk_config;
         let chunks = chunk::chunk(&doc, &config, &|s| self.embedder.count_tokens(s));
         let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();

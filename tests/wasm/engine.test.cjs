@@ -6,7 +6,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..', '..');
-const { Engine, Embedder, benchIndex } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const { Engine, Embedder, benchIndex, isPdf, extractPdfPages } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const { pdf } = require('../support/pdf.cjs');
 const model = (p) => fs.readFileSync(path.join(root, 'models', p));
 const doc = (name) => fs.readFileSync(path.join(root, 'tests', 'data', 'library', name));
 
@@ -117,4 +118,33 @@ test('the standalone embedder agrees with the engine, and the index benchmark ru
   const f = benchIndex(500);
   assert.equal(f.chunks, 500);
   assert.ok(f.recall10 > 0.9 && f.search_p50_ms > 0 && f.exact_p50_ms > 0, JSON.stringify(f));
+});
+
+test('a document that would not fit in memory is refused with a message, and nothing is lost', () => {
+  const engine = embedderOnly();
+  engine.addDocument('lighthouse.md', doc('lighthouse.md'));
+  const used = engine.memoryInUse();
+  assert.ok(used > 50e6, `in use: ${used}`);
+  // Leave room for small documents only: a 4 MB one needs more than that.
+  engine.setMemoryLimit(used + 20 * 2 ** 20);
+  const big = Buffer.from('The tide comes in twice a day. '.repeat(140_000));
+  assert.throws(() => engine.addDocument('big.txt', big), /big\.txt.*not enough memory.*already indexed are kept/);
+  assert.deepEqual(engine.documents().map((d) => d.name), ['lighthouse.md']);
+  assert.equal(engine.search('When was the lighthouse first lit?', 1).hits[0].doc, 'lighthouse.md');
+  engine.addDocument('sourdough.txt', doc('sourdough.txt'));
+  assert.equal(engine.documents().length, 2);
+});
+
+test('PDF text extracted separately is indexed with its page numbers', () => {
+  const bytes = pdf(['The ferry leaves at seven.', 'The return ferry leaves at nine in the evening.']);
+  assert.equal(isPdf('timetable.pdf', bytes), true);
+  assert.equal(isPdf('notes.txt', Buffer.from('plain words')), false);
+  const pages = extractPdfPages(bytes);
+  assert.equal(pages.length, 2);
+  const engine = embedderOnly();
+  engine.addPdfPages('timetable.pdf', pages);
+  const hit = engine.search('When does the return ferry leave?', 1).hits[0];
+  assert.equal(hit.doc, 'timetable.pdf');
+  assert.equal(hit.page, 2);
+  assert.throws(() => engine.addPdfPages('scan.pdf', ['', '  ']), /scan\.pdf.*no extractable text/);
 });

@@ -10,6 +10,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
+const { pdf } = require('../support/pdf.cjs');
 
 const root = path.resolve(__dirname, '..', '..');
 
@@ -78,11 +79,17 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
     { name: 'hostile.html', mimeType: 'text/html', buffer: hostile },
     { name: '<img src=z onerror=alert(3)>.txt', mimeType: 'text/plain', buffer: injected },
     { name: 'junk.bin', mimeType: 'application/octet-stream', buffer: Buffer.from([0, 1, 2, 0, 255, 254]) },
+    // The PDF parser panics on this one; it must cost only its own row, not the engine.
+    { name: 'crash.pdf', mimeType: 'application/pdf', buffer: pdf(['Lost words.'], { resources: false }) },
+    { name: 'ferry.pdf', mimeType: 'application/pdf', buffer: pdf(['Ferry times.', 'The last ferry to Kessel Island leaves at nine.']) },
   ]);
   await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
   await page.waitForSelector('[data-testid="doc-status"][data-doc="hostile.html"][data-state="indexed"]');
   const junk = await page.waitForSelector('[data-testid="doc-status"][data-doc="junk.bin"][data-state="error"]');
   assert.match(await junk.textContent(), /binary/);
+  const crashed = await page.waitForSelector('[data-testid="doc-status"][data-doc="crash.pdf"][data-state="error"]', { timeout: 60_000 });
+  assert.match(await crashed.textContent(), /PDF parser failed/);
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="ferry.pdf"][data-state="indexed"]', { timeout: 60_000 });
   // The file name with markup is shown as text.
   const weird = await page.waitForSelector('[data-testid="doc-status"][data-doc="<img src=z onerror=alert(3)>.txt"]');
   assert.match(await weird.textContent(), /<img src=z onerror=alert\(3\)>\.txt/);

@@ -1,0 +1,20 @@
+// Extracts the text of PDFs in a wasm instance of its own. The PDF parser panics on some
+// malformed files, and a panic kills the wasm instance it runs in: here that costs only this
+// worker, which the engine's worker then replaces.
+import init, { extractPdfPages } from './pkg/pocketrag.js';
+
+const ready = init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
+
+self.onmessage = async ({ data: { id, bytes } }) => {
+  await ready;
+  try {
+    self.postMessage({ id, pages: extractPdfPages(new Uint8Array(bytes)) });
+  } catch (e) {
+    const crashed = e instanceof WebAssembly.RuntimeError;
+    self.postMessage({
+      id,
+      crashed,
+      error: crashed ? 'cannot read this PDF: the PDF parser failed on this file (malformed PDF?)' : String(e.message || e),
+    });
+  }
+};
