@@ -67,6 +67,16 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
     value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| JsError::new(&e.to_string()))
 }
 
+/// Indexing progress `(done, total)` forwarded to an optional JS callback; a throwing callback
+/// must not stop the indexing, so its result is ignored.
+fn progress_callback(progress: &Option<Function>) -> impl FnMut(usize, usize) + '_ {
+    move |done, total| {
+        if let Some(f) = progress {
+            let _ = f.call2(&JsValue::NULL, &(done as u32).into(), &(total as u32).into());
+        }
+    }
+}
+
 fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -102,12 +112,7 @@ impl WasmEngine {
             Function,
         >,
     ) -> Result<JsValue, JsError> {
-        let mut report = |done: usize, total: usize| {
-            if let Some(f) = &progress {
-                let _ = f.call2(&JsValue::NULL, &(done as u32).into(), &(total as u32).into());
-            }
-        };
-        let r = self.inner.add_document(name, bytes, &mut report).map_err(js_err)?;
+        let r = self.inner.add_document(name, bytes, &mut progress_callback(&progress)).map_err(js_err)?;
         to_js(&r)
     }
 
@@ -122,13 +127,8 @@ impl WasmEngine {
             Function,
         >,
     ) -> Result<JsValue, JsError> {
-        let mut report = |done: usize, total: usize| {
-            if let Some(f) = &progress {
-                let _ = f.call2(&JsValue::NULL, &(done as u32).into(), &(total as u32).into());
-            }
-        };
         let doc = crate::ingest::ingest_pdf_pages(name, &pages).map_err(js_err)?;
-        to_js(&self.inner.add_ingested(doc, &mut report).map_err(js_err)?)
+        to_js(&self.inner.add_ingested(doc, &mut progress_callback(&progress)).map_err(js_err)?)
     }
 
     #[wasm_bindgen(js_name = removeDocument)]
