@@ -3,6 +3,7 @@
 
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
+use crate::llm::llama::Weights;
 use crate::llm::Generator;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,10 @@ pub fn generator_path(dir: &Path) -> PathBuf {
 }
 
 pub fn load_generator(path: &Path) -> Result<Generator> {
+    load_generator_with(path, Weights::Quantized)
+}
+
+pub fn load_generator_with(path: &Path, weights: Weights) -> Result<Generator> {
     let bytes = read(path)?;
-    Generator::from_gguf_bytes(&bytes, &path.display().to_string())
+    Generator::from_gguf_bytes_with(&bytes, &path.display().to_string(), weights)
 }

@@ -17,14 +17,14 @@ const QUESTIONS = [
 ];
 
 const handlers = {
-  async init({ generator }) {
+  async init({ generator, densePrefill }) {
     await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
     const names = [MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig];
     const [w, t, c, g] = await loadModels(generator ? [...names, MODELS.generator] : names,
       (loaded, total) => post({ type: 'status', text: `downloading models: ${(loaded / 1e6).toFixed(0)} / ${(total / 1e6).toFixed(0)} MB` }));
     embedder = new Embedder(w, t, c);
     if (generator) {
-      engine = new Engine(w, t, c, g);
+      engine = new Engine(w, t, c, g, densePrefill);
       const res = await fetch('library.idx');
       if (!res.ok) throw new Error(`cannot load library.idx: HTTP ${res.status}`);
       engine.load(new Uint8Array(await res.arrayBuffer()));

@@ -156,16 +156,16 @@ async function addAndStore(files) {
 }
 
 const handlers = {
-  async init() {
+  async init({ densePrefill }) {
     await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
       (loaded, total) => post({ type: 'download', loaded, total }));
     await pruneModelCache();
-    engine = new Engine(w, t, c, g);
+    engine = new Engine(w, t, c, g, densePrefill);
     // wasm32 memory ends at 4 GiB; stopping short of it turns running out into a per-file
     // message (see src/memory.rs) instead of a dead instance.
     engine.setMemoryLimit(MEMORY_LIMIT);
-    post({ type: 'ready', backend: 'cpu' });
+    post({ type: 'ready', backend: 'cpu', densePrefill });
     db = await openDb();
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pocketrag::ingest::MAX_DOCUMENT_BYTES;
+use pocketrag::llm::llama::Weights;
 use pocketrag::{models, Engine, Mode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,10 @@ enum Command {
         /// Generator GGUF file (default: the re-quantized SmolLM2 in the models folder).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Read the prompt with the 8-bit weights only, instead of f32 copies (~2.5x slower
+        /// prompt reading, ~425 MB less memory).
+        #[arg(long)]
+        low_memory: bool,
         question: String,
     },
     /// Rewrite a GGUF model's tensors from one quantization to another.
@@ -106,12 +111,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ask { index, k, no_rag, json, temperature, top_p, seed, max_tokens, model, question } => {
+        Command::Ask { index, k, no_rag, json, temperature, top_p, seed, max_tokens, model, low_memory, question } => {
             let model = model.unwrap_or_else(|| models::generator_path(&cli.models));
             if !no_rag && index.is_none() {
                 bail!("--index is required unless --no-rag is given");
             }
-            let mut engine = open(&cli.models, index.as_deref(), Some(&model))?;
+            let weights = if low_memory { Weights::Quantized } else { Weights::QuantizedAndDense };
+            let mut engine = open(&cli.models, index.as_deref(), Some((&model, weights)))?;
             let g = &mut engine.settings.generate;
             g.temperature = temperature;
             g.top_p = top_p;
@@ -164,9 +170,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Build an engine: the embedder always, an index and the generator when given.
-fn open(models_dir: &Path, index: Option<&Path>, generator: Option<&Path>) -> Result<Engine> {
+fn open(models_dir: &Path, index: Option<&Path>, generator: Option<(&Path, Weights)>) -> Result<Engine> {
     let embedder = models::load_embedder(models_dir)?;
-    let generator = generator.map(models::load_generator).transpose()?;
+    let generator = generator.map(|(path, weights)| models::load_generator_with(path, weights)).transpose()?;
     let mut engine = Engine::new(embedder, generator);
     if let Some(path) = index {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read index {}", path.display()))?;

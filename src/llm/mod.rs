@@ -2,6 +2,7 @@
 //! file, its tokenizer and chat template taken from the same file, and a decode loop with
 //! streaming, stop tokens, sampling and cancellation.
 
+pub mod llama;
 pub mod quantize;
 pub mod tokenizer;
 
@@ -10,7 +11,7 @@ use crate::time::Stopwatch;
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
+use llama::{Llama, Weights, MAX_SEQ_LEN};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use tokenizers::Tokenizer;
@@ -79,7 +80,7 @@ pub struct Generation {
 }
 
 pub struct Generator {
-    model: ModelWeights,
+    model: Llama,
     tokenizer: Tokenizer,
     template: String,
     stop_ids: Vec<u32>,
@@ -88,8 +89,13 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Load a GGUF model. `file` names the file in error messages.
+    /// Load a GGUF model, keeping its weights as stored. `file` names the file in error messages.
     pub fn from_gguf_bytes(bytes: &[u8], file: &str) -> Result<Self> {
+        Self::from_gguf_bytes_with(bytes, file, Weights::Quantized)
+    }
+
+    /// Load a GGUF model, choosing how its weights are kept (see [`Weights`]).
+    pub fn from_gguf_bytes_with(bytes: &[u8], file: &str, weights: Weights) -> Result<Self> {
         let ct = read_header(bytes, file)?;
         let mut reader = Cursor::new(bytes);
         let arch = meta_str(&ct, "general.architecture").unwrap_or_default();
@@ -115,7 +121,7 @@ impl Generator {
         let trained =
             ct.metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map(|v| v as usize).unwrap_or(2048);
         let device = Device::Cpu;
-        let model = ModelWeights::from_gguf(ct, &mut reader, &device)
+        let model = Llama::from_gguf(&ct, &mut reader, weights, &device)
             .map_err(|e| Error::model(file, format!("cannot load weights ({e})")))?;
         Ok(Generator { model, tokenizer, template, stop_ids, context: trained.min(MAX_SEQ_LEN), device })
     }
@@ -161,7 +167,7 @@ impl Generator {
         } else {
             Sampling::TopP { p: params.top_p, temperature: params.temperature }
         };
-        self.model.clear_kv_cache();
+        self.model.clear_cache();
         Ok(Run {
             params: params.clone(),
             sampler: LogitsProcessor::from_sampling(params.seed, sampling),

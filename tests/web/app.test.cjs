@@ -68,6 +68,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   await waitReady(page);
   assert.equal(modelDownloads(server.log).length, 4, server.log.join('\n'));
   assert.equal(await page.textContent('[data-testid="backend"]'), 'cpu');
+  // Headless Chromium reports enough device memory for the faster f32 prompt weights.
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with f32 weights/);
 
   // A document of the user's own, plus hostile ones.
   const lighthouse = fs.readFileSync(path.join(root, 'tests', 'data', 'library', 'lighthouse.md'));
