@@ -4,7 +4,7 @@
 use crate::embed::Embedder;
 use crate::llm::llama::Weights;
 use crate::llm::{Generator, Step};
-use crate::rag::{Engine, Mode, PendingAnswer};
+use crate::rag::{Engine, Mode, PendingAnswer, PreparedDocument};
 use js_sys::Function;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -62,6 +62,8 @@ pub struct WasmEngine {
     inner: Engine,
     /// The answer that `step` is driving, between `beginAnswer` and `finishAnswer`.
     pending: Option<PendingAnswer>,
+    /// The document waiting for its vectors, between `prepareDocument` and `addPrepared`.
+    prepared: Option<PreparedDocument>,
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
@@ -104,7 +106,7 @@ impl WasmEngine {
             .map(|bytes| Generator::from_gguf_bytes_with(&bytes, "generator GGUF", weights))
             .transpose()
             .map_err(js_err)?;
-        Ok(WasmEngine { inner: Engine::new(embedder, generator), pending: None })
+        Ok(WasmEngine { inner: Engine::new(embedder, generator), pending: None, prepared: None })
     }
 
     /// Index one file. `progress(done, total)` is called as chunks are embedded. Returns
@@ -135,6 +137,34 @@ impl WasmEngine {
     ) -> Result<JsValue, JsError> {
         let doc = crate::ingest::ingest_pdf_pages(name, &pages).map_err(js_err)?;
         to_js(&self.inner.add_ingested(doc, &mut progress_callback(&progress)).map_err(js_err)?)
+    }
+
+    /// Read and chunk a file without embedding it: returns the texts to embed (one per chunk),
+    /// which the caller may spread over `Embedder`s in other workers, then passes back to
+    /// `addPrepared`. Throws like `addDocument` for a bad file. Replaces any prepared document.
+    #[wasm_bindgen(js_name = prepareDocument)]
+    pub fn prepare_document(&mut self, name: &str, bytes: &[u8]) -> Result<Vec<String>, JsError> {
+        self.prepared = None;
+        let doc = self.inner.read(name, bytes).map_err(js_err)?;
+        Ok(self.keep_prepared(doc))
+    }
+
+    /// `prepareDocument` for a PDF whose pages `extractPdfPages` returned.
+    #[wasm_bindgen(js_name = preparePdfPages)]
+    pub fn prepare_pdf_pages(&mut self, name: &str, pages: Vec<String>) -> Result<Vec<String>, JsError> {
+        self.prepared = None;
+        let doc = crate::ingest::ingest_pdf_pages(name, &pages).map_err(js_err)?;
+        Ok(self.keep_prepared(doc))
+    }
+
+    /// Index the prepared document with `vectors`: the embeddings of its texts, in order, one
+    /// after another (`texts.length * dim` floats). `embedMs` is reported back as `embed_ms`.
+    #[wasm_bindgen(js_name = addPrepared, unchecked_return_type = "DocReport")]
+    pub fn add_prepared(&mut self, vectors: Vec<f32>, embed_ms: f64) -> Result<JsValue, JsError> {
+        let prepared = self.prepared.take().ok_or_else(|| JsError::new("no document is prepared"))?;
+        let dim = self.inner.embedder().dim();
+        let vectors: Vec<Vec<f32>> = vectors.chunks(dim).map(<[f32]>::to_vec).collect();
+        to_js(&self.inner.add_prepared(prepared, vectors, embed_ms).map_err(js_err)?)
     }
 
     #[wasm_bindgen(js_name = removeDocument)]
@@ -254,6 +284,15 @@ impl WasmEngine {
     /// from another version or damaged.
     pub fn load(&mut self, bytes: &[u8]) -> Result<(), JsError> {
         self.inner.load(bytes).map_err(js_err)
+    }
+}
+
+impl WasmEngine {
+    fn keep_prepared(&mut self, doc: crate::ingest::Document) -> Vec<String> {
+        let prepared = self.inner.prepare(doc);
+        let texts = prepared.texts.clone();
+        self.prepared = Some(prepared);
+        texts
     }
 }
 

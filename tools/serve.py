@@ -13,6 +13,7 @@ import argparse
 import functools
 import http.server
 import sys
+import threading
 
 HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -24,6 +25,9 @@ HEADERS = {
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }
+
+
+LOG_LOCK = threading.Lock()
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -41,7 +45,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def log_request(self, code="-", size="-"):
         if self.log:
-            print(f"{self.command} {self.path} {code}", flush=True)
+            # Requests are served on several threads; one write per line keeps lines whole.
+            with LOG_LOCK:
+                sys.stdout.write(f"{self.command} {self.path} {code}\n")
+                sys.stdout.flush()
 
     def log_message(self, fmt, *args):
         pass

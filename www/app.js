@@ -35,10 +35,10 @@ function docRow(name) {
   return row;
 }
 
-function onDoc({ name, state, done, total, reason, chunks }) {
+function onDoc({ name, state, done, total, reason, chunks, workers }) {
   const row = docRow(name);
   row.dataset.state = state;
-  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks` : 'indexing…')
+  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks${workers > 1 ? ` on ${workers} workers` : ''}` : 'indexing…')
     : state === 'indexed' ? `indexed (${chunks} chunks)` : `error: ${reason}`;
   row.querySelector('.state').textContent = label;
 }
@@ -187,7 +187,9 @@ setBusy(false);
 // on by default where the browser says the device has 4 GB or more; ?prefill=dense|quantized
 // decides explicitly.
 const densePrefill = params.has('prefill') ? params.get('prefill') === 'dense' : (navigator.deviceMemory ?? 0) >= 4;
-worker.postMessage({ type: 'init', densePrefill });
+// Indexing spreads embedding over this many workers (?threads=N), one per core up to 4.
+const threads = Math.max(1, Math.min(16, Number(params.get('threads')) || Math.min(navigator.hardwareConcurrency || 1, 4)));
+worker.postMessage({ type: 'init', densePrefill, threads });
 
 // The service worker keeps the page itself (and the wasm) for offline visits; the models are
 // cached by the worker above.

@@ -122,20 +122,96 @@ function extractPdf(bytes) {
   });
 }
 
-/// Index one file; returns whether it was indexed.
-async function addDocument(name, bytes) {
-  post({ type: 'doc', name, state: 'indexing' });
-  const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total });
-  try {
-    const report = isPdf(name, bytes)
-      ? engine.addPdfPages(name, await extractPdf(bytes.slice()), progress)
-      : engine.addDocument(name, bytes, progress);
-    post({ type: 'doc', name, state: 'indexed', chunks: report.chunks });
-    return true;
-  } catch (e) {
-    post({ type: 'doc', name, state: 'error', reason: String(e.message || e) });
-    return false;
+// ---- embedding spread over helper workers (embed-worker.js), one per core the page may use
+// (?threads=N; 1 means the engine's worker embeds by itself). Started at the first document that
+// needs embedding; if they cannot start, indexing goes on without them.
+let helperCount = 1;
+let helpers = null;
+const EMBED_BATCH = 16;
+
+function startHelpers() {
+  helpers = [];
+  for (let i = 0; i < helperCount; i++) {
+    const worker = new Worker('embed-worker.js', { type: 'module' });
+    const waiting = new Map();
+    let id = 0;
+    worker.onmessage = ({ data }) => {
+      const { resolve, reject } = waiting.get(data.id);
+      waiting.delete(data.id);
+      if (data.error) reject(new Error(data.error)); else resolve(data.vectors);
+    };
+    worker.onerror = (e) => { for (const { reject } of waiting.values()) reject(new Error(e.message)); waiting.clear(); };
+    const embed = (texts) => new Promise((resolve, reject) => {
+      waiting.set(++id, { resolve, reject });
+      worker.postMessage({ id, texts });
+    });
+    helpers.push({ worker, embed });
   }
+}
+
+function stopHelpers() {
+  for (const h of helpers ?? []) h.worker.terminate();
+  helpers = [];
+}
+
+/// The vectors of `texts`, in order, one after another; batches go to whichever helper is free.
+async function embedSpread(texts, progress) {
+  if (helpers === null) startHelpers();
+  const parts = [];
+  let next = 0;
+  let done = 0;
+  await Promise.all(helpers.map(async (h) => {
+    while (next < texts.length) {
+      const start = next;
+      next += EMBED_BATCH;
+      const batch = texts.slice(start, start + EMBED_BATCH);
+      parts[start / EMBED_BATCH] = await h.embed(batch);
+      done += batch.length;
+      progress(done, texts.length);
+    }
+  }));
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+// Documents are indexed one at a time even when requests overlap: the engine holds one prepared
+// document while its vectors are computed elsewhere.
+let indexing = Promise.resolve();
+function serially(fn) {
+  const run = indexing.then(fn);
+  indexing = run.catch(() => {});
+  return run;
+}
+
+/// Index one file; returns whether it was indexed.
+function addDocument(name, bytes) {
+  return serially(async () => {
+    post({ type: 'doc', name, state: 'indexing' });
+    const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total, workers: helperCount });
+    try {
+      const pages = isPdf(name, bytes) ? await extractPdf(bytes.slice()) : null;
+      let report = null;
+      if (helperCount > 1 && helpers?.length !== 0) {
+        const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
+        const t0 = performance.now();
+        try {
+          report = engine.addPrepared(await embedSpread(texts, progress), performance.now() - t0);
+        } catch (e) {
+          // The helpers failed (not the document: it was read above); carry on without them.
+          post({ type: 'notice', message: `Embedding workers stopped (${e.message}); indexing on one thread.` });
+          stopHelpers();
+        }
+      }
+      report ??= pages ? engine.addPdfPages(name, pages, progress) : engine.addDocument(name, bytes, progress);
+      post({ type: 'doc', name, state: 'indexed', chunks: report.chunks });
+      return true;
+    } catch (e) {
+      post({ type: 'doc', name, state: 'error', reason: String(e.message || e) });
+      return false;
+    }
+  });
 }
 
 // Saving serialises the whole index, so during a long batch it happens every few seconds rather
@@ -156,7 +232,8 @@ async function addAndStore(files) {
 }
 
 const handlers = {
-  async init({ densePrefill }) {
+  async init({ densePrefill, threads }) {
+    helperCount = threads;
     await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
       (loaded, total) => post({ type: 'download', loaded, total }));

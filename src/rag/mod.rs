@@ -116,6 +116,14 @@ pub struct Answer {
     pub timings_ms: Timings,
 }
 
+/// A document chunked and waiting for the vectors of `texts`: see [`Engine::prepare`].
+pub struct PreparedDocument {
+    doc: ingest::Document,
+    chunks: Vec<chunk::Chunk>,
+    /// What to embed, one text per chunk (the chunk with its heading).
+    pub texts: Vec<String>,
+}
+
 /// An answer under way: see [`Engine::begin_answer`].
 pub enum PendingAnswer {
     /// Retrieval found nothing relevant, so the answer is NOT_FOUND without running the model.
@@ -195,24 +203,59 @@ impl Engine {
         bytes: &[u8],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<DocReport> {
+        let doc = self.read(name, bytes)?;
+        self.add_ingested(doc, progress)
+    }
+
+    /// A file's text, if there is room to index it (see `memory`).
+    pub fn read(&self, name: &str, bytes: &[u8]) -> Result<ingest::Document> {
         // Oversized files get ingest's own message instead.
         if bytes.len() <= ingest::MAX_DOCUMENT_BYTES {
             crate::memory::ensure_room(name, crate::memory::indexing_need(bytes.len()), self.settings.memory_limit)?;
         }
-        let doc = ingest::ingest(name, bytes)?;
-        self.add_ingested(doc, progress)
+        ingest::ingest(name, bytes)
     }
 
     /// Chunk, embed and index a document that is already text (the browser extracts PDF text in
     /// a worker of its own, then calls this).
     pub fn add_ingested(&mut self, doc: ingest::Document, progress: &mut dyn FnMut(usize, usize)) -> Result<DocReport> {
-        let config = self.library.chunk_config;
-        let chunks = chunk::chunk(&doc, &config, &|s| self.embedder.count_tokens(s));
-        let texts: Vec<String> = chunks.iter().map(|c| c.embedding_text()).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let prepared = self.prepare(doc);
+        let refs: Vec<&str> = prepared.texts.iter().map(String::as_str).collect();
         let clock = Stopwatch::start();
         let vectors = self.embedder.embed_with_progress(&refs, progress)?;
-        let embed_ms = clock.ms();
+        self.add_prepared(prepared, vectors, clock.ms())
+    }
+
+    /// Chunk a document and say what to embed, for a caller that embeds elsewhere (the browser
+    /// spreads the work over several workers) and then calls [`Engine::add_prepared`].
+    pub fn prepare(&self, doc: ingest::Document) -> PreparedDocument {
+        let config = self.library.chunk_config;
+        let chunks = chunk::chunk(&doc, &config, &|s| self.embedder.count_tokens(s));
+        let texts = chunks.iter().map(|c| c.embedding_text()).collect();
+        PreparedDocument { doc, chunks, texts }
+    }
+
+    /// Index a prepared document with the vectors of its `texts`, in order. The vectors must come
+    /// from this engine's embedder model: they are checked for count, size and unit length.
+    pub fn add_prepared(
+        &mut self,
+        prepared: PreparedDocument,
+        vectors: Vec<Vec<f32>>,
+        embed_ms: f64,
+    ) -> Result<DocReport> {
+        let PreparedDocument { doc, chunks, .. } = prepared;
+        if vectors.len() != chunks.len() {
+            return Err(Error::Input(format!("{} vectors for {} chunks of {}", vectors.len(), chunks.len(), doc.name)));
+        }
+        let dim = self.embedder.dim();
+        if let Some(v) = vectors.iter().find(|v| v.len() != dim || (crate::index::vector::dot(v, v) - 1.0).abs() > 1e-3)
+        {
+            return Err(Error::Input(format!(
+                "vectors for {} are not unit vectors of {dim} values (got {} values)",
+                doc.name,
+                v.len()
+            )));
+        }
         let report =
             DocReport { name: doc.name.clone(), chunks: chunks.len(), chars: doc.text.chars().count(), embed_ms };
         self.library.add(doc, chunks, vectors);

@@ -148,3 +148,32 @@ test('PDF text extracted separately is indexed with its page numbers', () => {
   assert.equal(hit.page, 2);
   assert.throws(() => engine.addPdfPages('scan.pdf', ['', '  ']), /scan\.pdf.*no extractable text/);
 });
+
+test('a document embedded elsewhere (as the page spreads it over workers) indexes like one embedded here', () => {
+  const embedder = new Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
+  const here = embedderOnly();
+  here.addDocument('sourdough.txt', doc('sourdough.txt'));
+  const there = embedderOnly();
+  const texts = there.prepareDocument('sourdough.txt', doc('sourdough.txt'));
+  assert.equal(texts.length, here.documents()[0].chunks);
+  // In two batches, as two workers would return them.
+  const half = Math.ceil(texts.length / 2);
+  const parts = [embedder.embed(texts.slice(0, half)), embedder.embed(texts.slice(half))];
+  const vectors = new Float32Array(parts[0].length + parts[1].length);
+  vectors.set(parts[0]);
+  vectors.set(parts[1], parts[0].length);
+  const report = there.addPrepared(vectors, 12.5);
+  assert.equal(report.chunks, texts.length);
+  assert.equal(report.embed_ms, 12.5);
+  const q = 'How often should I feed a starter kept in the fridge?';
+  const a = here.search(q, 3).hits;
+  const b = there.search(q, 3).hits;
+  assert.deepEqual(b.map((h) => h.start), a.map((h) => h.start));
+  assert.ok(Math.abs(a[0].score - b[0].score) < 1e-4);
+
+  // Wrong vectors are refused, and the prepared document is not half-added.
+  there.prepareDocument('lighthouse.md', doc('lighthouse.md'));
+  assert.throws(() => there.addPrepared(new Float32Array(384), 0), /vectors for .* chunks|not unit vectors/);
+  assert.throws(() => there.addPrepared(new Float32Array(0), 0), /no document is prepared/);
+  assert.deepEqual(there.documents().map((d) => d.name), ['sourdough.txt']);
+});

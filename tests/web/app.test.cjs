@@ -60,6 +60,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   context.on('serviceworker', () => {});
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
+  const workers = [];
+  page.on('worker', (w) => workers.push(w.url()));
 
   await page.goto(server.url);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'served cross-origin isolated');
@@ -87,6 +89,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   ]);
   await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
   await page.waitForSelector('[data-testid="doc-status"][data-doc="hostile.html"][data-state="indexed"]');
+  // Embedding was spread over helper workers, one per core (this machine has two).
+  assert.equal(workers.filter((u) => u.endsWith('/embed-worker.js')).length, 2, workers.join(' '));
   const junk = await page.waitForSelector('[data-testid="doc-status"][data-doc="junk.bin"][data-state="error"]');
   assert.match(await junk.textContent(), /binary/);
   const crashed = await page.waitForSelector('[data-testid="doc-status"][data-doc="crash.pdf"][data-state="error"]', { timeout: 60_000 });
@@ -187,10 +191,21 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   const page = context.pages()[0] || await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(server.url);
+  const workers = [];
+  page.on('worker', (w) => workers.push(w.url()));
+  // One thread, and prompts read with the 8-bit weights: the low-memory settings.
+  await page.goto(`${server.url}?threads=1&prefill=quantized`);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
   await waitReady(page);
+
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with 8-bit weights/);
+  // A document indexed with ?threads=1 is embedded in the engine's own worker.
+  await page.setInputFiles('[data-testid="file-input"]', [
+    { name: 'sourdough.txt', mimeType: 'text/plain', buffer: fs.readFileSync(path.join(root, 'tests', 'data', 'library', 'sourdough.txt')) },
+  ]);
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="sourdough.txt"][data-state="indexed"]', { timeout: 120_000 });
+  assert.deepEqual(workers.filter((u) => u.endsWith('/embed-worker.js')), []);
 
   await page.fill('[data-testid="question"]', 'What does LoRA train?');
   await page.click('[data-testid="ask"]');
