@@ -43,19 +43,70 @@ function onDoc({ name, state, done, total, reason, chunks, workers }) {
   row.querySelector('.state').textContent = label;
 }
 
-async function addFiles(fileList) {
+// The engine refuses bigger files anyway (src/ingest.rs); refusing here saves reading them.
+const MAX_FILE_BYTES = 64 * 1024 * 1024;
+// What a folder contributes (as the CLI's `index` does); a file chosen by itself is always tried.
+const DOCUMENT_EXTENSIONS = /\.(pdf|md|markdown|html?|xhtml|txt|text|rst)$/i;
+const hidden = (path) => path.split('/').some((part) => part.startsWith('.'));
+
+/// `entries` are {file, name}; `name` is the path inside a dropped or chosen folder.
+async function addFiles(entries) {
   const files = [];
-  for (const f of fileList) files.push({ name: f.name, bytes: await f.arrayBuffer() });
+  for (const { file, name } of entries) {
+    if (file.size > MAX_FILE_BYTES) {
+      onDoc({ name, state: 'error', reason: `file is ${Math.round(file.size / 2 ** 20)} MB; the limit is 64 MB` });
+      continue;
+    }
+    files.push({ name, bytes: await file.arrayBuffer() });
+  }
   for (const f of files) onDoc({ name: f.name, state: 'indexing' });
-  worker.postMessage({ type: 'add', files }, files.map((f) => f.bytes));
+  if (files.length) worker.postMessage({ type: 'add', files }, files.map((f) => f.bytes));
+}
+
+const fromFolder = (files) => files
+  .map((file) => ({ file, name: file.webkitRelativePath || file.name }))
+  .filter(({ name }) => DOCUMENT_EXTENSIONS.test(name) && !hidden(name));
+
+/// Every file under a dropped folder entry (FileSystemDirectoryEntry reads in batches).
+async function walk(entry) {
+  if (entry.isFile) {
+    const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+    return [{ file, name: entry.fullPath.replace(/^\//, '') }];
+  }
+  const reader = entry.createReader();
+  const out = [];
+  for (;;) {
+    const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+    if (batch.length === 0) return out;
+    for (const child of batch) if (!child.name.startsWith('.')) out.push(...await walk(child));
+  }
 }
 
 // Copy the FileList first: clearing the input empties the live list while files are being read.
-$('file-input').addEventListener('change', (e) => { addFiles([...e.target.files]); e.target.value = ''; });
+$('file-input').addEventListener('change', (e) => {
+  addFiles([...e.target.files].map((file) => ({ file, name: file.name })));
+  e.target.value = '';
+});
+$('folder-input').addEventListener('change', (e) => { addFiles(fromFolder([...e.target.files])); e.target.value = ''; });
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); addFiles([...e.dataTransfer.files]); });
+drop.addEventListener('drop', async (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  // Entries must be taken while the event lasts; folders are walked afterwards.
+  const entries = [...e.dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+  if (entries.length === 0) {
+    addFiles([...e.dataTransfer.files].map((file) => ({ file, name: file.name })));
+    return;
+  }
+  const picked = [];
+  for (const entry of entries) {
+    if (entry.isFile) picked.push(...await walk(entry));
+    else picked.push(...(await walk(entry)).filter(({ name }) => DOCUMENT_EXTENSIONS.test(name)));
+  }
+  addFiles(picked);
+});
 
 // ---- asking ----
 $('ask-form').addEventListener('submit', (e) => {

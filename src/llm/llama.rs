@@ -17,10 +17,14 @@ use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::kv_cache::KvCache;
 use std::io::{Read, Seek};
 
 /// Longest sequence the rotary tables cover.
 pub const MAX_SEQ_LEN: usize = 4096;
+
+/// The key/value cache grows by this many positions at a time.
+const CACHE_STEP: usize = 512;
 
 /// How the weight matrices are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,7 +86,7 @@ struct Block {
     w2: Linear,
     w3: Linear,
     /// Keys and values of every position seen so far: (batch, kv heads, positions, head dim).
-    cache: Option<(Tensor, Tensor)>,
+    cache: KvCache,
 }
 
 pub struct Llama {
@@ -135,7 +139,7 @@ impl Llama {
                 w3: linear("ffn_up")?,
                 attn_norm: norm(tensor(&format!("blk.{i}.attn_norm.weight"))?)?,
                 ffn_norm: norm(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?,
-                cache: None,
+                cache: KvCache::new(2, CACHE_STEP),
             });
         }
         let (cos, sin) = rotary_tables(rope_dim, rope_base, device)?;
@@ -156,7 +160,7 @@ impl Llama {
     /// Forget every cached position: the next `forward` starts a new sequence at position 0.
     pub fn clear_cache(&mut self) {
         for b in &mut self.blocks {
-            b.cache = None;
+            b.cache.reset();
         }
     }
 
@@ -164,7 +168,8 @@ impl Llama {
     /// logits for the last of them (1, vocabulary).
     pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, n) = tokens.dims2()?;
-        let mask = if n > 1 { Some(causal_mask(n, pos, &self.device)?) } else { None };
+        let group = self.n_head / self.n_kv_head;
+        let mask = if n > 1 { Some(causal_mask(n, pos, group, &self.device)?) } else { None };
         let mut x = self.embeddings.embedding(&tokens.flatten_all()?)?.unsqueeze(0)?;
         let (cos, sin) = (self.cos.narrow(0, pos, n)?, self.sin.narrow(0, pos, n)?);
         for b in &mut self.blocks {
@@ -199,15 +204,18 @@ fn attention(
     // GGUF llama weights are laid out for rotating interleaved pairs (x0, x1), (x2, x3), ...
     let q = candle_nn::rotary_emb::rope_i(&q.contiguous()?, cos, sin)?;
     let k = candle_nn::rotary_emb::rope_i(&k.contiguous()?, cos, sin)?;
-    let (k, v) = match (&b.cache, pos) {
-        (Some((kc, vc)), p) if p > 0 => (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?),
-        _ => (k, v),
-    };
-    b.cache = Some((k.clone(), v.clone()));
+    if pos == 0 {
+        b.cache.reset();
+    }
+    // The cache is preallocated and written in place; what comes back are views of it, so no
+    // step copies the keys and values of earlier positions.
+    let (k, v) = b.cache.append(&k, &v)?;
 
-    // Grouped-query attention: each key/value head serves n_head / n_kv_head query heads.
-    let k = repeat_heads(k, n_head / n_kv_head)?;
-    let v = repeat_heads(v, n_head / n_kv_head)?;
+    // Grouped-query attention: query heads kv*group .. kv*group + group - 1 share key/value head
+    // kv. Folding each group's heads into the rows of one matrix lets them use their shared keys
+    // and values in place, instead of copying those once per query head.
+    let group = n_head / n_kv_head;
+    let q = q.reshape((batch, n_kv_head, group * n, head_dim))?;
     let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
     let scores = match mask {
         Some(m) => {
@@ -217,24 +225,15 @@ fn attention(
         None => scores,
     };
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-    let y = weights.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((batch, n, dim))?;
+    let y = weights.matmul(&v)?.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
     b.wo.forward(&y)
 }
 
-/// (batch, kv heads, positions, head dim) → (batch, kv heads * times, positions, head dim), each
-/// head repeated `times` times in a row.
-fn repeat_heads(x: Tensor, times: usize) -> Result<Tensor> {
-    if times == 1 {
-        return Ok(x);
-    }
-    let (batch, heads, n, head_dim) = x.dims4()?;
-    Ok(Tensor::cat(&vec![&x; times], 2)?.reshape((batch, heads * times, n, head_dim))?)
-}
-
-/// 1 where position `pos + i` must not see key `j` (j > pos + i): (n, pos + n).
-fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<u8> = (0..n).flat_map(|i| (0..pos + n).map(move |j| u8::from(j > pos + i))).collect();
-    Ok(Tensor::from_slice(&mask, (n, pos + n), device)?)
+/// 1 where position `pos + i` must not see key `j` (j > pos + i), for the `group` query heads
+/// folded into one matrix: (group * n, pos + n).
+fn causal_mask(n: usize, pos: usize, group: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<u8> = (0..group * n).flat_map(|row| (0..pos + n).map(move |j| u8::from(j > pos + row % n))).collect();
+    Ok(Tensor::from_slice(&mask, (group * n, pos + n), device)?)
 }
 
 /// cos and sin of position × frequency, for frequencies base^(-2i / dim).

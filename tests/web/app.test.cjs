@@ -207,10 +207,38 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   await page.waitForSelector('[data-testid="doc-status"][data-doc="sourdough.txt"][data-state="indexed"]', { timeout: 120_000 });
   assert.deepEqual(workers.filter((u) => u.endsWith('/embed-worker.js')), []);
 
+  // A folder: its documents are indexed under their paths; hidden files and other types are not.
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'pocketrag-folder-'));
+  fs.mkdirSync(path.join(folder, 'notes'));
+  fs.writeFileSync(path.join(folder, 'notes', 'tides.md'), '# Tides\n\nThe harbour floods at spring tide.');
+  fs.writeFileSync(path.join(folder, 'notes', '.draft.md'), 'A hidden draft.');
+  fs.writeFileSync(path.join(folder, 'photo.jpg'), Buffer.from([0xff, 0xd8, 0xff, 0xe0]));
+  await page.setInputFiles('[data-testid="folder-input"]', folder);
+  const name = `${path.basename(folder)}/notes/tides.md`;
+  await page.waitForSelector(`[data-testid="doc-status"][data-doc="${name}"][data-state="indexed"]`, { timeout: 60_000 });
+  const names = await page.$$eval('[data-testid="doc-status"]', (els) => els.map((e) => e.dataset.doc));
+  assert.ok(!names.some((n) => n.includes('.draft') || n.endsWith('.jpg')), names.join(', '));
+
+  // A file over the size limit is refused by name, without being read.
+  const big = path.join(folder, 'huge.txt');
+  fs.writeFileSync(big, Buffer.alloc(65 * 2 ** 20, 0x61));
+  await page.setInputFiles('[data-testid="file-input"]', big);
+  const refused = await page.waitForSelector('[data-testid="doc-status"][data-doc="huge.txt"][data-state="error"]');
+  assert.match(await refused.textContent(), /65 MB; the limit is 64 MB/);
+  fs.rmSync(folder, { recursive: true, force: true });
+
+
   await page.fill('[data-testid="question"]', 'What does LoRA train?');
   await page.click('[data-testid="ask"]');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
   assert.ok((await page.textContent('[data-testid="answer"]')).trim().length > 0);
+
+  // Readable on a phone-sized screen, with an answer and its passages shown: nothing wider than
+  // the viewport.
+  await page.setViewportSize({ width: 360, height: 740 });
+  await page.click('#how summary');
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1),
+    'the page scrolls sideways on a phone-sized screen');
 
   await page.uncheck('#use-rag');
   await page.fill('[data-testid="question"]', 'Write a long story about a lighthouse keeper and the sea.');
@@ -220,5 +248,6 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   await page.click('[data-testid="stop"]');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 60_000 });
   assert.equal(await page.getAttribute('[data-testid="answer"]', 'data-stop'), 'cancelled');
+
   assert.deepEqual(errors, []);
 });
