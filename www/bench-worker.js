@@ -17,8 +17,8 @@ const QUESTIONS = [
 ];
 
 const handlers = {
-  async init({ generator, densePrefill }) {
-    await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
+  async init({ generator, densePrefill, module }) {
+    await init({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
     const names = [MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig];
     const [w, t, c, g] = await loadModels(generator ? [...names, MODELS.generator] : names,
       (loaded, total) => post({ type: 'status', text: `downloading models: ${(loaded / 1e6).toFixed(0)} / ${(total / 1e6).toFixed(0)} MB` }));

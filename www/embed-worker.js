@@ -4,13 +4,18 @@
 import init, { Embedder } from './pkg/pocketrag.js';
 import { MODELS, loadModels } from './models.js';
 
-const ready = (async () => {
-  await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
-  const [w, t, c] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig]);
-  return new Embedder(w, t, c);
-})();
+// The first message is the compiled module, shared with the engine's worker.
+let ready = null;
 
-self.onmessage = async ({ data: { id, texts } }) => {
+self.onmessage = async ({ data: { id, texts, module } }) => {
+  if (module !== undefined) {
+    ready = (async () => {
+      await init({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
+      const [w, t, c] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig]);
+      return new Embedder(w, t, c);
+    })();
+    return;
+  }
   try {
     const vectors = (await ready).embed(texts);
     self.postMessage({ id, vectors }, [vectors.buffer]);

@@ -3,9 +3,14 @@
 // worker, which the engine's worker then replaces.
 import init, { extractPdfPages } from './pkg/pocketrag.js';
 
-const ready = init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
+// The first message is the compiled module, shared with the engine's worker.
+let ready = null;
 
-self.onmessage = async ({ data: { id, bytes } }) => {
+self.onmessage = async ({ data: { id, bytes, module } }) => {
+  if (module !== undefined) {
+    ready = init({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
+    return;
+  }
   await ready;
   try {
     self.postMessage({ id, pages: extractPdfPages(new Uint8Array(bytes)) });

@@ -5,12 +5,22 @@ import init, { Engine, isPdf } from './pkg/pocketrag.js';
 import { MODELS, loadModels, pruneModelCache } from './models.js';
 
 let engine = null;
+let wasmModule = null;
 const MEMORY_LIMIT = 3.5 * 2 ** 30;
 // Set by a 'stop' message. Answers are generated one step at a time with a turn of the event
 // loop in between, so the message gets through on any page, cross-origin isolated or not.
 let stopRequested = false;
 
 const post = (msg) => self.postMessage(msg);
+
+// Streaming compilation needs the host to serve .wasm as application/wasm; not every host does.
+async function compileWasm(url) {
+  try {
+    return await WebAssembly.compileStreaming(fetch(url));
+  } catch {
+    return WebAssembly.compile(await (await fetch(url)).arrayBuffer());
+  }
+}
 
 // Resolves on the next task of this worker's event loop, after messages already queued (a Stop).
 // A MessageChannel does it without the 4 ms a nested setTimeout costs.
@@ -108,6 +118,7 @@ const parsing = new Map();
 function extractPdf(bytes) {
   if (!parser) {
     parser = new Worker('parse-worker.js', { type: 'module' });
+    parser.postMessage({ module: wasmModule });
     parser.onmessage = ({ data }) => {
       const { resolve, reject } = parsing.get(data.id);
       parsing.delete(data.id);
@@ -133,6 +144,7 @@ function startHelpers() {
   helpers = [];
   for (let i = 0; i < helperCount; i++) {
     const worker = new Worker('embed-worker.js', { type: 'module' });
+    worker.postMessage({ module: wasmModule });
     const waiting = new Map();
     let id = 0;
     worker.onmessage = ({ data }) => {
@@ -234,7 +246,11 @@ async function addAndStore(files) {
 const handlers = {
   async init({ densePrefill, threads }) {
     helperCount = threads;
-    await init({ module_or_path: 'pkg/pocketrag_bg.wasm' });
+    // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
+    // optimised) code between workers that share a module. Fresh workers compiling their own copy
+    // ran embedding ~1.7x slower (README, "In the browser").
+    wasmModule = await compileWasm('pkg/pocketrag_bg.wasm');
+    await init({ module_or_path: wasmModule });
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
       (loaded, total) => post({ type: 'download', loaded, total }));
     await pruneModelCache();
