@@ -3,7 +3,7 @@
 
 use crate::embed::Embedder;
 use crate::llm::llama::Weights;
-use crate::llm::{Generator, Step};
+use crate::llm::Generator;
 use crate::rag::{Engine, Mode, PendingAnswer, PreparedDocument};
 use js_sys::Function;
 use serde::Serialize;
@@ -236,14 +236,7 @@ impl WasmEngine {
     #[wasm_bindgen(unchecked_return_type = "Step")]
     pub fn step(&mut self) -> Result<JsValue, JsError> {
         let pending = self.pending.as_mut().ok_or_else(|| JsError::new("no answer is pending"))?;
-        let step = self.inner.step_answer(pending).map_err(js_err)?;
-        to_js(&match step {
-            Step::Prefill { done, total } => {
-                serde_json::json!({ "type": "prefill", "done": done, "total": total })
-            }
-            Step::Token(text) => serde_json::json!({ "type": "token", "text": text }),
-            Step::Done(stop) => serde_json::json!({ "type": "done", "stop": stop }),
-        })
+        to_js(&self.inner.step_answer(pending).map_err(js_err)?)
     }
 
     /// Stop the pending answer at its next step, keeping what it has said.

@@ -37,8 +37,8 @@ fn stepping_matches_generate_and_pieces_add_up() {
                 prefills += 1;
                 assert!(done <= total && total == ids.len());
             }
-            Step::Token(t) => pieces.push(t),
-            Step::Done(stop) => break stop,
+            Step::Token { text } => pieces.push(text),
+            Step::Done { stop } => break stop,
         }
     };
     assert!(prefills >= 1);
@@ -60,7 +60,7 @@ fn cancel_between_prefill_slices_produces_nothing() {
     let Step::Prefill { done, total } = g.step(&mut run).unwrap() else { panic!("prefill comes first") };
     assert!(done < total, "a {total}-token prompt takes more than one prefill slice");
     run.cancel();
-    assert_eq!(g.step(&mut run).unwrap(), Step::Done(StopReason::Cancelled));
+    assert_eq!(g.step(&mut run).unwrap(), Step::Done { stop: StopReason::Cancelled });
     let gen = run.finish();
     assert_eq!((gen.stop, gen.tokens.len(), gen.text.as_str()), (StopReason::Cancelled, 0, ""));
 

@@ -1,34 +1,12 @@
 // `make bench-web`: serve dist/ (cross-origin isolated), open bench.html in headless Chromium,
 // wait for the page to finish measuring, and print the JSON object it produced. The page loads
 // the models itself (and caches them), so the first run also downloads them from the local server.
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
-const { chromium } = require('playwright-core');
-
-const root = path.resolve(__dirname, '..');
-
-function serve() {
-  return new Promise((resolve, reject) => {
-    const proc = spawn('python3', [path.join(root, 'tools', 'serve.py'), path.join(root, 'dist'), '--port', '0']);
-    proc.stdout.on('data', (d) => {
-      const m = /http:\/\/[\d.]+:\d+\//.exec(String(d));
-      if (m) resolve({ proc, url: m[0] });
-    });
-    proc.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
-  });
-}
+const { serve, launch } = require('../tests/support/browser.cjs');
 
 async function main() {
   const server = await serve();
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'pocketrag-bench-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
-  });
+  const context = await launch();
   try {
     const page = context.pages()[0] || await context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
@@ -46,7 +24,7 @@ async function main() {
   } finally {
     await context.close();
     server.proc.kill();
-    fs.rmSync(profile, { recursive: true, force: true });
+    fs.rmSync(context.profile, { recursive: true, force: true });
   }
 }
 

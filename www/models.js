@@ -41,42 +41,35 @@ async function download(files, onProgress) {
 }
 
 /// The bytes of the model files named (paths from MODELS), from the cache or the network.
-/// `onProgress(loaded, total)` follows the bytes actually downloaded.
-export async function loadModels(names, onProgress = () => {}) {
+/// `onProgress(loaded, total)` follows the bytes actually downloaded. With `prune`, cached files
+/// this site no longer serves are deleted; they would otherwise fill the disk.
+export async function loadModels(names, onProgress = () => {}, { prune = false } = {}) {
   const res = await fetch('models/manifest.json');
   if (!res.ok) throw new Error(`cannot read models/manifest.json: HTTP ${res.status}`);
   const manifest = await res.json();
+  const key = (path) => `${path}?sha256=${manifest.files[path].sha256}`;
   const files = names.map((path) => {
-    const f = manifest.files[path];
-    if (!f) throw new Error(`models/manifest.json does not list ${path}`);
-    return { path, ...f, key: `${path}?sha256=${f.sha256}` };
+    if (!manifest.files[path]) throw new Error(`models/manifest.json does not list ${path}`);
+    return { path, ...manifest.files[path], key: key(path) };
   });
   const cache = self.caches ? await caches.open(MODEL_CACHE) : null;
+  // A cached file was checked before it was stored, under a key naming its hash.
   const bytes = await Promise.all(files.map(async (f) => {
     const hit = cache && await cache.match(f.key);
     return hit ? new Uint8Array(await hit.arrayBuffer()) : null;
   }));
   const missing = files.filter((_, i) => bytes[i] === null);
   const fetched = await download(missing, onProgress);
-  for (const [i, f] of files.entries()) {
-    if (bytes[i] === null) bytes[i] = fetched[missing.indexOf(f)];
-    if (await sha256(bytes[i]) !== f.sha256) {
-      if (cache) await cache.delete(f.key);
+  for (const [j, f] of missing.entries()) {
+    if (await sha256(fetched[j]) !== f.sha256) {
       throw new Error(`${f.path} is damaged (its sha256 does not match the manifest); reload to download it again`);
     }
-    if (cache && missing.includes(f)) {
-      await cache.put(f.key, new Response(bytes[i], { headers: { 'content-type': 'application/octet-stream' } }));
-    }
+    if (cache) await cache.put(f.key, new Response(fetched[j], { headers: { 'content-type': 'application/octet-stream' } }));
+    bytes[files.indexOf(f)] = fetched[j];
+  }
+  if (cache && prune) {
+    const keep = new Set(Object.keys(manifest.files).map((path) => new URL(key(path), self.location.href).href));
+    for (const req of await cache.keys()) if (!keep.has(req.url)) await cache.delete(req);
   }
   return bytes;
-}
-
-/// Drop cached files this site no longer serves; they would otherwise fill the disk.
-export async function pruneModelCache() {
-  if (!self.caches) return;
-  const manifest = await (await fetch('models/manifest.json')).json();
-  const keep = new Set(Object.entries(manifest.files)
-    .map(([path, f]) => new URL(`${path}?sha256=${f.sha256}`, self.location.href).href));
-  const cache = await caches.open(MODEL_CACHE);
-  for (const req of await cache.keys()) if (!keep.has(req.url)) await cache.delete(req);
 }

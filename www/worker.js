@@ -2,7 +2,7 @@
 // requests ({type, ...}) and answers with events: download, doc, prefill, token, answer, error,
 // ready.
 import init, { Engine, isPdf } from './pkg/pocketrag.js';
-import { MODELS, loadModels, pruneModelCache } from './models.js';
+import { MODELS, loadModels } from './models.js';
 
 let engine = null;
 let wasmModule = null;
@@ -58,6 +58,7 @@ const storeDoc = (name, bytes) => tx(db, 'docs', 'readwrite', (s) => s.put(bytes
 const deleteDoc = (name) => tx(db, 'docs', 'readwrite', (s) => s.delete(name));
 const storedDocNames = () => tx(db, 'docs', 'readonly', (s) => s.getAllKeys());
 const storedDoc = (name) => tx(db, 'docs', 'readonly', (s) => s.get(name));
+const storedDocCount = (name) => tx(db, 'docs', 'readonly', (s) => s.count(name));
 const saveIndex = () => tx(db, 'state', 'readwrite', (s) => s.put(engine.save(), 'index'));
 const storedIndex = () => tx(db, 'state', 'readonly', (s) => s.get('index'));
 
@@ -203,7 +204,7 @@ function addDocument(name, bytes) {
     post({ type: 'doc', name, state: 'indexing' });
     const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total, workers: helperCount });
     try {
-      const pages = isPdf(name, bytes) ? await extractPdf(bytes.slice()) : null;
+      const pages = isPdf(name, bytes) ? await extractPdf(bytes) : null;
       let report = null;
       if (helperCount > 1 && helpers?.length !== 0) {
         const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
@@ -252,8 +253,7 @@ const handlers = {
     wasmModule = await compileWasm('pkg/pocketrag_bg.wasm');
     await init({ module_or_path: wasmModule });
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
-      (loaded, total) => post({ type: 'download', loaded, total }));
-    await pruneModelCache();
+      (loaded, total) => post({ type: 'download', loaded, total }), { prune: true });
     engine = new Engine(w, t, c, g, densePrefill);
     // wasm32 memory ends at 4 GiB; stopping short of it turns running out into a per-file
     // message (see src/memory.rs) instead of a dead instance.
@@ -273,7 +273,7 @@ const handlers = {
   },
   async remove({ name }) {
     engine.removeDocument(name);
-    if ((await storedDoc(name)) === undefined) {
+    if ((await storedDocCount(name)) === 0) {
       await setState('hidden', [...((await getState('hidden')) ?? []), name]);
     }
     await deleteDoc(name);
@@ -286,12 +286,8 @@ const handlers = {
   async ask({ question, rag, k }) {
     stopRequested = false;
     engine.beginAnswer(question, rag, k);
-    let cancelled = false;
     for (;;) {
-      if (stopRequested && !cancelled) {
-        engine.cancelAnswer();
-        cancelled = true;
-      }
+      if (stopRequested) engine.cancelAnswer();
       const step = engine.step();
       if (step.type === 'done') break;
       if (step.type === 'prefill') post({ type: 'prefill', done: step.done, total: step.total });

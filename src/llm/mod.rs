@@ -179,7 +179,6 @@ impl Generator {
             unprinted: Vec::new(),
             text: String::new(),
             stop: None,
-            cancelled: false,
             prefill_ms: 0.0,
             decode_ms: 0.0,
         })
@@ -188,11 +187,7 @@ impl Generator {
     /// Do one bounded piece of work: feed the next slice of the prompt, or produce one token.
     pub fn step(&mut self, run: &mut Run) -> Result<Step> {
         if let Some(stop) = run.stop {
-            return Ok(Step::Done(stop));
-        }
-        if run.cancelled {
-            run.stop = Some(StopReason::Cancelled);
-            return Ok(Step::Done(StopReason::Cancelled));
+            return Ok(Step::Done { stop });
         }
         let clock = Stopwatch::start();
         if run.fed < run.prompt_tokens {
@@ -233,8 +228,8 @@ impl Generator {
         };
         run.decode_ms += clock.ms();
         Ok(match run.stop {
-            Some(stop) if piece.is_empty() => Step::Done(stop),
-            _ => Step::Token(piece),
+            Some(stop) if piece.is_empty() => Step::Done { stop },
+            _ => Step::Token { text: piece },
         })
     }
 
@@ -254,18 +249,19 @@ impl Generator {
             }
             match self.step(&mut run)? {
                 Step::Prefill { .. } => {}
-                Step::Token(piece) => {
-                    if !piece.is_empty() {
-                        on_token(&piece);
+                Step::Token { text } => {
+                    if !text.is_empty() {
+                        on_token(&text);
                     }
                 }
-                Step::Done(_) => return Ok(run.finish()),
+                Step::Done { .. } => return Ok(run.finish()),
             }
         }
     }
 }
 
-/// What one [`Generator::step`] did.
+/// What one [`Generator::step`] did. Serialised as `{"type": "prefill", "done", "total"}`,
+/// `{"type": "token", "text"}` or `{"type": "done", "stop"}` (the wasm API returns it as is).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Step {
@@ -275,8 +271,12 @@ pub enum Step {
         total: usize,
     },
     /// Produced one token; the text is empty while a multi-byte character is still incomplete.
-    Token(String),
-    Done(StopReason),
+    Token {
+        text: String,
+    },
+    Done {
+        stop: StopReason,
+    },
 }
 
 /// A generation in progress. It owns everything but the model, whose KV cache holds the rest.
@@ -293,8 +293,8 @@ pub struct Run {
     /// Generated tokens not yet printed because they end inside a UTF-8 character.
     unprinted: Vec<u32>,
     text: String,
+    /// Set when the run ends, by a step or by `cancel`.
     stop: Option<StopReason>,
-    cancelled: bool,
     prefill_ms: f64,
     decode_ms: f64,
 }
@@ -306,11 +306,7 @@ const MAX_UNPRINTED: usize = 4;
 impl Run {
     /// Stop at the next step. The text so far is kept.
     pub fn cancel(&mut self) {
-        self.cancelled = true;
-    }
-
-    pub fn text(&self) -> &str {
-        &self.text
+        self.stop.get_or_insert(StopReason::Cancelled);
     }
 
     /// Byte-level BPE decodes token by token, so the text of the tokens held back so far is

@@ -325,8 +325,8 @@ impl Engine {
                 pending.cancel();
             }
             match self.step_answer(&mut pending)? {
-                Step::Token(t) if !t.is_empty() => on_token(&t),
-                Step::Done(_) => return self.finish_answer(pending),
+                Step::Token { text } if !text.is_empty() => on_token(&text),
+                Step::Done { .. } => return self.finish_answer(pending),
                 _ => {}
             }
         }
@@ -386,9 +386,9 @@ impl Engine {
         match pending {
             PendingAnswer::Abstained { said, .. } if !*said => {
                 *said = true;
-                Ok(Step::Token(NOT_FOUND.to_string()))
+                Ok(Step::Token { text: NOT_FOUND.to_string() })
             }
-            PendingAnswer::Abstained { .. } => Ok(Step::Done(StopReason::EndOfText)),
+            PendingAnswer::Abstained { .. } => Ok(Step::Done { stop: StopReason::EndOfText }),
             PendingAnswer::Generating { run, .. } => {
                 let generator =
                     self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;

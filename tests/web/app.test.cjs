@@ -5,49 +5,21 @@
 // request leaves the page's origin, and Stop works on a host that cannot set COOP/COEP headers.
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
 const { pdf } = require('../support/pdf.cjs');
+const { serve: serveDist, launch } = require('../support/browser.cjs');
 
 const root = path.resolve(__dirname, '..', '..');
 
-// The server prints one line per request (--log); `log` collects the paths asked for.
-function serve(...flags) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn('python3', [path.join(root, 'tools', 'serve.py'), path.join(root, 'dist'), '--port', '0', '--log', ...flags]);
-    const log = [];
-    let url = null;
-    let buffered = '';
-    proc.stdout.on('data', (d) => {
-      buffered += String(d);
-      const lines = buffered.split('\n');
-      buffered = lines.pop();
-      for (const line of lines) {
-        const m = /http:\/\/[\d.]+:\d+\//.exec(line);
-        if (m && !url) { url = m[0]; resolve({ proc, url, log }); } else log.push(line);
-      }
-    });
-    proc.on('exit', (code) => { if (!url) reject(new Error(`server exited with ${code}`)); });
-  });
-}
+// The server prints one line per request; `log` collects the paths asked for.
+const serve = (...flags) => serveDist('--log', ...flags);
 
 const modelDownloads = (log) => log.filter((l) => /^GET \/models\//.test(l) && !l.includes('manifest.json'));
 
 async function waitReady(page) {
   await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 240_000 });
-}
-
-async function launch() {
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'pocketrag-chromium-'));
-  return chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
-  });
 }
 
 test('the page indexes a dropped file, answers with a citation, keeps documents across reloads, stays on its origin', async (t) => {

@@ -1,0 +1,44 @@
+// What the browser tests and `make bench-web` share: the static server and Debian's Chromium.
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { chromium } = require('playwright-core');
+
+const root = path.resolve(__dirname, '..', '..');
+
+/// Start tools/serve.py on dist/ at a free port. Resolves to {proc, url, log} once it listens;
+/// `log` collects one line per request ("GET /path 200") when started with '--log'.
+function serve(...flags) {
+  return new Promise((resolve, reject) => {
+    const proc = spawn('python3', [path.join(root, 'tools', 'serve.py'), path.join(root, 'dist'), '--port', '0', ...flags]);
+    const log = [];
+    let url = null;
+    let buffered = '';
+    proc.stdout.on('data', (d) => {
+      buffered += String(d);
+      const lines = buffered.split('\n');
+      buffered = lines.pop();
+      for (const line of lines) {
+        const m = /http:\/\/[\d.]+:\d+\//.exec(line);
+        if (m && !url) { url = m[0]; resolve({ proc, url, log }); } else log.push(line);
+      }
+    });
+    proc.on('exit', (code) => { if (!url) reject(new Error(`server exited with ${code}`)); });
+  });
+}
+
+/// Headless Chromium with a fresh profile (returned as `profile` to delete afterwards).
+async function launch() {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'pocketrag-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-quic'],
+  });
+  context.profile = profile;
+  return context;
+}
+
+module.exports = { serve, launch };
