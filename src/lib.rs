@@ -18,7 +18,11 @@ pub mod rag;
 pub mod time;
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod models;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tune;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

@@ -37,3 +37,13 @@ pub fn load_generator_with(path: &Path, weights: Weights) -> Result<Generator> {
     let bytes = read(path)?;
     Generator::from_gguf_bytes_with(&bytes, &path.display().to_string(), weights)
 }
+
+/// Hex sha256 of `bytes`: names the exact model and data files a fine-tune was made from.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the adapter we ship lives, and the tuned GGUF `make models` makes from it.
+pub const ADAPTER_FILE: &str = "adapters/pubmedqa-lora.safetensors";
+pub const TUNED_GENERATOR_FILE: &str = "smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf";

@@ -47,7 +47,11 @@ export interface Answer {
   generated_tokens: number;
   stop: StopReason | null;
   timings_ms: Timings;
+  /** Whether our fine-tuned adapter was applied. */
+  tuned: boolean;
 }
+/** What loadAdapter read: the LoRA settings and the provenance recorded by `pocketrag tune`. */
+export interface AdapterInfo { rank: number; alpha: number; targets: string[]; matrices: number; info: Record<string, string> }
 export interface SearchResult { hits: Source[]; timings_ms: Timings }
 export interface DocReport { name: string; chunks: number; chars: number; embed_ms: number }
 export interface DocInfo { name: string; chunks: number }
@@ -252,6 +256,29 @@ impl WasmEngine {
     pub fn finish_answer(&mut self) -> Result<JsValue, JsError> {
         let pending = self.pending.take().ok_or_else(|| JsError::new("no answer is pending"))?;
         to_js(&self.inner.finish_answer(pending).map_err(js_err)?)
+    }
+
+    /// Load our fine-tuned LoRA adapter (a `.safetensors` file written by `pocketrag tune`). It is
+    /// applied on top of the base weights only while `useAdapter(true)`, so the page can switch
+    /// between base and tuned without a second model download.
+    #[wasm_bindgen(js_name = loadAdapter, unchecked_return_type = "AdapterInfo")]
+    pub fn load_adapter(&mut self, bytes: &[u8]) -> Result<JsValue, JsError> {
+        let adapter = crate::llm::lora::Adapter::from_bytes(bytes, "adapter").map_err(js_err)?;
+        let info = serde_json::json!({
+            "rank": adapter.config.rank,
+            "alpha": adapter.config.alpha,
+            "targets": adapter.config.targets,
+            "matrices": adapter.pairs.len(),
+            "info": adapter.info,
+        });
+        self.inner.load_adapter(adapter).map_err(js_err)?;
+        to_js(&info)
+    }
+
+    /// Answer with the fine-tuned model (true) or the base model (false).
+    #[wasm_bindgen(js_name = useAdapter)]
+    pub fn use_adapter(&mut self, tuned: bool) -> Result<(), JsError> {
+        self.inner.use_adapter(tuned).map_err(js_err)
     }
 
     /// Refuse documents whose indexing would grow this instance's memory past `bytes` (0: no

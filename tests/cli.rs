@@ -133,3 +133,38 @@ fn broken_model_files_are_named() {
     let o = run(bin().args(["ask", "--no-rag", "--model"]).arg(tmp("missing.gguf")).arg("hi"));
     assert_clean_failure(&o, "make models");
 }
+
+#[test]
+fn eval_scores_retrieval_and_the_four_answer_configurations() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubmedqa-mini.json");
+    let o = run(bin().args(["eval", "--format", "pubmedqa", "--json", "--max-tokens", "48"]).arg(&data));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n"], 4);
+    // Each question of this file is about its own abstract only: it is found first.
+    for key in ["recall@1", "recall@5", "mrr", "ndcg@10"] {
+        assert_eq!(v["retrieval"][key], 1.0, "{key}: {v}");
+    }
+    for model in ["base", "tuned"] {
+        for mode in ["no_rag", "rag"] {
+            for score in ["accuracy", "cites_gold"] {
+                let x = v["answers"][model][mode][score].as_f64().unwrap_or(-1.0);
+                assert!((0.0..=1.0).contains(&x), "{model}/{mode}/{score}: {v}");
+            }
+        }
+        // Without retrieval there is nothing to cite.
+        assert_eq!(v["answers"][model]["no_rag"]["cites_gold"], 0.0);
+    }
+    assert_eq!(v["labels"], serde_json::json!({"maybe": 1, "no": 1, "yes": 2}));
+
+    let o = run(bin().args(["eval", "--format", "squad"]).arg(&data));
+    assert_clean_failure(&o, "unknown --format");
+}
+
+#[test]
+fn eval_never_scores_the_tuned_model_on_its_own_training_questions() {
+    // The shipped adapter was trained on every question of this file, so it may answer none.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pubmedqa/pqal_train.json");
+    let o = run(bin().args(["eval", "--format", "pubmedqa", "--limit", "2"]).arg(&data));
+    assert_clean_failure(&o, "was in the training data of every adapter given");
+}

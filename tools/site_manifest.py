@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-MODEL_FILES = ("model.safetensors", "tokenizer.json", "config.json", ".gguf")
+MODEL_FILES = ("model.safetensors", "tokenizer.json", "config.json", ".gguf", "-lora.safetensors")
 
 
 def main():

@@ -18,8 +18,11 @@ function setStatus(text) { $('status').textContent = text; }
 function setBusy(b) {
   busy = b;
   $('ask-button').disabled = b;
+  $('compare-button').disabled = b;
+  $('model').disabled = b || !adapterLoaded;
   $('stop-button').disabled = !b;
 }
+let adapterLoaded = false;
 
 // ---- documents ----
 function docRow(name) {
@@ -118,8 +121,67 @@ $('ask-form').addEventListener('submit', (e) => {
   $('answer').dataset.state = 'streaming';
   $('citations').replaceChildren();
   $('viewer').hidden = true;
+  $('compare').hidden = true;
   worker.postMessage({ type: 'ask', question, rag: $('use-rag').checked, k: 4 });
 });
+
+$('model').addEventListener('change', () => worker.postMessage({ type: 'model', tuned: $('model').value === 'tuned' }));
+
+// ---- compare: one question, base and tuned model, without and with retrieval ----
+const CONFIGS = {
+  'base-norag': 'Base model, no retrieval',
+  'base-rag': 'Base model + retrieval',
+  'tuned-norag': 'Tuned model, no retrieval',
+  'tuned-rag': 'Tuned model + retrieval',
+};
+const card = (config) => $('compare').querySelector(`[data-config="${config}"]`);
+
+$('compare-button').addEventListener('click', () => {
+  const question = $('question').value.trim();
+  if (!question || busy || !adapterLoaded) return;
+  setBusy(true);
+  $('answer').textContent = '';
+  $('answer').dataset.state = 'idle';
+  $('citations').replaceChildren();
+  $('viewer').hidden = true;
+  const grid = $('compare');
+  grid.replaceChildren();
+  for (const [config, title] of Object.entries(CONFIGS)) {
+    const c = el('article', { class: 'card', 'data-testid': 'compare-card', 'data-config': config, 'data-state': 'waiting' });
+    c.append(el('h4', {}, title), el('p', { class: 'card-answer' }), el('ol', { class: 'card-citations' }),
+      el('p', { class: 'card-stats' }, 'waiting…'));
+    grid.append(c);
+  }
+  grid.hidden = false;
+  worker.postMessage({ type: 'compare', question, k: 4, tuned: $('model').value === 'tuned' });
+});
+
+function onCompareToken({ config, text }) {
+  const c = card(config);
+  c.dataset.state = 'streaming';
+  c.querySelector('.card-stats').textContent = 'answering…';
+  c.querySelector('.card-answer').textContent += text;
+}
+
+function onCompareAnswer({ config, answer: a }) {
+  const c = card(config);
+  c.dataset.state = 'done';
+  c.querySelector('.card-answer').textContent = a.answer;
+  const list = c.querySelector('.card-citations');
+  list.replaceChildren();
+  for (const cit of a.citations) {
+    const b = el('button', { type: 'button', 'data-testid': 'compare-citation', 'data-doc': cit.doc },
+      `[${cit.n}] ${cit.doc}${cit.by === 'match' ? ' (matched)' : ''}`);
+    b.addEventListener('click', () => showSource(cit));
+    const li = el('li');
+    li.append(b);
+    list.append(li);
+  }
+  const t = a.timings_ms;
+  c.querySelector('.card-stats').textContent = a.abstained ? 'nothing relevant retrieved; the model was not asked'
+    : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated, ${((t.prefill + t.decode) / 1000).toFixed(1)} s` +
+      (a.stop === 'cancelled' ? ' (stopped)' : '');
+}
 
 function stop() { if (busy) worker.postMessage({ type: 'stop' }); }
 $('stop-button').addEventListener('click', stop);
@@ -167,6 +229,7 @@ function onText({ name, text }) {
 function renderHow(a) {
   const body = $('how-body');
   body.replaceChildren();
+  body.append(el('p', {}, `Model: ${a.tuned ? 'SmolLM2-135M-Instruct with our LoRA fine-tune' : 'SmolLM2-135M-Instruct (base)'}.`));
   const t = a.timings_ms;
   const tps = t.decode > 0 ? (a.generated_tokens / (t.decode / 1000)).toFixed(1) : '–';
   body.append(el('p', {}, a.abstained
@@ -203,6 +266,13 @@ worker.onmessage = ({ data: m }) => {
       break;
     }
     case 'ready':
+      adapterLoaded = m.adapter.info !== null;
+      $('model').value = m.adapter.tuned ? 'tuned' : 'base';
+      $('model').title = adapterLoaded
+        ? `LoRA rank ${m.adapter.info.rank} on ${m.adapter.info.matrices} matrices, trained on ${m.adapter.info.info.data_file ?? 'unknown data'}`
+        : `the fine-tuned model is unavailable: ${m.adapter.reason}`;
+      $('compare-button').title = adapterLoaded ? $('compare-button').title : $('model').title;
+      setBusy(busy);
       $('backend').textContent = m.backend;
       $('backend').title += m.densePrefill ? '; prompts read with f32 weights' : '; prompts read with 8-bit weights';
       setStatus('loading documents…');
@@ -217,9 +287,16 @@ worker.onmessage = ({ data: m }) => {
       $('answer').textContent += m.text;
       break;
     case 'answer': onAnswer(m.answer); break;
+    case 'model': $('model').value = m.tuned ? 'tuned' : 'base'; break;
+    case 'compare-token': onCompareToken(m); break;
+    case 'compare-answer': onCompareAnswer(m); break;
+    case 'compare-done': setStatus('ready'); setBusy(false); break;
     case 'text': onText(m); break;
     case 'error':
-      if (m.during === 'ask') {
+      if (m.during === 'compare') {
+        setStatus(`error: ${m.message}`);
+        setBusy(false);
+      } else if (m.during === 'ask') {
         $('answer').textContent = m.message;
         $('answer').dataset.state = 'error';
         setBusy(false);
@@ -240,7 +317,11 @@ setBusy(false);
 const densePrefill = params.has('prefill') ? params.get('prefill') === 'dense' : (navigator.deviceMemory ?? 0) >= 4;
 // Indexing spreads embedding over this many workers (?threads=N), one per core up to 4.
 const threads = Math.max(1, Math.min(16, Number(params.get('threads')) || Math.min(navigator.hardwareConcurrency || 1, 4)));
-worker.postMessage({ type: 'init', densePrefill, threads });
+// Answers come from the base model unless ?model=tuned asks for our fine-tune (the switch on the
+// page changes it at any time; both share one download). The base model is the default because
+// the adapter still refuses too many answerable questions (models/adapters/README.md).
+const tuned = params.get('model') === 'tuned';
+worker.postMessage({ type: 'init', densePrefill, threads, tuned });
 
 // The service worker keeps the page itself (and the wasm) for offline visits; the models are
 // cached by the worker above.

@@ -9,6 +9,8 @@ export const MODELS = {
   embedderTokenizer: 'models/minilm/tokenizer.json',
   embedderConfig: 'models/minilm/config.json',
   generator: 'models/smollm2/SmolLM2-135M-Instruct.Q8_0.gguf',
+  // Our LoRA fine-tune (models/adapters/README.md), applied on top of the generator.
+  adapter: 'models/adapters/pubmedqa-lora.safetensors',
 };
 
 async function sha256(bytes) {

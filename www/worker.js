@@ -244,8 +244,35 @@ async function addAndStore(files) {
   await saveIndex();
 }
 
+/// Load our fine-tuned adapter if the site ships one; the page can still answer with the base
+/// model when it does not (or when the file is bad), and says why.
+async function loadAdapter(tuned, onProgress) {
+  try {
+    const [bytes] = await loadModels([MODELS.adapter], onProgress);
+    const info = engine.loadAdapter(bytes);
+    engine.useAdapter(tuned);
+    return { info, tuned };
+  } catch (e) {
+    return { info: null, tuned: false, reason: String(e.message || e) };
+  }
+}
+
+/// Generate the pending answer step by step, posting its pieces as `{type: kind, text, ...extra}`
+/// and yielding between steps so that a Stop message gets through.
+async function drive(kind, extra = {}) {
+  for (;;) {
+    if (stopRequested) engine.cancelAnswer();
+    const step = engine.step();
+    if (step.type === 'done') break;
+    if (step.type === 'prefill') post({ type: 'prefill', done: step.done, total: step.total, ...extra });
+    else if (step.text) post({ type: kind, text: step.text, ...extra });
+    await nextTask();
+  }
+  return engine.finishAnswer();
+}
+
 const handlers = {
-  async init({ densePrefill, threads }) {
+  async init({ densePrefill, threads, tuned }) {
     helperCount = threads;
     // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
     // optimised) code between workers that share a module. Fresh workers compiling their own copy
@@ -258,7 +285,8 @@ const handlers = {
     // wasm32 memory ends at 4 GiB; stopping short of it turns running out into a per-file
     // message (see src/memory.rs) instead of a dead instance.
     engine.setMemoryLimit(MEMORY_LIMIT);
-    post({ type: 'ready', backend: 'cpu', densePrefill });
+    const adapter = await loadAdapter(tuned, (loaded, total) => post({ type: 'download', loaded, total }));
+    post({ type: 'ready', backend: 'cpu', densePrefill, adapter });
     db = await openDb();
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {
@@ -283,18 +311,30 @@ const handlers = {
   text({ name }) {
     post({ type: 'text', name, text: engine.documentText(name) ?? '' });
   },
+  model({ tuned }) {
+    engine.useAdapter(tuned);
+    post({ type: 'model', tuned });
+  },
   async ask({ question, rag, k }) {
     stopRequested = false;
     engine.beginAnswer(question, rag, k);
-    for (;;) {
-      if (stopRequested) engine.cancelAnswer();
-      const step = engine.step();
-      if (step.type === 'done') break;
-      if (step.type === 'prefill') post({ type: 'prefill', done: step.done, total: step.total });
-      else if (step.text) post({ type: 'token', text: step.text });
-      await nextTask();
+    post({ type: 'answer', answer: await drive('token') });
+  },
+  /// One question, four ways: base and tuned model, each without and with retrieval. Stop ends
+  /// the one under way and skips the rest.
+  async compare({ question, k, tuned }) {
+    stopRequested = false;
+    try {
+      for (const config of ['base-norag', 'base-rag', 'tuned-norag', 'tuned-rag']) {
+        if (stopRequested) break;
+        engine.useAdapter(config.startsWith('tuned'));
+        engine.beginAnswer(question, config.endsWith('-rag'), k);
+        post({ type: 'compare-answer', config, answer: await drive('compare-token', { config }) });
+      }
+    } finally {
+      engine.useAdapter(tuned);
+      post({ type: 'compare-done' });
     }
-    post({ type: 'answer', answer: engine.finishAnswer() });
   },
   stop() {
     stopRequested = true;

@@ -74,7 +74,76 @@ enum Command {
         /// prompt reading, ~425 MB less memory).
         #[arg(long)]
         low_memory: bool,
+        /// Answer with our fine-tuned model (the merged GGUF that `make models` writes).
+        #[arg(long, conflicts_with = "model")]
+        tuned: bool,
+        /// Apply this LoRA adapter at load time (e.g. a checkpoint of `pocketrag tune`).
+        #[arg(long, conflicts_with = "tuned")]
+        adapter: Option<PathBuf>,
         question: String,
+    },
+    /// Show an adapter's settings and provenance; optionally write a half-size (f16) copy.
+    Adapter {
+        file: PathBuf,
+        #[arg(long)]
+        f16_out: Option<PathBuf>,
+    },
+    /// Fine-tune a LoRA adapter on PubMedQA-format data (see models/tune.json). Writes a run
+    /// folder: config, data hashes, loss.csv, loss.svg, checkpoints and the adapter.
+    Tune {
+        #[arg(long, default_value = "models/tune.json")]
+        config: PathBuf,
+        /// Training questions in PubMedQA's JSON format.
+        #[arg(long)]
+        data: PathBuf,
+        /// Hold this cross-validation fold out (0..folds); without it, train on every question.
+        #[arg(long)]
+        fold: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the checkpoint in OUT.
+        #[arg(long)]
+        resume: bool,
+        /// Stop after this many optimizer steps in total (resume later with --resume).
+        #[arg(long)]
+        stop_after: Option<usize>,
+        /// Use only the first N training questions (quick trials).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Fold an adapter into the base model's weights and write a new GGUF file.
+    Merge {
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Base GGUF (default: the generator in the models folder).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Measure retrieval, and answers of the base and tuned model without and with retrieval.
+    Eval {
+        /// Only "pubmedqa": a JSON object keyed by id with QUESTION, CONTEXTS, final_decision and
+        /// LONG_ANSWER.
+        #[arg(long, default_value = "pubmedqa")]
+        format: String,
+        file: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        /// Tuned adapters (repeatable). Each question is answered by one that did not train on it;
+        /// default: the shipped adapter.
+        #[arg(long)]
+        adapter: Vec<PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        k: usize,
+        #[arg(long, default_value_t = 96)]
+        max_tokens: usize,
+        /// Write each question's retrieval rank and four answers to this file (JSON lines) as the
+        /// run goes; questions already in it are not asked again, so a stopped run resumes.
+        #[arg(long)]
+        records: Option<PathBuf>,
     },
     /// Rewrite a GGUF model's tensors from one quantization to another.
     Requantize {
@@ -111,13 +180,36 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ask { index, k, no_rag, json, temperature, top_p, seed, max_tokens, model, low_memory, question } => {
-            let model = model.unwrap_or_else(|| models::generator_path(&cli.models));
+        Command::Ask {
+            index,
+            k,
+            no_rag,
+            json,
+            temperature,
+            top_p,
+            seed,
+            max_tokens,
+            model,
+            low_memory,
+            tuned,
+            adapter,
+            question,
+        } => {
+            let model = match (model, tuned) {
+                (Some(m), _) => m,
+                (None, true) => cli.models.join(models::TUNED_GENERATOR_FILE),
+                (None, false) => models::generator_path(&cli.models),
+            };
             if !no_rag && index.is_none() {
                 bail!("--index is required unless --no-rag is given");
             }
             let weights = if low_memory { Weights::Quantized } else { Weights::QuantizedAndDense };
             let mut engine = open(&cli.models, index.as_deref(), Some((&model, weights)))?;
+            if let Some(path) = adapter {
+                let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                engine.load_adapter(pocketrag::llm::lora::Adapter::from_bytes(&bytes, &path.display().to_string())?)?;
+                engine.use_adapter(true)?;
+            }
             let g = &mut engine.settings.generate;
             g.temperature = temperature;
             g.top_p = top_p;
@@ -166,7 +258,232 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} bytes)", output.display(), out.len());
             Ok(())
         }
+        Command::Tune { config, data, fold, out, resume, stop_after, limit } => {
+            tune(&cli.models, &config, &data, fold, &out, resume, stop_after, limit)
+        }
+        Command::Adapter { file, f16_out } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let adapter = pocketrag::llm::lora::Adapter::from_bytes(&bytes, &file.display().to_string())?;
+            let params: usize = adapter.pairs.values().map(|p| p.a.elem_count() + p.b.elem_count()).sum();
+            let summary = serde_json::json!({
+                "config": adapter.config,
+                "matrices": adapter.pairs.len(),
+                "parameters": params,
+                "info": adapter.info,
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            if let Some(out) = f16_out {
+                write_atomically(&out, &adapter.to_bytes_as(candle_core::DType::F16)?)?;
+                eprintln!("wrote {}", out.display());
+            }
+            Ok(())
+        }
+        Command::Merge { adapter, out, model } => {
+            let base = model.unwrap_or_else(|| models::generator_path(&cli.models));
+            let bytes = models::read(&base)?;
+            let adapter_bytes =
+                std::fs::read(&adapter).with_context(|| format!("cannot read {}", adapter.display()))?;
+            let adapter = pocketrag::llm::lora::Adapter::from_bytes(&adapter_bytes, &adapter.display().to_string())?;
+            let merged = pocketrag::llm::lora::merge_into_gguf(&bytes, &base.display().to_string(), &adapter)?;
+            write_atomically(&out, &merged)?;
+            eprintln!("wrote {} ({} bytes, {} matrices adapted)", out.display(), merged.len(), adapter.pairs.len());
+            Ok(())
+        }
+        Command::Eval { format, file, limit, json, adapter, k, max_tokens, records } => {
+            if format != "pubmedqa" {
+                bail!("unknown --format {format:?} (only pubmedqa is supported)");
+            }
+            evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref())
+        }
     }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn counting_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what}  {{elapsed}} (eta {{eta}})"))
+            .expect("valid template"),
+    );
+    bar
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tune(
+    models_dir: &Path,
+    config: &Path,
+    data_path: &Path,
+    fold: Option<usize>,
+    out: &Path,
+    resume: bool,
+    stop_after: Option<usize>,
+    limit: Option<usize>,
+) -> Result<()> {
+    use pocketrag::tune::{data, train, TuneConfig};
+    let cfg_text = std::fs::read_to_string(config).with_context(|| format!("cannot read {}", config.display()))?;
+    let cfg = TuneConfig::from_json(&cfg_text)?;
+    let data_bytes = std::fs::read(data_path).with_context(|| format!("cannot read {}", data_path.display()))?;
+    let entries = data::read_pubmedqa(&data_bytes, &data_path.display().to_string())?;
+    let folds = data::folds(&entries, cfg.data.folds);
+    if let Some(f) = fold.filter(|&f| f >= cfg.data.folds) {
+        bail!("--fold {f}: the config splits the data into {} folds (0..{})", cfg.data.folds, cfg.data.folds - 1);
+    }
+    let mut train_entries: Vec<&data::QaEntry> =
+        entries.iter().zip(&folds).filter(|(_, &f)| Some(f) != fold).map(|(e, _)| e).collect();
+    if let Some(n) = limit {
+        train_entries.truncate(n);
+    }
+    let held_out: Vec<&data::QaEntry> = entries
+        .iter()
+        .zip(&folds)
+        .filter(|(_, &f)| Some(f) == fold)
+        .map(|(e, _)| e)
+        .take(cfg.data.validation_examples)
+        .collect();
+
+    let base_path = models::generator_path(models_dir);
+    let base_bytes = models::read(&base_path)?;
+    let generator = pocketrag::llm::Generator::from_gguf_bytes_with(
+        &base_bytes,
+        &base_path.display().to_string(),
+        Weights::QuantizedAndDense,
+    )?;
+    let mut engine = Engine::new(models::load_embedder(models_dir)?, Some(generator));
+    // Training prompts retrieve from the training questions' abstracts only.
+    let bar = counting_bar(train_entries.len(), "abstracts indexed");
+    data::index_entries(&mut engine, &train_entries, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    let (examples, stats) = data::build_examples(
+        &engine,
+        &train_entries,
+        cfg.data.sources,
+        cfg.data.no_answer_fraction,
+        cfg.max_seq_len,
+        cfg.seed,
+    )?;
+    eprintln!("training examples: {}", serde_json::to_string(&stats)?);
+    let validation = if held_out.is_empty() {
+        vec![]
+    } else {
+        // Held-out examples retrieve among the held-out abstracts only.
+        let mut v_engine = Engine::new(models::load_embedder(models_dir)?, engine.take_generator());
+        data::index_entries(&mut v_engine, &held_out, &mut |_, _| {})?;
+        let built = data::build_examples(
+            &v_engine,
+            &held_out,
+            cfg.data.sources,
+            cfg.data.no_answer_fraction,
+            cfg.max_seq_len,
+            cfg.seed + 1,
+        );
+        engine.set_generator(v_engine.take_generator());
+        built?.0
+    };
+
+    let mut info = std::collections::BTreeMap::new();
+    info.insert("name".to_string(), "pocketrag-pubmedqa-lora".to_string());
+    info.insert("base_model".to_string(), models::GENERATOR_FILE.to_string());
+    info.insert("base_sha256".to_string(), models::sha256_hex(&base_bytes));
+    info.insert(
+        "data_file".to_string(),
+        data_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+    );
+    info.insert("data_sha256".to_string(), models::sha256_hex(&data_bytes));
+    info.insert("folds".to_string(), cfg.data.folds.to_string());
+    info.insert("holdout_fold".to_string(), fold.map_or("none".to_string(), |f| f.to_string()));
+    info.insert("train_questions".to_string(), train_entries.len().to_string());
+    info.insert("examples".to_string(), serde_json::to_string(&stats)?);
+    let model = engine.generator_mut().expect("loaded above").model_mut();
+    let run = train::RunOptions { dir: out, resume, stop_after };
+    let (_, summary) = train::train(model, &examples, &validation, &cfg, &info, &run, &mut |line| eprintln!("{line}"))?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    models_dir: &Path,
+    file: &Path,
+    limit: Option<usize>,
+    json: bool,
+    adapters: &[PathBuf],
+    k: usize,
+    max_tokens: usize,
+    records_path: Option<&Path>,
+) -> Result<()> {
+    use pocketrag::tune::data;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut entries = data::read_pubmedqa(&bytes, &file.display().to_string())?;
+    let file_sha = models::sha256_hex(&bytes);
+    let default_adapter = models_dir.join(models::ADAPTER_FILE);
+    let paths: Vec<PathBuf> = if adapters.is_empty() { vec![default_adapter] } else { adapters.to_vec() };
+    let mut loaded = Vec::new();
+    for p in &paths {
+        let b = std::fs::read(p).with_context(|| format!("cannot read adapter {}", p.display()))?;
+        loaded.push(pocketrag::llm::lora::Adapter::from_bytes(&b, &p.display().to_string())?);
+    }
+    // Fold assignment needs the whole file, so adapters are matched before --limit applies.
+    let mut assigned = pocketrag::eval::assign_adapters(&entries, &file_sha, &loaded)?;
+    if let Some(n) = limit {
+        entries.truncate(n);
+        assigned.truncate(n);
+    }
+    let generator = models::load_generator_with(&models::generator_path(models_dir), Weights::QuantizedAndDense)?;
+    let mut engine = Engine::new(models::load_embedder(models_dir)?, Some(generator));
+    engine.settings.generate.max_tokens = max_tokens;
+    // The corpus is every entry of the file, even with --limit: distractors stay the same.
+    let all = data::read_pubmedqa(&bytes, &file.display().to_string())?;
+    let refs: Vec<&data::QaEntry> = all.iter().collect();
+    let bar = counting_bar(refs.len(), "abstracts indexed");
+    data::index_entries(&mut engine, &refs, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    // Records of an earlier, stopped run of the same file are kept and not asked again.
+    let mut done: std::collections::HashMap<String, pocketrag::eval::Record> = std::collections::HashMap::new();
+    if let Some(path) = records_path.filter(|p| p.exists()) {
+        for (i, line) in std::fs::read_to_string(path)?.lines().enumerate() {
+            let r: pocketrag::eval::Record = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not an eval record", path.display(), i + 1))?;
+            done.insert(r.id.clone(), r);
+        }
+    }
+    let mut out = match records_path {
+        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+        None => None,
+    };
+    let clock = std::time::Instant::now();
+    let bar = counting_bar(entries.len(), "questions, 4 answers each");
+    let mut records = Vec::with_capacity(entries.len());
+    for (entry, &a) in entries.iter().zip(&assigned) {
+        let record = match done.remove(&entry.id) {
+            Some(r) => r,
+            None => {
+                let r = pocketrag::eval::evaluate_one(&mut engine, entry, &loaded[a], k)?;
+                if let Some(f) = out.as_mut() {
+                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                }
+                r
+            }
+        };
+        records.push(record);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let report = pocketrag::eval::report(&records, clock.elapsed().as_secs_f64());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", pocketrag::eval::table(&report));
+    }
+    Ok(())
 }
 
 /// Build an engine: the embedder always, an index and the generator when given.

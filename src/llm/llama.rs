@@ -12,11 +12,16 @@
 //! needs to change what happens inside: weights kept twice for prompt processing (below), and
 //! later low-rank adapters (our fine-tune) and GPU kernels. `tests/llama_parity.rs` holds it to
 //! candle's implementation.
+//!
+//! Training (our LoRA fine-tune, `crate::tune`) goes through `forward_train`, the same model
+//! written with operations candle can differentiate: its fused `rms_norm`, `softmax_last_dim` and
+//! `rope_i` kernels have no backward pass and would silently stop the gradient.
 
+use super::lora::{Adapter, LoraPair};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, IndexOp, Layout, Module, Shape, Tensor, D};
 use candle_nn::kv_cache::KvCache;
 use std::io::{Read, Seek};
 
@@ -39,10 +44,14 @@ pub enum Weights {
     QuantizedAndDense,
 }
 
-/// `x W^T` for a weight matrix W.
+/// The weight matrices that low-rank adapters can target, by their GGUF names.
+pub const PROJECTIONS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+/// `x W^T` for a weight matrix W, plus an adapter's low-rank update when one is set.
 struct Linear {
     quantized: QMatMul,
     dense: Option<QMatMul>,
+    lora: Option<LoraPair>,
 }
 
 impl Linear {
@@ -51,16 +60,75 @@ impl Linear {
             Weights::Quantized => None,
             Weights::QuantizedAndDense => Some(QMatMul::Tensor(q.dequantize(device)?)),
         };
-        Ok(Linear { quantized: QMatMul::from_qtensor(q)?, dense })
+        Ok(Linear { quantized: QMatMul::from_qtensor(q)?, dense, lora: None })
+    }
+
+    /// (out, in) of W.
+    fn shape(&self) -> Result<(usize, usize)> {
+        let dims = match &self.quantized {
+            QMatMul::QTensor(q) => q.shape().dims().to_vec(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().to_vec(),
+        };
+        match dims.as_slice() {
+            [o, i] => Ok((*o, *i)),
+            other => Err(Error::Input(format!("weight matrix of shape {other:?}"))),
+        }
     }
 
     /// `x` is (batch, positions, features).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let many = x.dim(1)? > 1;
-        Ok(match &self.dense {
+        let y = match &self.dense {
             Some(dense) if many => dense.forward(x)?,
             _ => self.quantized.forward(x)?,
-        })
+        };
+        match &self.lora {
+            Some(lora) => Ok((y + lora.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+
+    /// The same product for training: W is frozen (no gradient is computed for it), the adapter's
+    /// matrices get theirs. Needs the f32 copy of W.
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(QMatMul::Tensor(w)) = &self.dense else {
+            return Err(Error::Input("training needs the model loaded with Weights::QuantizedAndDense".into()));
+        };
+        let y = x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?;
+        match &self.lora {
+            Some(lora) => Ok((y + lora.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `x W^T` for a constant W. candle's own matmul also computes W's gradient on the way back,
+/// which for a frozen base model is wasted work: half the backward pass.
+struct FrozenMatmul(Tensor);
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul needs a contiguous input")
+        };
+        let x = &storage.as_slice::<f32>()?[start..end];
+        let dims = layout.dims();
+        let inner = *dims.last().unwrap_or(&1);
+        let x = Tensor::from_slice(x, (x.len() / inner.max(1), inner), &Device::Cpu)?;
+        let y = x.matmul(&self.0.t()?)?;
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = self.0.dim(0)?;
+        }
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), Shape::from(out)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.0)?))
     }
 }
 
@@ -72,6 +140,12 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+
+    /// The same, from differentiable operations.
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?;
+        Ok(x.broadcast_div(&rms)?.broadcast_mul(&self.weight)?)
     }
 }
 
@@ -89,11 +163,24 @@ struct Block {
     cache: KvCache,
 }
 
+impl Block {
+    /// The block's projections in the order of `PROJECTIONS`.
+    fn linears(&self) -> [&Linear; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w1, &self.w3, &self.w2]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [&mut self.wq, &mut self.wk, &mut self.wv, &mut self.wo, &mut self.w1, &mut self.w3, &mut self.w2]
+    }
+}
+
 pub struct Llama {
     embeddings: Tensor,
     blocks: Vec<Block>,
     norm: RmsNorm,
     output: QMatMul,
+    /// The output projection as f32, for training (kept only with `Weights::QuantizedAndDense`).
+    output_dense: Option<Tensor>,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -122,10 +209,19 @@ impl Llama {
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = embeddings_q.dequantize(device)?;
         // Small models tie the output projection to the embedding table.
-        let output = QMatMul::from_qtensor(match tensor("output.weight") {
-            Ok(t) => t,
-            Err(_) => embeddings_q,
-        })?;
+        let (output, output_dense) = match tensor("output.weight") {
+            Ok(t) => {
+                let dense = match weights {
+                    Weights::QuantizedAndDense => Some(t.dequantize(device)?),
+                    Weights::Quantized => None,
+                };
+                (QMatMul::from_qtensor(t)?, dense)
+            }
+            Err(_) => {
+                let dense = (weights == Weights::QuantizedAndDense).then(|| embeddings.clone());
+                (QMatMul::from_qtensor(embeddings_q)?, dense)
+            }
+        };
         let mut blocks = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let mut linear = |name: &str| Linear::new(tensor(&format!("blk.{i}.{name}.weight"))?, weights, device);
@@ -148,6 +244,7 @@ impl Llama {
             blocks,
             norm: norm(tensor("output_norm.weight")?)?,
             output,
+            output_dense,
             n_head,
             n_kv_head,
             head_dim: dim / n_head,
@@ -162,6 +259,76 @@ impl Llama {
         for b in &mut self.blocks {
             b.cache.reset();
         }
+    }
+
+    /// Names ("blk.{i}.{projection}") and (out, in) shapes of the matrices an adapter can target.
+    pub fn projections(&self) -> Result<Vec<(String, (usize, usize))>> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (p, linear) in PROJECTIONS.iter().zip(b.linears()) {
+                out.push((format!("blk.{i}.{p}"), linear.shape()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Apply a low-rank adapter (our fine-tune) on top of the base weights, or remove it with
+    /// `None`. Nothing is merged, so switching back and forth is instant and costs no memory
+    /// beyond the adapter itself.
+    pub fn set_adapter(&mut self, adapter: Option<&Adapter>) -> Result<()> {
+        let shapes: std::collections::HashMap<String, (usize, usize)> = self.projections()?.into_iter().collect();
+        if let Some(adapter) = adapter {
+            for (name, pair) in &adapter.pairs {
+                let Some(&(out, inp)) = shapes.get(name) else {
+                    return Err(Error::Input(format!("the adapter targets {name}, which this model does not have")));
+                };
+                let (a, b) = (pair.a.dims(), pair.b.dims());
+                if a != [adapter.config.rank, inp] || b != [out, adapter.config.rank] {
+                    return Err(Error::Input(format!(
+                        "the adapter's {name} has shapes {a:?} and {b:?}; this model needs [{}, {inp}] and [{out}, {}]",
+                        adapter.config.rank, adapter.config.rank
+                    )));
+                }
+            }
+        }
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (p, linear) in PROJECTIONS.iter().zip(b.linears_mut()) {
+                linear.lora = adapter.and_then(|a| a.pairs.get(&format!("blk.{i}.{p}"))).cloned();
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits (len(at), vocabulary) at positions `at` of one whole sequence `tokens`, computed
+    /// with operations that candle can differentiate. No cache: every position is computed.
+    pub fn forward_train(&self, tokens: &[u32], at: &[u32]) -> Result<Tensor> {
+        let Some(output) = &self.output_dense else {
+            return Err(Error::Input("training needs the model loaded with Weights::QuantizedAndDense".into()));
+        };
+        let n = tokens.len();
+        if n == 0 || n > MAX_SEQ_LEN {
+            return Err(Error::Input(format!("a training sequence of {n} tokens")));
+        }
+        let group = self.n_head / self.n_kv_head;
+        let blocked = causal_mask(n, 0, group, &self.device)?;
+        let mask = blocked.where_cond(
+            &Tensor::new(f32::NEG_INFINITY, &self.device)?.broadcast_as(blocked.shape())?,
+            &Tensor::zeros(blocked.shape(), DType::F32, &self.device)?,
+        )?;
+        let mut x = self.embeddings.embedding(&Tensor::new(tokens, &self.device)?)?.unsqueeze(0)?;
+        let (cos, sin) = (self.cos.narrow(0, 0, n)?, self.sin.narrow(0, 0, n)?);
+        for b in &self.blocks {
+            let h = b.attn_norm.forward_train(&x)?;
+            let h = attention_train(b, &h, &mask, &cos, &sin, (self.n_head, self.n_kv_head, self.head_dim))?;
+            x = (x + h)?;
+            let h = b.ffn_norm.forward_train(&x)?;
+            let gate = b.w1.forward_train(&h)?.silu()?;
+            let h = b.w2.forward_train(&(gate * b.w3.forward_train(&h)?)?)?;
+            x = (x + h)?;
+        }
+        let x = x.squeeze(0)?.index_select(&Tensor::new(at, &self.device)?, 0)?;
+        let x = self.norm.forward_train(&x)?;
+        Ok(x.apply_op1(FrozenMatmul(output.clone()))?)
     }
 
     /// Run `tokens` (1, n) placed at positions `pos..pos + n`, after the cached ones; returns the
@@ -227,6 +394,66 @@ fn attention(
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     let y = weights.matmul(&v)?.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
     b.wo.forward(&y)
+}
+
+/// `attention` for training: the whole sequence at once, from differentiable operations.
+fn attention_train(
+    b: &Block,
+    x: &Tensor,
+    mask: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    (n_head, n_kv_head, head_dim): (usize, usize, usize),
+) -> Result<Tensor> {
+    let (batch, n, dim) = x.dims3()?;
+    let heads = |t: Tensor, count: usize| t.reshape((batch, n, count, head_dim))?.transpose(1, 2);
+    let q = rope_interleaved(&heads(b.wq.forward_train(x)?, n_head)?, cos, sin)?;
+    let k = rope_interleaved(&heads(b.wk.forward_train(x)?, n_kv_head)?, cos, sin)?;
+    let v = heads(b.wv.forward_train(x)?, n_kv_head)?.contiguous()?;
+    let group = n_head / n_kv_head;
+    let q = q.reshape((batch, n_kv_head, group * n, head_dim))?;
+    let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?.broadcast_add(mask)?;
+    let weights = scores.apply_op1(Softmax)?;
+    let y = weights.matmul(&v)?.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
+    b.wo.forward_train(&y)
+}
+
+/// candle's fused softmax over the last dimension, given the backward pass it lacks:
+/// for y = softmax(x), dx = y * (dy - sum(dy * y)). Writing softmax out of elementary operations
+/// instead made the backward pass ~10% slower (measured on a 505-token example).
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("softmax needs a contiguous input")
+        };
+        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
+        let y = candle_nn::ops::softmax_last_dim(&x)?;
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (dy * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * dy.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// candle's `rope_i`, written out: each pair (x[2i], x[2i+1]) of every head is rotated by the
+/// angle of its position and frequency i. `x` is (batch, heads, n, head_dim); `cos`/`sin` (n, head_dim / 2).
+fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (batch, heads, n, d) = x.dims4()?;
+    let pairs = x.contiguous()?.reshape((batch, heads, n, d / 2, 2))?;
+    let (x0, x1) = (pairs.narrow(4, 0, 1)?, pairs.narrow(4, 1, 1)?);
+    let cos = cos.reshape((1, 1, n, d / 2, 1))?;
+    let sin = sin.reshape((1, 1, n, d / 2, 1))?;
+    let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Ok(Tensor::cat(&[r0, r1], 4)?.reshape((batch, heads, n, d))?)
 }
 
 /// 1 where position `pos + i` must not see key `j` (j > pos + i), for the `group` query heads

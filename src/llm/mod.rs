@@ -3,6 +3,7 @@
 //! streaming, stop tokens, sampling and cancellation.
 
 pub mod llama;
+pub mod lora;
 pub mod quantize;
 pub mod tokenizer;
 
@@ -124,6 +125,19 @@ impl Generator {
         let model = Llama::from_gguf(&ct, &mut reader, weights, &device)
             .map_err(|e| Error::model(file, format!("cannot load weights ({e})")))?;
         Ok(Generator { model, tokenizer, template, stop_ids, context: trained.min(MAX_SEQ_LEN), device })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut Llama {
+        &mut self.model
+    }
+
+    /// Answer with a fine-tuned adapter applied on top of the base weights, or without (`None`).
+    pub fn set_adapter(&mut self, adapter: Option<&lora::Adapter>) -> Result<()> {
+        self.model.set_adapter(adapter)
     }
 
     /// The most tokens (prompt plus answer) one generation can hold.

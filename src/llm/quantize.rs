@@ -25,24 +25,39 @@ fn file_type_code(dtype: GgmlDType) -> Option<u32> {
 
 /// Rewrite every tensor stored as `from` into `to`; returns the new file's bytes.
 pub fn requantize(bytes: &[u8], file: &str, from: GgmlDType, to: GgmlDType) -> Result<Vec<u8>> {
+    rewrite(bytes, file, file_type_code(to), &[], |_, t| {
+        Ok(if t.dtype() == from && t.shape().dims().last().is_some_and(|d| d % to.block_size() == 0) {
+            QTensor::quantize(&t.dequantize(&Device::Cpu)?, to)?
+        } else {
+            t
+        })
+    })
+}
+
+/// A copy of a GGUF file with each tensor passed through `change` (by name), `general.file_type`
+/// set to `file_type` when given, and `extra` metadata added. Tensors keep their file order, so
+/// the output is reproducible.
+pub(crate) fn rewrite(
+    bytes: &[u8],
+    file: &str,
+    file_type: Option<u32>,
+    extra: &[(String, Value)],
+    mut change: impl FnMut(&str, QTensor) -> Result<QTensor>,
+) -> Result<Vec<u8>> {
     let ct = read_header(bytes, file)?;
     let mut reader = Cursor::new(bytes);
     let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
-    // GGUF readers do not care about order, but a stable order makes the output reproducible.
     names.sort_by_key(|n| ct.tensor_infos[*n].offset);
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
     for name in names {
         let t = ct.tensor(&mut reader, name, &Device::Cpu).map_err(|e| Error::model(file, e))?;
-        let t = if t.dtype() == from && t.shape().dims().last().is_some_and(|d| d % to.block_size() == 0) {
-            QTensor::quantize(&t.dequantize(&Device::Cpu)?, to)?
-        } else {
-            t
-        };
-        tensors.push((name.clone(), t));
+        tensors.push((name.clone(), change(name, t)?));
     }
     let mut metadata: Vec<(String, Value)> = ct.metadata.into_iter().collect();
+    metadata.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+    metadata.extend(extra.iter().cloned());
     metadata.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(code) = file_type_code(to) {
+    if let Some(code) = file_type {
         for (k, v) in metadata.iter_mut() {
             if k == "general.file_type" {
                 *v = Value::U32(code);

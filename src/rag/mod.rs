@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::index::HnswConfig;
 use crate::ingest;
 use crate::library::Library;
+use crate::llm::lora::Adapter;
 use crate::llm::{GenerateParams, Generator, Run, Step, StopReason};
 use crate::time::Stopwatch;
 use prompt::PromptSource;
@@ -114,6 +115,8 @@ pub struct Answer {
     pub generated_tokens: usize,
     pub stop: Option<StopReason>,
     pub timings_ms: Timings,
+    /// Whether the fine-tuned adapter was applied (see [`Engine::use_adapter`]).
+    pub tuned: bool,
 }
 
 /// A document chunked and waiting for the vectors of `texts`: see [`Engine::prepare`].
@@ -136,6 +139,7 @@ pub enum PendingAnswer {
         sources: Vec<Source>,
         prompt: String,
         timings: Timings,
+        tuned: bool,
     },
 }
 
@@ -177,6 +181,10 @@ pub struct Engine {
     generator: Option<Generator>,
     library: Library,
     pub settings: Settings,
+    /// Our fine-tune, when loaded, and whether answers use it. Applied on top of the base
+    /// weights, so switching costs nothing.
+    adapter: Option<Adapter>,
+    tuned: bool,
 }
 
 impl Engine {
@@ -184,7 +192,52 @@ impl Engine {
     /// answer (the indexing CLI does not need to load the language model).
     pub fn new(embedder: Embedder, generator: Option<Generator>) -> Self {
         let library = Library::new(EMBEDDER_NAME, ChunkConfig::default(), HnswConfig::default());
-        Engine { embedder, generator, library, settings: Settings::default() }
+        Engine { embedder, generator, library, settings: Settings::default(), adapter: None, tuned: false }
+    }
+
+    /// Keep `adapter` (checked against the generator's shapes) for [`Engine::use_adapter`].
+    /// Answers keep using whichever model they used before.
+    pub fn load_adapter(&mut self, adapter: Adapter) -> Result<()> {
+        let generator = self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
+        generator.set_adapter(Some(&adapter))?;
+        generator.set_adapter(if self.tuned { Some(&adapter) } else { None })?;
+        self.adapter = Some(adapter);
+        Ok(())
+    }
+
+    pub fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
+    }
+
+    /// Answer with the fine-tuned model (true) or the base model (false).
+    pub fn use_adapter(&mut self, tuned: bool) -> Result<()> {
+        if tuned && self.adapter.is_none() {
+            return Err(Error::Input("no fine-tuned adapter is loaded".into()));
+        }
+        let generator = self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
+        generator.set_adapter(if tuned { self.adapter.as_ref() } else { None })?;
+        self.tuned = tuned;
+        Ok(())
+    }
+
+    pub fn uses_adapter(&self) -> bool {
+        self.tuned
+    }
+
+    pub fn generator(&self) -> Option<&Generator> {
+        self.generator.as_ref()
+    }
+
+    pub fn take_generator(&mut self) -> Option<Generator> {
+        self.generator.take()
+    }
+
+    pub fn set_generator(&mut self, generator: Option<Generator>) {
+        self.generator = generator;
+    }
+
+    pub fn generator_mut(&mut self) -> Option<&mut Generator> {
+        self.generator.as_mut()
     }
 
     pub fn library(&self) -> &Library {
@@ -365,6 +418,7 @@ impl Engine {
                             generated_tokens: 0,
                             stop: None,
                             timings_ms: timings,
+                            tuned: self.tuned,
                         },
                     });
                 }
@@ -378,7 +432,7 @@ impl Engine {
         let mut params = self.settings.generate.clone();
         params.max_tokens = params.max_tokens.min(self.settings.context_budget.saturating_sub(ids.len()).max(1));
         let run = generator.start(&ids, &params)?;
-        Ok(PendingAnswer::Generating { run: Box::new(run), sources, prompt: prompt_text, timings })
+        Ok(PendingAnswer::Generating { run: Box::new(run), sources, prompt: prompt_text, timings, tuned: self.tuned })
     }
 
     /// One bounded piece of work on a pending answer: a slice of the prompt, or one token.
@@ -400,9 +454,11 @@ impl Engine {
     /// The finished answer with its citations. Works on a cancelled answer too: it holds the
     /// text produced before Stop.
     pub fn finish_answer(&self, pending: PendingAnswer) -> Result<Answer> {
-        let (run, sources, prompt, mut timings) = match pending {
+        let (run, sources, prompt, mut timings, tuned) = match pending {
             PendingAnswer::Abstained { answer, .. } => return Ok(answer),
-            PendingAnswer::Generating { run, sources, prompt, timings } => (run.finish(), sources, prompt, timings),
+            PendingAnswer::Generating { run, sources, prompt, timings, tuned } => {
+                (run.finish(), sources, prompt, timings, tuned)
+            }
         };
         timings.prefill = run.prefill_ms;
         timings.decode = run.decode_ms;
@@ -418,6 +474,7 @@ impl Engine {
             generated_tokens: run.tokens.len(),
             stop: Some(run.stop),
             timings_ms: timings,
+            tuned,
         })
     }
 
@@ -470,8 +527,21 @@ impl Engine {
     /// Keep the best-ranked sources that fit the context budget with room for the answer, and
     /// return them with the prompt they make. The last one that does not fit whole is shortened
     /// at a word boundary rather than dropped when a useful part of it fits.
-    fn fit_sources(&self, question: &str, mut hits: Vec<Source>) -> Result<(Vec<Source>, String, Vec<u32>)> {
+    fn fit_sources(&self, question: &str, hits: Vec<Source>) -> Result<(Vec<Source>, String, Vec<u32>)> {
         let budget = self.settings.context_budget.saturating_sub(self.settings.generate.max_tokens);
+        self.rag_prompt(question, hits, budget)
+    }
+
+    /// The prompt the model gets for `question` answered from `hits` (numbered in this order),
+    /// shortened to at most `budget` tokens: the lowest-ranked source is halved, then dropped,
+    /// until it fits. Returns the sources as placed, the prompt text and its token ids. The
+    /// fine-tuning data is made here too, so it matches what the app sends word for word.
+    pub fn rag_prompt(
+        &self,
+        question: &str,
+        mut hits: Vec<Source>,
+        budget: usize,
+    ) -> Result<(Vec<Source>, String, Vec<u32>)> {
         let render = |hits: &[Source]| {
             let ps: Vec<PromptSource> = hits.iter().map(|s| PromptSource { title: &s.doc, text: &s.text }).collect();
             self.render(&prompt::rag_messages(question, &ps))

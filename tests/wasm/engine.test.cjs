@@ -177,3 +177,40 @@ test('a document embedded elsewhere (as the page spreads it over workers) indexe
   assert.throws(() => there.addPrepared(new Float32Array(0), 0), /no document is prepared/);
   assert.deepEqual(there.documents().map((d) => d.name), ['sourdough.txt']);
 });
+
+test('our fine-tuned adapter loads, switches on and off, and a damaged one is refused', () => {
+  const engine = new Engine(
+    model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'),
+    model('smollm2/SmolLM2-135M-Instruct.Q8_0.gguf'), true);
+  assert.throws(() => engine.useAdapter(true), /no fine-tuned adapter is loaded/);
+  assert.throws(() => engine.loadAdapter(Buffer.from('not an adapter')), /adapter: not a safetensors file/);
+  const info = engine.loadAdapter(model('adapters/pubmedqa-lora.safetensors'));
+  assert.equal(info.rank, 8);
+  assert.equal(info.matrices, 30 * 7);
+  assert.equal(info.info.name, 'pocketrag-pubmedqa-lora');
+  for (const name of ['lighthouse.md', 'sourdough.txt', 'bicycle.html']) engine.addDocument(name, doc(name), null);
+  const questions = {
+    'When was the Harrow Point lighthouse first lit?': 'lighthouse.md',
+    'How do I patch an inner tube?': 'bicycle.html',
+    'How often should a sourdough starter be fed?': 'sourdough.txt',
+  };
+  // Loading alone changes nothing: answers come from the base model until it is switched on.
+  const base = Object.keys(questions).map((q) => engine.answer(q, true, 4, null, null));
+  assert.ok(base.every((a) => a.tuned === false));
+  engine.useAdapter(true);
+  const tuned = Object.keys(questions).map((q) => engine.answer(q, true, 4, null, null));
+  assert.ok(tuned.every((a) => a.tuned === true));
+  // What the fine-tune teaches, measured on three questions: brief answers (the base model's run
+  // to 20-62 tokens here) that either cite their source with a [n] the model wrote itself, always
+  // the right document, or say the documents do not contain the answer.
+  const expected = Object.values(questions);
+  tuned.forEach((a, i) => {
+    assert.ok(a.generated_tokens <= 40, JSON.stringify(a.answer));
+    const own = a.citations.filter((c) => c.by === 'model');
+    assert.ok(own.every((c) => c.doc === expected[i]), JSON.stringify(a));
+    assert.ok(own.length > 0 || a.answer.startsWith('The documents do not contain the answer'), JSON.stringify(a));
+  });
+  assert.ok(tuned.some((a, i) => a.citations.some((c) => c.by === 'model' && c.doc === expected[i])), JSON.stringify(tuned));
+  engine.useAdapter(false);
+  assert.equal(engine.answer(Object.keys(questions)[0], true, 4, null, null).answer, base[0].answer);
+});

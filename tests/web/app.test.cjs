@@ -40,7 +40,7 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   // First visit: the site's collection (indexed by the CLI in `make site`) is there at once.
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
   await waitReady(page);
-  assert.equal(modelDownloads(server.log).length, 4, server.log.join('\n'));
+  assert.equal(modelDownloads(server.log).length, 5, server.log.join('\n'));
   assert.equal(await page.textContent('[data-testid="backend"]'), 'cpu');
   // Headless Chromium reports enough device memory for the faster f32 prompt weights.
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with f32 weights/);
@@ -79,14 +79,35 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   assert.ok(answer.trim().length > 0);
   const cited = await page.$$eval('[data-testid="citation"]', (els) => els.map((e) => e.dataset.doc));
   assert.ok(cited.length >= 1 && cited.every((d) => d === 'lighthouse.md'), `cited ${cited} for ${answer}`);
-  // The teaching panel shows the exact prompt and the scores.
+  // The teaching panel shows which model answered (the base one, by default), the exact prompt and
+  // the scores.
   const how = await page.textContent('#how-body');
+  assert.match(how, /Model: SmolLM2-135M-Instruct \(base\)/);
   assert.match(how, /prompt tokens/);
   assert.match(how, /Harrow Point/);
   // Clicking the citation shows the passage highlighted in its document.
   await page.click('[data-testid="citation"]');
   await page.waitForSelector('#viewer:not([hidden]) mark');
   assert.match(await page.textContent('#viewer mark'), /Harrow Point|keeper|1871/);
+
+  // Compare mode: the same question four ways, side by side; the model switch is left as it was.
+  await page.click('[data-testid="compare"]');
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="compare-card"][data-state="done"]').length === 4,
+    null, { timeout: 300_000 });
+  const cards = await page.$$eval('[data-testid="compare-card"]', (els) => els.map((e) => ({
+    config: e.dataset.config,
+    text: e.querySelector('.card-answer').textContent,
+    cites: [...e.querySelectorAll('[data-testid="compare-citation"]')].map((b) => b.dataset.doc),
+  })));
+  assert.deepEqual(cards.map((c) => c.config), ['base-norag', 'base-rag', 'tuned-norag', 'tuned-rag']);
+  assert.ok(cards.every((c) => c.text.trim().length > 0), JSON.stringify(cards));
+  assert.deepEqual(cards.filter((c) => c.config.endsWith('norag')).flatMap((c) => c.cites), []);
+  // The tuned model with retrieval either cites (only the document that holds the answer) or says
+  // the documents do not hold it.
+  const tunedRag = cards.find((c) => c.config === 'tuned-rag');
+  assert.ok(tunedRag.cites.every((d) => d === 'lighthouse.md'), JSON.stringify(cards));
+  assert.ok(tunedRag.cites.length > 0 || /do not contain the answer/.test(tunedRag.text), JSON.stringify(cards));
+  assert.equal(await page.inputValue('[data-testid="model"]'), 'base');
 
   // Ask about the hostile document too, so its text flows through the prompt panel.
   await page.fill('[data-testid="question"]', 'What do the notes say?');
@@ -166,7 +187,7 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
   // One thread, and prompts read with the 8-bit weights: the low-memory settings.
-  await page.goto(`${server.url}?threads=1&prefill=quantized`);
+  await page.goto(`${server.url}?threads=1&prefill=quantized&model=tuned`);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
   await waitReady(page);
@@ -204,6 +225,9 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   await page.click('[data-testid="ask"]');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
   assert.ok((await page.textContent('[data-testid="answer"]')).trim().length > 0);
+  // ?model=tuned chose our fine-tune.
+  assert.equal(await page.inputValue('[data-testid="model"]'), 'tuned');
+  assert.match(await page.textContent('#how-body'), /Model: SmolLM2-135M-Instruct with our LoRA fine-tune/);
 
   // Readable on a phone-sized screen, with an answer and its passages shown: nothing wider than
   // the viewport.

@@ -1,0 +1,102 @@
+//! The adapter we ship, on the real model: it was made from the generator we ship, and the tuned
+//! GGUF that `make models` merges from it computes what the adapter applied at load time computes,
+//! up to re-quantizing the merged weights to Q8_0.
+
+mod common;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use pocketrag::llm::llama::{Llama, Weights};
+use pocketrag::llm::lora::Adapter;
+use pocketrag::models;
+use std::io::Cursor;
+
+fn load(path: &std::path::Path) -> (Vec<u8>, Llama) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{} ({e}; run `make models`)", path.display()));
+    let ct = gguf_file::Content::read(&mut Cursor::new(&bytes)).unwrap();
+    let model = Llama::from_gguf(&ct, &mut Cursor::new(&bytes), Weights::Quantized, &Device::Cpu).unwrap();
+    (bytes, model)
+}
+
+fn shipped_adapter() -> Adapter {
+    let path = common::models_dir().join(models::ADAPTER_FILE);
+    Adapter::from_bytes(&std::fs::read(&path).unwrap(), &path.display().to_string()).unwrap()
+}
+
+fn logits(model: &mut Llama, tokens: &[u32], pos: usize) -> Vec<f32> {
+    let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    model.forward(&input, pos).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32
+}
+
+#[test]
+fn the_shipped_adapter_was_made_from_the_shipped_generator() {
+    let adapter = shipped_adapter();
+    let base = std::fs::read(models::generator_path(&common::models_dir())).unwrap();
+    assert_eq!(adapter.info["base_sha256"], models::sha256_hex(&base));
+    assert_eq!(adapter.info["holdout_fold"], "none");
+    assert_eq!(adapter.pairs.len(), 30 * 7);
+}
+
+#[test]
+fn the_merged_tuned_model_agrees_with_the_adapter_applied_at_load_time() {
+    let dir = common::models_dir();
+    let (_, mut unmerged) = load(&models::generator_path(&dir));
+    unmerged.set_adapter(Some(&shipped_adapter())).unwrap();
+    let (_, mut merged) = load(&dir.join(models::TUNED_GENERATOR_FILE));
+    let (_, mut base) = load(&models::generator_path(&dir));
+    let prompt = {
+        let g = common::shared_generator().lock().unwrap();
+        let chat = g
+            .render_chat(&[pocketrag::llm::Message::new(
+                "user",
+                "Sources:\n[1] notes.md\nThe Harrow Point lighthouse was first lit in 1871.\n\nQuestion: When was the lighthouse first lit?",
+            )])
+            .unwrap();
+        g.encode(&chat).unwrap()
+    };
+    let (mut a, mut b, c) =
+        (logits(&mut unmerged, &prompt, 0), logits(&mut merged, &prompt, 0), logits(&mut base, &prompt, 0));
+    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    let probs = |x: &[f32]| {
+        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+        let s: f32 = e.iter().sum();
+        e.into_iter().map(|v| v / s).collect::<Vec<f32>>()
+    };
+    // Merging rounds every adapted matrix to Q8_0 once more: one more rounding of the same size as
+    // the one that made the Q8_0 file, so it must cost about what that costs (the base Q8_0 file
+    // against its weights in f32; measured 0.050 against 0.027) ...
+    let base_bytes = std::fs::read(models::generator_path(&dir)).unwrap();
+    let f32_bytes = pocketrag::llm::quantize::requantize(
+        &base_bytes,
+        "q8_0",
+        candle_core::quantized::GgmlDType::Q8_0,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    let ct = gguf_file::Content::read(&mut Cursor::new(&f32_bytes)).unwrap();
+    let mut exact = Llama::from_gguf(&ct, &mut Cursor::new(&f32_bytes), Weights::Quantized, &Device::Cpu).unwrap();
+    let quantizing = diff(&probs(&c), &probs(&logits(&mut exact, &prompt, 0)));
+    let (rounding, effect) = (diff(&probs(&a), &probs(&b)), diff(&probs(&a), &probs(&c)));
+    eprintln!("probability change: merging {rounding}, Q8_0 itself {quantizing}, the adapter {effect}");
+    assert!(
+        rounding <= 3.0 * quantizing,
+        "merging moves probabilities by {rounding}; Q8_0 rounding itself by {quantizing}"
+    );
+    // ... and the two pick the same next token nearly always. Both are fed the unmerged model's
+    // greedy continuation, so one near-tie going the other way does not end the comparison.
+    let (mut pos, mut same, steps) = (prompt.len(), 0, 32);
+    for _ in 0..steps {
+        let next = argmax(&a);
+        same += usize::from(next == argmax(&b));
+        a = logits(&mut unmerged, &[next], pos);
+        b = logits(&mut merged, &[next], pos);
+        pos += 1;
+    }
+    eprintln!("merged vs unmerged: same next token {same}/{steps}");
+    assert!(same >= steps * 7 / 8, "the merged model chose the same token in only {same} of {steps} steps");
+}
