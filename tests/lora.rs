@@ -222,39 +222,16 @@ fn loss_falls_and_a_saved_adapter_reloads_to_identical_outputs() {
 fn a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does() {
     let bytes = tiny_gguf(GgmlDType::F32);
     let cfg = tune_config(2, 4);
+    let run = |dir: &std::path::Path, resume: bool, stop_after: Option<usize>| {
+        let options = RunOptions { dir, resume, stop_after };
+        train(&mut load(&bytes), &small_task(), &[], &cfg, &BTreeMap::new(), &options, &mut |_| {}).unwrap()
+    };
     let whole = tempdir("whole");
-    let (a, _) = train(
-        &mut load(&bytes),
-        &small_task(),
-        &[],
-        &cfg,
-        &BTreeMap::new(),
-        &RunOptions { dir: &whole, resume: false, stop_after: None },
-        &mut |_| {},
-    )
-    .unwrap();
+    let (a, _) = run(&whole, false, None);
     let pieces = tempdir("pieces");
-    let (_, first) = train(
-        &mut load(&bytes),
-        &small_task(),
-        &[],
-        &cfg,
-        &BTreeMap::new(),
-        &RunOptions { dir: &pieces, resume: false, stop_after: Some(5) },
-        &mut |_| {},
-    )
-    .unwrap();
+    let (_, first) = run(&pieces, false, Some(5));
     assert!(!first.finished && !pieces.join("adapter.safetensors").exists());
-    let (b, second) = train(
-        &mut load(&bytes),
-        &small_task(),
-        &[],
-        &cfg,
-        &BTreeMap::new(),
-        &RunOptions { dir: &pieces, resume: true, stop_after: None },
-        &mut |_| {},
-    )
-    .unwrap();
+    let (b, second) = run(&pieces, true, None);
     assert!(second.finished);
     for (name, pa) in &a.pairs {
         let pb = &b.pairs[name];

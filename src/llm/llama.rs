@@ -112,19 +112,15 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul needs a contiguous input")
-        };
-        let x = &storage.as_slice::<f32>()?[start..end];
-        let dims = layout.dims();
-        let inner = *dims.last().unwrap_or(&1);
-        let x = Tensor::from_slice(x, (x.len() / inner.max(1), inner), &Device::Cpu)?;
-        let y = x.matmul(&self.0.t()?)?;
-        let mut out = dims.to_vec();
-        if let Some(last) = out.last_mut() {
-            *last = self.0.dim(0)?;
-        }
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), Shape::from(out)))
+        on_cpu(storage, layout, |x| {
+            let dims = x.dims();
+            let inner = *dims.last().unwrap_or(&1);
+            let mut out = dims.to_vec();
+            if let Some(last) = out.last_mut() {
+                *last = self.0.dim(0)?;
+            }
+            x.reshape((x.elem_count() / inner.max(1), inner))?.matmul(&self.0.t()?)?.reshape(out)
+        })
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -418,6 +414,22 @@ fn attention_train(
     b.wo.forward_train(&y)
 }
 
+/// A custom op's forward pass written with ordinary tensor operations: `f` gets the op's
+/// (contiguous, f32) input as a tensor, and its result becomes the op's output.
+fn on_cpu(
+    storage: &CpuStorage,
+    layout: &Layout,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("this custom op needs a contiguous input")
+    };
+    let x = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
+    let y = f(&x)?;
+    let shape = y.shape().clone();
+    Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+}
+
 /// candle's fused softmax over the last dimension, given the backward pass it lacks:
 /// for y = softmax(x), dx = y * (dy - sum(dy * y)). Writing softmax out of elementary operations
 /// instead made the backward pass ~10% slower (measured on a 505-token example).
@@ -429,12 +441,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("softmax needs a contiguous input")
-        };
-        let x = Tensor::from_slice(&storage.as_slice::<f32>()?[start..end], layout.shape(), &Device::Cpu)?;
-        let y = candle_nn::ops::softmax_last_dim(&x)?;
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), layout.shape().clone()))
+        on_cpu(storage, layout, candle_nn::ops::softmax_last_dim)
     }
 
     fn bwd(&self, _arg: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
