@@ -157,9 +157,10 @@ pub fn evaluate_one(engine: &mut Engine, entry: &QaEntry, adapter: &Adapter, k: 
     let docs: Vec<&str> = hits.iter().map(|h| h.doc.as_str()).collect();
     let gold_rank = doc_rank(&docs, &gold);
     let mut answers = BTreeMap::new();
+    // Through the engine's own switch, so each answer records which model gave it.
+    engine.load_adapter(adapter.clone())?;
     for (config, tuned, rag) in CONFIGS {
-        let generator = engine.generator_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
-        generator.set_adapter(if tuned { Some(adapter) } else { None })?;
+        engine.use_adapter(tuned)?;
         let mode = if rag { Mode::Rag } else { Mode::NoRag };
         let a = engine.answer(&data::asked(entry), mode, k, &mut |_| {}, &|| false)?;
         let cites = |by_model: bool| {
@@ -176,7 +177,7 @@ pub fn evaluate_one(engine: &mut Engine, entry: &QaEntry, adapter: &Adapter, k: 
             },
         );
     }
-    engine.generator_mut().expect("checked above").set_adapter(None)?;
+    engine.use_adapter(false)?;
     Ok(Record { id: entry.id.clone(), expected: entry.decision, gold_rank, answers })
 }
 

@@ -422,7 +422,8 @@ fn evaluate(
 ) -> Result<()> {
     use pocketrag::tune::data;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut entries = data::read_pubmedqa(&bytes, &file.display().to_string())?;
+    // The corpus is every entry of the file, even with --limit: distractors stay the same.
+    let all = data::read_pubmedqa(&bytes, &file.display().to_string())?;
     let file_sha = models::sha256_hex(&bytes);
     let default_adapter = models_dir.join(models::ADAPTER_FILE);
     let paths: Vec<PathBuf> = if adapters.is_empty() { vec![default_adapter] } else { adapters.to_vec() };
@@ -432,16 +433,11 @@ fn evaluate(
         loaded.push(pocketrag::llm::lora::Adapter::from_bytes(&b, &p.display().to_string())?);
     }
     // Fold assignment needs the whole file, so adapters are matched before --limit applies.
-    let mut assigned = pocketrag::eval::assign_adapters(&entries, &file_sha, &loaded)?;
-    if let Some(n) = limit {
-        entries.truncate(n);
-        assigned.truncate(n);
-    }
+    let assigned = pocketrag::eval::assign_adapters(&all, &file_sha, &loaded)?;
+    let entries = &all[..limit.unwrap_or(all.len()).min(all.len())];
     let generator = models::load_generator_with(&models::generator_path(models_dir), Weights::QuantizedAndDense)?;
     let mut engine = Engine::new(models::load_embedder(models_dir)?, Some(generator));
     engine.settings.generate.max_tokens = max_tokens;
-    // The corpus is every entry of the file, even with --limit: distractors stay the same.
-    let all = data::read_pubmedqa(&bytes, &file.display().to_string())?;
     let refs: Vec<&data::QaEntry> = all.iter().collect();
     let bar = counting_bar(refs.len(), "abstracts indexed");
     data::index_entries(&mut engine, &refs, &mut |d, _| bar.set_position(d as u64))?;
