@@ -157,6 +157,29 @@ fn eval_scores_retrieval_and_the_four_answer_configurations() {
     }
     assert_eq!(v["labels"], serde_json::json!({"maybe": 1, "no": 1, "yes": 2}));
 
+    // Two shards, recorded, then one run over both records: the same report, with no question
+    // asked twice (the last run generates nothing, so it must find all four in the records).
+    let records = tmp("eval-shards", "all.jsonl");
+    let mut joined = String::new();
+    for shard in ["0/2", "1/2"] {
+        let part = tmp("eval-shards", &format!("{}.jsonl", shard.replace('/', "-")));
+        let _ = std::fs::remove_file(&part);
+        let args = ["eval", "--json", "--max-tokens", "48", "--shard", shard, "--records"];
+        let o = run(bin().args(args).arg(&part).arg(&data));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let part_v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(part_v["n"], 2);
+        joined += &std::fs::read_to_string(&part).unwrap();
+    }
+    std::fs::write(&records, joined).unwrap();
+    let o = run(bin().args(["eval", "--json", "--max-tokens", "1", "--records"]).arg(&records).arg(&data));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let merged: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(merged["retrieval"], v["retrieval"]);
+    assert_eq!(merged["answers"], v["answers"]);
+    let o = run(bin().args(["eval", "--shard", "2/2"]).arg(&data));
+    assert!(!o.status.success() && stderr(&o).contains("a shard is I/N"), "{}", stderr(&o));
+
     let o = run(bin().args(["eval", "--format", "squad"]).arg(&data));
     assert_clean_failure(&o, "unknown --format");
 }

@@ -144,6 +144,11 @@ enum Command {
         /// run goes; questions already in it are not asked again, so a stopped run resumes.
         #[arg(long)]
         records: Option<PathBuf>,
+        /// Ask only every N-th question starting at I ("I/N"), so that N processes with one
+        /// thread each can share a machine; concatenate their --records files and run once more
+        /// with the whole file to get the report of all questions.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
     },
     /// Rewrite a GGUF model's tensors from one quantization to another.
     Requantize {
@@ -289,11 +294,11 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} bytes, {} matrices adapted)", out.display(), merged.len(), adapter.pairs.len());
             Ok(())
         }
-        Command::Eval { format, file, limit, json, adapter, k, max_tokens, records } => {
+        Command::Eval { format, file, limit, json, adapter, k, max_tokens, records, shard } => {
             if format != "pubmedqa" {
                 bail!("unknown --format {format:?} (only pubmedqa is supported)");
             }
-            evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref())
+            evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref(), shard)
         }
     }
 }
@@ -419,6 +424,7 @@ fn evaluate(
     k: usize,
     max_tokens: usize,
     records_path: Option<&Path>,
+    shard: Option<(usize, usize)>,
 ) -> Result<()> {
     use pocketrag::tune::data;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -434,7 +440,15 @@ fn evaluate(
     }
     // Fold assignment needs the whole file, so adapters are matched before --limit applies.
     let assigned = pocketrag::eval::assign_adapters(&all, &file_sha, &loaded)?;
-    let entries = &all[..limit.unwrap_or(all.len()).min(all.len())];
+    let (shard_i, shard_n) = shard.unwrap_or((0, 1));
+    let (entries, assigned): (Vec<&data::QaEntry>, Vec<usize>) = all
+        .iter()
+        .zip(assigned)
+        .take(limit.unwrap_or(all.len()))
+        .enumerate()
+        .filter(|(i, _)| i % shard_n == shard_i)
+        .map(|(_, pair)| pair)
+        .unzip();
     let generator = models::load_generator_with(&models::generator_path(models_dir), Weights::QuantizedAndDense)?;
     let mut engine = Engine::new(models::load_embedder(models_dir)?, Some(generator));
     engine.settings.generate.max_tokens = max_tokens;
@@ -458,7 +472,7 @@ fn evaluate(
     let clock = std::time::Instant::now();
     let bar = counting_bar(entries.len(), "questions, 4 answers each");
     let mut records = Vec::with_capacity(entries.len());
-    for (entry, &a) in entries.iter().zip(&assigned) {
+    for (entry, &a) in entries.iter().copied().zip(&assigned) {
         let record = match done.remove(&entry.id) {
             Some(r) => r,
             None => {
@@ -480,6 +494,17 @@ fn evaluate(
         print!("{}", pocketrag::eval::table(&report));
     }
     Ok(())
+}
+
+fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: a shard is I/N with 0 <= I < N, e.g. 0/2");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+    if i < n {
+        Ok((i, n))
+    } else {
+        Err(bad())
+    }
 }
 
 /// Build an engine: the embedder always, an index and the generator when given.

@@ -8,7 +8,7 @@
 //! A training example is the app's exact prompt (same system text, same numbered sources, same
 //! shortening) with the sources retrieved by the app's own search, RAFT-style: usually the
 //! passage that answers is among them and the target answer cites it; for a share of examples
-//! the question's abstract is taken out and the target is the NOT_FOUND sentence.
+//! the sources are passages from other papers and the target is the NOT_FOUND sentence.
 //!
 //! Three kinds of question are made from each abstract, so that the model does not learn that
 //! every question is a yes/no one (an adapter trained on yes/no questions alone answered "What
@@ -257,6 +257,38 @@ pub struct ExampleStats {
     pub max_tokens: usize,
 }
 
+/// Sources for a NOT_FOUND example: the best passage for each of a few other, randomly drawn
+/// questions, so they are about other papers. The question's own near neighbours were used
+/// before (hard negatives); the adapter then learnt to refuse whenever it was unsure and
+/// refused answerable questions about text unlike PubMedQA (a lighthouse, sourdough). Refusing
+/// when the sources are about something else is the behaviour a user expects, and the one a
+/// 135M model can learn.
+fn unrelated_sources(
+    engine: &Engine,
+    entries: &[&QaEntry],
+    gold: &str,
+    sources: usize,
+    rng: &mut rand::rngs::SmallRng,
+) -> Result<Vec<Source>> {
+    let mut out: Vec<Source> = Vec::new();
+    for _ in 0..sources * 4 {
+        if out.len() == sources {
+            break;
+        }
+        let other = entries[rng.random_range(0..entries.len())];
+        let name = document_name(&other.id);
+        if name == gold || out.iter().any(|s| s.doc == name) {
+            continue;
+        }
+        if let Some(hit) = engine.search(&other.question, 1)?.hits.into_iter().next() {
+            if hit.doc != gold {
+                out.push(hit);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// How many chunks are searched when looking for the answering chunk and for distractors.
 const SEARCH_WIDTH: usize = 50;
 
@@ -326,7 +358,7 @@ pub fn build_examples(
             }
             top
         } else {
-            hits.iter().filter(|h| h.doc != gold).take(sources).cloned().collect()
+            unrelated_sources(engine, entries, &gold, sources, &mut rng)?
         };
         chosen.truncate(sources);
         let longest = match &answer_at {
