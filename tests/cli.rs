@@ -92,6 +92,24 @@ fn index_search_ask_json() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `pocketrag search … | head -1`: the reading end is closed before anything is printed.
+    let idx = build_index("pipe");
+    let mut child = bin()
+        .args(["search", "--k", "10", "--index"])
+        .arg(&idx)
+        .arg("sourdough")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}
+
+#[test]
 fn bad_inputs_fail_clearly() {
     let idx = build_index("bad");
     let tmp = |name: &str| tmp("bad", name);

@@ -162,10 +162,22 @@ enum Command {
 }
 
 fn main() {
+    restore_broken_pipe();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Rust starts programs with SIGPIPE ignored, so `pocketrag search … | head -1` would panic at the
+/// next print after `head` exits; with the default action the process ends quietly, as other
+/// command-line tools do when their reader goes away.
+fn restore_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread is started or any output written.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
