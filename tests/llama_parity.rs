@@ -41,11 +41,9 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn trace(forward: &mut dyn FnMut(&[u32], usize) -> Vec<f32>, ids: &[u32], steps: usize) -> Vec<Vec<f32>> {
     let cut = ids.len() / 2;
     let mut out = vec![forward(&ids[..cut], 0), forward(&ids[cut..], cut)];
-    let mut pos = ids.len();
-    for _ in 0..steps {
+    for pos in ids.len()..ids.len() + steps {
         let next = argmax(out.last().unwrap()) as u32;
         out.push(forward(&[next], pos));
-        pos += 1;
     }
     out
 }
