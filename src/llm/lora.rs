@@ -64,7 +64,16 @@ pub struct LoraPair {
 impl LoraPair {
     /// The update's contribution to `x W^T`: scale · (x A^T) B^T, never forming B A.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok((x.broadcast_matmul(&self.a.t()?)?.broadcast_matmul(&self.b.t()?)? * self.scale)?)
+        // As 2-D products: broadcast_matmul on (batch, seq, in) would first broadcast A and B to
+        // 3-D, which costs more than the product itself when decoding one token. The scale goes
+        // on the rank-wide middle result, the smallest tensor.
+        let mut dims = x.dims().to_vec();
+        let inner = dims.pop().unwrap_or(1);
+        let rows: usize = dims.iter().product();
+        let h = (x.reshape((rows, inner))?.matmul(&self.a.t()?)? * self.scale)?;
+        let y = h.matmul(&self.b.t()?)?;
+        dims.push(y.dim(1)?);
+        Ok(y.reshape(dims)?)
     }
 
     /// scale · B A, the change to W (out, in).
