@@ -101,37 +101,38 @@ fn the_merged_tuned_model_agrees_with_the_adapter_applied_at_load_time() {
     assert!(same >= steps * 7 / 8, "the merged model chose the same token in only {same} of {steps} steps");
 }
 
-/// The prompt text of each training example built from the mini PubMedQA file, with every
-/// example made answerable (`no_answer` 0) or every one a NOT_FOUND example (1).
-fn example_prompts(no_answer: f64) -> Vec<(String, String, String)> {
+/// The prompt text of each training example built from the mini PubMedQA file, once with every
+/// example answerable (`no_answer` 0) and once with every one a NOT_FOUND example (1).
+fn example_prompts() -> [Vec<(String, String, String)>; 2] {
     use pocketrag::tune::data;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pubmedqa-mini.json");
     let entries = data::read_pubmedqa(&std::fs::read(&path).unwrap(), "mini").unwrap();
     let refs: Vec<&data::QaEntry> = entries.iter().collect();
     let mut engine = pocketrag::rag::Engine::new(common::embedder(), Some(common::generator()));
     data::index_entries(&mut engine, &refs, &mut |_, _| {}).unwrap();
-    let (examples, stats) = data::build_examples(&engine, &refs, 3, no_answer, 640, 7).unwrap();
-    assert_eq!(stats.not_found, if no_answer == 1.0 { examples.len() } else { 0 });
     let tokenizer = engine.generator().unwrap().tokenizer();
-    examples
-        .iter()
-        .map(|e| {
-            let prompt = tokenizer.decode(&e.ids[..e.prompt_len], false).unwrap();
-            let answer = tokenizer.decode(&e.ids[e.prompt_len..], false).unwrap();
-            (data::document_name(&e.id), prompt, answer)
-        })
-        .collect()
+    [0.0, 1.0].map(|no_answer| {
+        let (examples, stats) = data::build_examples(&engine, &refs, 3, no_answer, 640, 7).unwrap();
+        assert_eq!(stats.not_found, if no_answer == 1.0 { examples.len() } else { 0 });
+        examples
+            .iter()
+            .map(|e| {
+                let prompt = tokenizer.decode(&e.ids[..e.prompt_len], false).unwrap();
+                let answer = tokenizer.decode(&e.ids[e.prompt_len..], false).unwrap();
+                (data::document_name(&e.id), prompt, answer)
+            })
+            .collect()
+    })
 }
 
 #[test]
 fn training_examples_cite_their_own_abstract_and_refuse_only_over_other_papers() {
-    let answerable = example_prompts(0.0);
+    let [answerable, refused] = example_prompts();
     assert_eq!(answerable.len(), 4);
     for (gold, prompt, answer) in &answerable {
         assert!(prompt.contains(gold.as_str()), "{gold} not among the sources:\n{prompt}");
         assert!(answer.contains('[') && !answer.contains(pocketrag::rag::NOT_FOUND), "{answer}");
     }
-    let refused = example_prompts(1.0);
     assert_eq!(refused.len(), 4);
     for (gold, prompt, answer) in &refused {
         // The sources are other papers' best passages: nothing from the question's own abstract.

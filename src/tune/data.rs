@@ -344,8 +344,8 @@ pub fn build_examples(
         };
         let answers =
             |h: &Source| h.doc == gold && answer_at.as_ref().is_none_or(|(_, at)| h.start <= *at && *at < h.end);
-        let hits = engine.search(&question, SEARCH_WIDTH)?.hits;
         let mut chosen: Vec<Source> = if answerable {
+            let hits = engine.search(&question, SEARCH_WIDTH)?.hits;
             let mut top: Vec<Source> = hits.iter().take(sources).cloned().collect();
             if !top.iter().any(answers) {
                 let Some(g) = hits.iter().find(|h| answers(h)) else {
