@@ -2,6 +2,7 @@
 //!
 //! - generator: prefill and decode tok/s on a ~500-token RAG prompt, for the shipped Q8_0 file and
 //!   the published Q4_1 file it is derived from, and how often their greedy outputs agree;
+//! - our Q8_0 kernel against candle's on the same matrix, one vector and 128 at once;
 //! - embedder: embeddings/s for 128-token chunks;
 //! - index: build time, search latency p50/p99 and recall@10 (HNSW against exact search) at 1k and
 //!   10k chunks, and exact-scan latency at several sizes (the exact/HNSW crossover).
@@ -23,6 +24,7 @@ fn main() {
     let mut report = serde_json::Map::new();
     let embedder = models::load_embedder(&dir).expect("embedder (run `make models`)");
 
+    bench_kernels(&mut report);
     bench_generators(&dir, &mut report);
     bench_embedder(&embedder, &mut report);
     bench_index(&mut report);
@@ -168,6 +170,25 @@ fn bench_generators(dir: &Path, report: &mut serde_json::Map<String, serde_json:
     println!("    Q4_1 {same4}/{n} (common prefixes {prefix4:?})");
     report.insert("greedy_identical_q8_0".into(), json!(format!("{same8}/{n}")));
     report.insert("greedy_identical_q4_1".into(), json!(format!("{same4}/{n}")));
+}
+
+fn bench_kernels(report: &mut serde_json::Map<String, serde_json::Value>) {
+    let f = pocketrag::bench::q8_kernel_figures().unwrap();
+    println!("Q8_0 kernel, {}x{} matrix, ours vs candle's (µs per product):", f.rows, f.cols);
+    println!(
+        "  one vector:  {:8.1} vs {:8.1} ({:.2}x)",
+        f.ours_matvec_us,
+        f.candle_matvec_us,
+        f.candle_matvec_us / f.ours_matvec_us
+    );
+    println!(
+        "  128 vectors: {:8.1} vs {:8.1} ({:.2}x)",
+        f.ours_matmul128_us,
+        f.candle_matmul128_us,
+        f.candle_matmul128_us / f.ours_matmul128_us
+    );
+    report.insert("q8_matvec_speedup".into(), json!(f.candle_matvec_us / f.ours_matvec_us));
+    report.insert("q8_matmul128_speedup".into(), json!(f.candle_matmul128_us / f.ours_matmul128_us));
 }
 
 fn bench_embedder(embedder: &Embedder, report: &mut serde_json::Map<String, serde_json::Value>) {

@@ -97,3 +97,73 @@ pub fn chunk_texts(embedder: &Embedder, corpus: &str, n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelFigures {
+    /// The matrix: (rows, cols), the shape of one of SmolLM2's MLP projections.
+    pub rows: usize,
+    pub cols: usize,
+    /// One vector (a decode step's product), microseconds per product.
+    pub ours_matvec_us: f64,
+    pub candle_matvec_us: f64,
+    /// 128 vectors at once (a slice of a prompt read with the 8-bit weights only).
+    pub ours_matmul128_us: f64,
+    pub candle_matmul128_us: f64,
+}
+
+/// Our Q8_0 kernel (`llm::q8`) against candle's on the same quantized matrix and inputs. Each
+/// figure is the median of 7 rounds, a round being as many products as fill ~50 ms.
+pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+    let (rows, cols) = (1536, 576);
+    let values = |n: usize, seed: u64| -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let w = Tensor::from_vec(values(rows * cols, 1), (rows, cols), &Device::Cpu)?;
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+    let ours = crate::llm::q8::Q8Matrix::from_qtensor(&q)?.expect("a Q8_0 matrix");
+    let theirs = QMatMul::from_qtensor(q)?;
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        f();
+        let clock = Stopwatch::start();
+        let mut reps = 0;
+        while clock.ms() < 20.0 {
+            f();
+            reps += 1;
+        }
+        let reps = (reps * 50 / 20).max(1);
+        let mut rounds: Vec<f64> = (0..7)
+            .map(|_| {
+                let clock = Stopwatch::start();
+                for _ in 0..reps {
+                    f();
+                }
+                clock.ms() * 1000.0 / reps as f64
+            })
+            .collect();
+        percentile(&mut rounds, 0.5)
+    };
+    let mut figures = [0.0; 4];
+    for (i, n) in [1usize, 128].into_iter().enumerate() {
+        let x = Tensor::from_vec(values(n * cols, 2 + n as u64), (1, n, cols), &Device::Cpu)?;
+        figures[2 * i] = time(&mut || drop(ours.forward(&x).expect("our product")));
+        figures[2 * i + 1] = time(&mut || drop(theirs.forward(&x).expect("candle's product")));
+    }
+    Ok(KernelFigures {
+        rows,
+        cols,
+        ours_matvec_us: figures[0],
+        candle_matvec_us: figures[1],
+        ours_matmul128_us: figures[2],
+        candle_matmul128_us: figures[3],
+    })
+}

@@ -347,6 +347,13 @@ impl WasmEmbedder {
     }
 }
 
+/// Our Q8_0 kernel against candle's on one matrix: microseconds per product (the same workload as
+/// `make bench`).
+#[wasm_bindgen(js_name = benchKernels, unchecked_return_type = "object")]
+pub fn bench_kernels() -> Result<JsValue, JsError> {
+    to_js(&crate::bench::q8_kernel_figures()?)
+}
+
 /// Vector-index figures at `n` synthetic chunks: build time, graph and exact search latency,
 /// recall@10 (the same workload as `make bench`).
 #[wasm_bindgen(js_name = benchIndex, unchecked_return_type = "object")]

@@ -1,7 +1,12 @@
 //! Our llama (src/llm/llama.rs) against candle-transformers' `quantized_llama` on the shipped
-//! GGUF: the same logits, through a prompt fed in two slices (so the causal mask with cached
-//! positions is exercised) and several decode steps. The dense-prefill variant is checked to agree
-//! closely (it skips the activation rounding of the quantized product, so not bit for bit).
+//! GGUF: with candle's kernels, the same logits, through a prompt fed in two slices (so the causal
+//! mask with cached positions is exercised) and several decode steps. With our own Q8_0 kernel
+//! (the default) the products differ from candle's only in the order of their f32 additions, but
+//! the activations are rounded to 8 bits before every product, and a last-bit difference that
+//! moves one value across a rounding step is amplified through 30 blocks; so that model is held to
+//! being as close to the exact weights (dequantized, in f32) as candle's is, and to the same
+//! greedy tokens. The dense-prefill variant is checked to agree closely (it skips the activation
+//! rounding of the quantized product, so not bit for bit).
 
 mod common;
 
@@ -37,12 +42,19 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Logits after each step: the prompt in two slices, then `steps` greedy tokens.
-fn trace(forward: &mut dyn FnMut(&[u32], usize) -> Vec<f32>, ids: &[u32], steps: usize) -> Vec<Vec<f32>> {
+/// Logits after each step: the prompt in two slices, then `steps` greedy tokens, chosen from these
+/// logits or, to compare models on the same tokens, from those of another trace (`follow`).
+fn trace(
+    forward: &mut dyn FnMut(&[u32], usize) -> Vec<f32>,
+    ids: &[u32],
+    steps: usize,
+    follow: Option<&[Vec<f32>]>,
+) -> Vec<Vec<f32>> {
     let cut = ids.len() / 2;
     let mut out = vec![forward(&ids[..cut], 0), forward(&ids[cut..], cut)];
-    for pos in ids.len()..ids.len() + steps {
-        let next = argmax(out.last().unwrap()) as u32;
+    for (i, pos) in (ids.len()..ids.len() + steps).enumerate() {
+        let leader = follow.map_or(out.last().unwrap(), |f| &f[i + 1]);
+        let next = argmax(leader) as u32;
         out.push(forward(&[next], pos));
     }
     out
@@ -55,23 +67,39 @@ fn our_llama_gives_candles_logits() {
     let (bytes, ct) = load();
     let mut theirs = ModelWeights::from_gguf(ct, &mut Cursor::new(&bytes), &device).unwrap();
     let (_, ct) = load();
-    let mut ours = Llama::from_gguf(&ct, &mut Cursor::new(&bytes), Weights::Quantized, &device).unwrap();
+    let mut same_kernels = Llama::from_gguf(&ct, &mut Cursor::new(&bytes), Weights::CandleKernels, &device).unwrap();
 
     let tensor = |ids: &[u32]| Tensor::new(ids, &device).unwrap().unsqueeze(0).unwrap();
-    let expected = trace(&mut |ids, pos| logits_row(&theirs.forward(&tensor(ids), pos).unwrap()), &ids, 6);
-    let got = trace(&mut |ids, pos| logits_row(&ours.forward(&tensor(ids), pos).unwrap()), &ids, 6);
+    let expected = trace(&mut |ids, pos| logits_row(&theirs.forward(&tensor(ids), pos).unwrap()), &ids, 6, None);
+    let got = trace(&mut |ids, pos| logits_row(&same_kernels.forward(&tensor(ids), pos).unwrap()), &ids, 6, None);
     for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
         let d = max_abs_diff(e, g);
         assert!(d < 1e-4, "step {i}: logits differ by {d}");
     }
 
+    // Our kernel: no farther from the exact weights than candle's kernel, the same greedy tokens.
+    let f32_bytes = pocketrag::llm::quantize::requantize(&bytes, "q8_0", GgmlDType::Q8_0, GgmlDType::F32).unwrap();
+    let ct32 = gguf_file::Content::read(&mut Cursor::new(&f32_bytes)).unwrap();
+    let mut theirs32 = ModelWeights::from_gguf(ct32, &mut Cursor::new(&f32_bytes), &device).unwrap();
+    let (_, ct) = load();
+    let mut ours = Llama::from_gguf(&ct, &mut Cursor::new(&bytes), Weights::Quantized, &device).unwrap();
+    let got = trace(&mut |ids, pos| logits_row(&ours.forward(&tensor(ids), pos).unwrap()), &ids, 6, None);
+    let exact =
+        trace(&mut |ids, pos| logits_row(&theirs32.forward(&tensor(ids), pos).unwrap()), &ids, 6, Some(&expected));
+    let (mut ours_off, mut candles_off) = (0f32, 0f32);
+    for (i, ((e, g), x)) in expected.iter().zip(&got).zip(&exact).enumerate() {
+        assert_eq!(argmax(e), argmax(g), "step {i}: a different greedy token");
+        ours_off = ours_off.max(max_abs_diff(g, x));
+        candles_off = candles_off.max(max_abs_diff(e, x));
+    }
+    eprintln!("largest logit difference from the f32 weights: our kernel {ours_off}, candle's {candles_off}");
+    assert!(ours_off < 1.25 * candles_off, "our kernel is {ours_off} from the exact weights, candle's {candles_off}");
+
     // Dense prompt processing matches candle running the same weights dequantized to f32. Not to
     // the last bit: our output projection stays quantized (it sees one position, where the
     // quantized product is the faster), which rounds its input to 8 bits. Measured: 0.21 at most
     // on logits up to ~30, against 4.2 for the all-quantized model, so 0.5 separates the two.
-    let f32_bytes = pocketrag::llm::quantize::requantize(&bytes, "q8_0", GgmlDType::Q8_0, GgmlDType::F32).unwrap();
-    let ct32 = gguf_file::Content::read(&mut Cursor::new(&f32_bytes)).unwrap();
-    let mut theirs32 = ModelWeights::from_gguf(ct32, &mut Cursor::new(&f32_bytes), &device).unwrap();
+    theirs32.clear_kv_cache();
     let (_, ct) = load();
     let mut dense = Llama::from_gguf(&ct, &mut Cursor::new(&bytes), Weights::QuantizedAndDense, &device).unwrap();
     let cut = ids.len() / 2;
@@ -85,5 +113,5 @@ fn our_llama_gives_candles_logits() {
     // A new sequence after clearing the cache starts from scratch.
     ours.clear_cache();
     let again = logits_row(&ours.forward(&tensor(&ids[..ids.len() / 2]), 0).unwrap());
-    assert!(max_abs_diff(&again, &expected[0]) < 1e-4);
+    assert!(max_abs_diff(&again, &got[0]) < 1e-4);
 }

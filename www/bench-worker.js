@@ -1,6 +1,6 @@
 // One benchmark worker: loads the models (from the cache the app fills) and measures what the
 // page asks for, replying with one message per request.
-import init, { Engine, Embedder, benchIndex } from './pkg/pocketrag.js';
+import init, { Engine, Embedder, benchIndex, benchKernels } from './pkg/pocketrag.js';
 import { MODELS, loadModels } from './models.js';
 
 let engine = null;
@@ -69,6 +69,17 @@ const handlers = {
     const t0 = performance.now();
     embedder.embed(texts);
     return { ms: performance.now() - t0 };
+  },
+  kernels() {
+    post({ type: 'status', text: 'Q8_0 kernels…' });
+    const f = benchKernels();
+    return {
+      figures: {
+        q8_matvec_speedup: f.candle_matvec_us / f.ours_matvec_us,
+        q8_matmul128_speedup: f.candle_matmul128_us / f.ours_matmul128_us,
+        q8_matvec_us: { ours: f.ours_matvec_us, candle: f.candle_matvec_us, rows: f.rows, cols: f.cols },
+      },
+    };
   },
   index({ n }) {
     post({ type: 'status', text: `vector index at ${n} chunks…` });

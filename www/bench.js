@@ -58,6 +58,7 @@ async function run() {
   for (let i = 0; i < 3; i++) oneRounds.push((await main.request({ type: 'embed', texts: chunks })).ms);
   result.embed_chunks_s_1t = chunks.length / (median(oneRounds) / 1000);
   Object.assign(result, (await main.request({ type: 'index', n: 10_000 })).figures);
+  Object.assign(result, (await main.request({ type: 'kernels' })).figures);
   main.terminate();
   await sleep(5000);
 

@@ -18,6 +18,7 @@
 //! `rope_i` kernels have no backward pass and would silently stop the gradient.
 
 use super::lora::{Adapter, LoraPair};
+use super::q8::Q8Matrix;
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QMatMul;
@@ -42,14 +43,56 @@ pub enum Weights {
     /// in cache. Measured in wasm (Node, one thread, 117-token prompt): 109 vs 59 tok/s prompt
     /// processing, for ~4x the weight memory (about +425 MB for SmolLM2-135M).
     QuantizedAndDense,
+    /// As stored, multiplied by candle's quantized kernels instead of ours: the reference that
+    /// `tests/llama_parity.rs` and `make bench` hold our Q8_0 kernel (`q8.rs`) to.
+    CandleKernels,
 }
 
 /// The weight matrices that low-rank adapters can target, by their GGUF names.
 pub const PROJECTIONS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
+/// A quantized weight matrix: Q8_0 (the format we ship) goes through our own kernel
+/// (`q8.rs`), any other format through candle's.
+enum Quantized {
+    Q8(Q8Matrix),
+    Candle(QMatMul),
+}
+
+impl Quantized {
+    fn new(q: candle_core::quantized::QTensor, weights: Weights) -> Result<Self> {
+        if weights == Weights::CandleKernels {
+            return Ok(Quantized::Candle(QMatMul::from_qtensor(q)?));
+        }
+        Ok(match Q8Matrix::from_qtensor(&q)? {
+            Some(m) => Quantized::Q8(m),
+            None => Quantized::Candle(QMatMul::from_qtensor(q)?),
+        })
+    }
+
+    /// (out, in) of W.
+    fn shape(&self) -> Result<(usize, usize)> {
+        let dims = match self {
+            Quantized::Q8(m) => return Ok(m.shape()),
+            Quantized::Candle(QMatMul::QTensor(q)) => q.shape().dims().to_vec(),
+            Quantized::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims().to_vec(),
+        };
+        match dims.as_slice() {
+            [o, i] => Ok((*o, *i)),
+            other => Err(Error::Input(format!("weight matrix of shape {other:?}"))),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Quantized::Q8(m) => m.forward(x),
+            Quantized::Candle(q) => Ok(q.forward(x)?),
+        }
+    }
+}
+
 /// `x W^T` for a weight matrix W, plus an adapter's low-rank update when one is set.
 struct Linear {
-    quantized: QMatMul,
+    quantized: Quantized,
     dense: Option<QMatMul>,
     lora: Option<LoraPair>,
 }
@@ -57,22 +100,15 @@ struct Linear {
 impl Linear {
     fn new(q: candle_core::quantized::QTensor, weights: Weights, device: &Device) -> Result<Self> {
         let dense = match weights {
-            Weights::Quantized => None,
+            Weights::Quantized | Weights::CandleKernels => None,
             Weights::QuantizedAndDense => Some(QMatMul::Tensor(q.dequantize(device)?)),
         };
-        Ok(Linear { quantized: QMatMul::from_qtensor(q)?, dense, lora: None })
+        Ok(Linear { quantized: Quantized::new(q, weights)?, dense, lora: None })
     }
 
     /// (out, in) of W.
     fn shape(&self) -> Result<(usize, usize)> {
-        let dims = match &self.quantized {
-            QMatMul::QTensor(q) => q.shape().dims().to_vec(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().to_vec(),
-        };
-        match dims.as_slice() {
-            [o, i] => Ok((*o, *i)),
-            other => Err(Error::Input(format!("weight matrix of shape {other:?}"))),
-        }
+        self.quantized.shape()
     }
 
     /// `x` is (batch, positions, features).
@@ -174,7 +210,7 @@ pub struct Llama {
     embeddings: Tensor,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Quantized,
     /// The output projection as f32, for training (kept only with `Weights::QuantizedAndDense`).
     output_dense: Option<Tensor>,
     n_head: usize,
@@ -209,13 +245,13 @@ impl Llama {
             Ok(t) => {
                 let dense = match weights {
                     Weights::QuantizedAndDense => Some(t.dequantize(device)?),
-                    Weights::Quantized => None,
+                    Weights::Quantized | Weights::CandleKernels => None,
                 };
-                (QMatMul::from_qtensor(t)?, dense)
+                (Quantized::new(t, weights)?, dense)
             }
             Err(_) => {
                 let dense = (weights == Weights::QuantizedAndDense).then(|| embeddings.clone());
-                (QMatMul::from_qtensor(embeddings_q)?, dense)
+                (Quantized::new(embeddings_q, weights)?, dense)
             }
         };
         let mut blocks = Vec::with_capacity(n_layer);
@@ -345,7 +381,7 @@ impl Llama {
             x = (x + h)?;
         }
         let x = self.norm.forward(&x)?.i((.., n - 1, ..))?;
-        Ok(self.output.forward(&x)?)
+        self.output.forward(&x)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod llama;
 pub mod lora;
+pub mod q8;
 pub mod quantize;
 pub mod tokenizer;
 

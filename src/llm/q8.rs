@@ -1,0 +1,386 @@
+//! Products with Q8_0 weight matrices: our own kernel, used instead of candle's for the format we
+//! ship.
+//!
+//! Q8_0 stores each row of a matrix in blocks of 32 signed bytes with one scale per block:
+//! w[i] ≈ scale · q[i]. The input vector is rounded the same way (ggml's scheme, which candle and
+//! llama.cpp share: the block's largest magnitude maps to 127 and the scale is rounded to f16), so
+//! each block's 32 products are an exact integer sum, scaled once. Decoding a token is almost
+//! nothing but these products (every weight matrix times one vector), so their speed is decode
+//! speed. Compared with candle 0.11's kernel, ours
+//! - converts the weights' f16 scales to f32 once, at load: wasm has no f16 instructions, and
+//!   candle converts two scales in software for every 32 products;
+//! - does four rows at a time, so the vector's bytes are loaded and widened once for four rows,
+//!   with those rows' blocks stored interleaved so that they are read as one stream;
+//! - reads a group of four rows once for all the positions of a prompt, while it is in cache.
+//!
+//! `make bench` and `make bench-web` time it against candle's on the same matrix (`q8_matvec`).
+
+use crate::error::{Error, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Tensor;
+use half::f16;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// Rows computed together: they share the loads of the input vector.
+const GROUP: usize = 4;
+
+/// Rows per parallel task (a multiple of GROUP).
+const TASK_ROWS: usize = 64;
+
+/// A Q8_0 matrix (rows × cols), scales already in f32, stored group by group: the four rows of a
+/// group interleaved block by block (row 0's first block, row 1's first block, ..., row 0's second
+/// block, ...). A group is then read as one sequential stream. Kept row after row, the four
+/// rows would be four streams 576 bytes apart, advancing 32 bytes at a time, which the CPU's
+/// prefetcher did not follow: measured natively, decoding streamed the whole model's matrices
+/// at half the speed of candle's kernel that way, though faster than it on a matrix in cache.
+pub struct Q8Matrix {
+    rows: usize,
+    cols: usize,
+    /// rows × cols quantized weights, in the group order above.
+    quants: Vec<i8>,
+    /// One scale per block, in the same order: rows × cols / 32.
+    scales: Vec<f32>,
+}
+
+/// Input rows rounded to Q8_0, ready for the integer products (row after row).
+struct QuantizedRows {
+    quants: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Q8Matrix {
+    /// A 2-D Q8_0 tensor from a GGUF file, or `None` for any other format or a shape our kernel
+    /// does not take (those stay with candle's kernels).
+    pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
+        let &[rows, cols] = q.shape().dims() else { return Ok(None) };
+        if q.dtype() != GgmlDType::Q8_0 || cols % BLOCK != 0 || rows % GROUP != 0 {
+            return Ok(None);
+        }
+        // The GGUF layout of one block: the scale as little-endian f16, then 32 signed bytes.
+        const BYTES: usize = 2 + BLOCK;
+        let data = q.data()?;
+        if data.len() != rows * cols / BLOCK * BYTES {
+            return Err(Error::Input(format!("a Q8_0 matrix of {rows}x{cols} holding {} bytes", data.len())));
+        }
+        let mut quants = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows * cols / BLOCK);
+        for_each_block_in_group_order(rows, cols, |r, b| {
+            let block = &data[(r * cols / BLOCK + b) * BYTES..][..BYTES];
+            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+            quants.extend(block[2..].iter().map(|&v| v as i8));
+        });
+        Ok(Some(Q8Matrix { rows, cols, quants, scales }))
+    }
+
+    /// Round an f32 matrix to Q8_0 (as the GGUF writer does): for tests and benchmarks.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(cols.is_multiple_of(BLOCK) && rows.is_multiple_of(GROUP) && w.len() == rows * cols);
+        let q = quantize_rows(w);
+        let (mut quants, mut scales) = (Vec::with_capacity(w.len()), Vec::with_capacity(q.scales.len()));
+        for_each_block_in_group_order(rows, cols, |r, b| {
+            let at = r * cols / BLOCK + b;
+            scales.push(q.scales[at]);
+            quants.extend_from_slice(&q.quants[at * BLOCK..][..BLOCK]);
+        });
+        Q8Matrix { rows, cols, quants, scales }
+    }
+
+    /// (rows, cols).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The weight at (row, col), dequantized.
+    pub fn weight(&self, row: usize, col: usize) -> f32 {
+        let blocks = self.cols / BLOCK;
+        let at = ((row / GROUP * blocks + col / BLOCK) * GROUP) + row % GROUP;
+        self.quants[at * BLOCK + col % BLOCK] as f32 * self.scales[at]
+    }
+
+    /// `x Wᵀ` for `x` of shape (..., cols); the result has shape (..., rows).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if dims.last() != Some(&self.cols) {
+            return Err(Error::Input(format!("input of shape {dims:?} for a matrix of {} columns", self.cols)));
+        }
+        let x = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; x.len() / self.cols * self.rows];
+        self.matmul(&x, &mut out);
+        if let Some(last) = dims.last_mut() {
+            *last = self.rows;
+        }
+        Ok(Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?)
+    }
+
+    /// `out` (n × rows) = `x` (n × cols) · Wᵀ.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        let n = x.len() / self.cols;
+        assert!(x.len() == n * self.cols && out.len() == n * self.rows, "matmul: wrong buffer sizes");
+        let xq = quantize_rows(x);
+        if n == 1 {
+            for_each_task(out, TASK_ROWS, |first, out| self.rows_against(&xq, 1, first, out));
+            return;
+        }
+        // Tasks own ranges of rows, so they fill a transposed (rows × n) buffer; one transpose
+        // at the end is cheap next to the products.
+        let mut t = vec![0f32; out.len()];
+        for_each_task(&mut t, TASK_ROWS * n, |first, t| self.rows_against(&xq, n, first / n, t));
+        for (r, row) in t.chunks_exact(n).enumerate() {
+            for (p, &v) in row.iter().enumerate() {
+                out[p * self.rows + r] = v;
+            }
+        }
+    }
+
+    /// Rows `first..first + out.len() / n` (whole groups) against all `n` input rows; `out` is
+    /// (rows, n).
+    fn rows_against(&self, x: &QuantizedRows, n: usize, first: usize, out: &mut [f32]) {
+        let blocks = self.cols / BLOCK;
+        let per_group = GROUP * self.cols;
+        for (g, out) in (first / GROUP..).zip(out.chunks_exact_mut(GROUP * n)) {
+            let group =
+                (&self.quants[g * per_group..][..per_group], &self.scales[g * GROUP * blocks..][..GROUP * blocks]);
+            for p in 0..n {
+                let d = dot4(group, &x.quants[p * self.cols..][..self.cols], &x.scales[p * blocks..][..blocks]);
+                for (j, v) in d.into_iter().enumerate() {
+                    out[j * n + p] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(row, block)` for every block of a rows × cols matrix in the order Q8Matrix keeps them.
+fn for_each_block_in_group_order(rows: usize, cols: usize, mut f: impl FnMut(usize, usize)) {
+    for g in 0..rows / GROUP {
+        for b in 0..cols / BLOCK {
+            for j in 0..GROUP {
+                f(g * GROUP + j, b);
+            }
+        }
+    }
+}
+
+/// Run `f(first_element, chunk)` over `out` in chunks of `chunk` elements, on every thread the
+/// process has (rayon's pool natively; in wasm, where there are no threads, one after another).
+fn for_each_task(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if rayon::current_num_threads() <= 1 {
+        for (i, c) in out.chunks_mut(chunk).enumerate() {
+            f(i * chunk, c);
+        }
+    } else {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * chunk, c));
+    }
+}
+
+/// Round rows of f32 (their length a multiple of 32) to Q8_0, block by block.
+fn quantize_rows(x: &[f32]) -> QuantizedRows {
+    let mut quants = Vec::with_capacity(x.len());
+    let mut scales = Vec::with_capacity(x.len() / BLOCK);
+    for block in x.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+        scales.push(f16::from_f32(d).to_f32());
+        quants.extend(block.iter().map(|v| (v * inv).round() as i8));
+    }
+    QuantizedRows { quants, scales }
+}
+
+/// A group's quantized weights and scales, in Q8Matrix's order.
+type Group<'a> = (&'a [i8], &'a [f32]);
+
+#[inline(always)]
+fn block_sum(w: &[i8], x: &[i8]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
+/// A group's four dot products with one quantized vector.
+#[inline]
+fn dot4(group: Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        // SAFETY: simd128 is enabled for this build; the group holds 4 × xs.len() blocks and the
+        // vector xs.len() (both sliced to that by the caller).
+        unsafe { simd128::dot4(group, xq, xs) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { dot4_avx2(group, xq, xs) };
+        }
+        dot4_portable(group, xq, xs)
+    }
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
+    dot4_portable(group, xq, xs)
+}
+
+/// Plain Rust that the compiler vectorises well: the 32 products of a block as one integer sum.
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
+#[inline(always)]
+fn dot4_portable((wq, ws): Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    let mut acc = [0f32; 4];
+    for (b, (x, sx)) in xq.chunks_exact(BLOCK).zip(xs).enumerate() {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let at = b * GROUP + j;
+            *a += block_sum(&wq[at * BLOCK..][..BLOCK], x) as f32 * (ws[at] * sx);
+        }
+    }
+    acc
+}
+
+/// The same code compiled for AVX2 (decided at run time, as candle does, so one binary runs on
+/// any x86-64).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot4_avx2(group: Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    dot4_portable(group, xq, xs)
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128 {
+    use super::{Group, BLOCK, GROUP};
+    use core::arch::wasm32::*;
+
+    #[inline(always)]
+    unsafe fn load(p: *const i8) -> v128 {
+        // wasm loads need no alignment.
+        std::ptr::read_unaligned(p as *const v128)
+    }
+
+    /// The vector's 32 bytes are widened to 16 bits once per block and used for four rows; each
+    /// row then costs two loads, four widenings and four 8-lane multiply-adds per block, and its
+    /// sum stays in a vector register until the end.
+    #[inline(always)]
+    pub unsafe fn dot4((wq, ws): Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
+        let mut acc = [f32x4_splat(0.0); 4];
+        let mut wp = wq.as_ptr();
+        for (b, &sx) in xs.iter().enumerate() {
+            let xp = xq.as_ptr().add(b * BLOCK);
+            let (x0, x1) = (load(xp), load(xp.add(16)));
+            let x = [
+                i16x8_extend_low_i8x16(x0),
+                i16x8_extend_high_i8x16(x0),
+                i16x8_extend_low_i8x16(x1),
+                i16x8_extend_high_i8x16(x1),
+            ];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let (w0, w1) = (load(wp), load(wp.add(16)));
+                wp = wp.add(BLOCK);
+                let s = i32x4_add(
+                    i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), x[0]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), x[1]),
+                    ),
+                    i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), x[2]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), x[3]),
+                    ),
+                );
+                let scale = f32x4_splat(*ws.get_unchecked(b * GROUP + j) * sx);
+                *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(s), scale));
+            }
+        }
+        acc.map(|a| {
+            f32x4_extract_lane::<0>(a)
+                + f32x4_extract_lane::<1>(a)
+                + f32x4_extract_lane::<2>(a)
+                + f32x4_extract_lane::<3>(a)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The kernel against the definition: dequantized weights times the dequantized vector, in
+    /// f64. Only f32 rounding of the block sums separates them.
+    #[test]
+    fn products_equal_the_dequantized_definition() {
+        for (rows, cols, n) in [(8, 64, 1), (68, 96, 3), (132, 32, 5), (4, 576, 2)] {
+            let w = pseudo_random(rows * cols, rows as u32);
+            let x = pseudo_random(n * cols, cols as u32);
+            let m = Q8Matrix::quantize(&w, rows, cols);
+            let xq = quantize_rows(&x);
+            let mut out = vec![0f32; n * rows];
+            m.matmul(&x, &mut out);
+            for p in 0..n {
+                for r in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|i| {
+                            let wv = m.weight(r, i) as f64;
+                            let xv = xq.quants[p * cols + i] as f64 * xq.scales[(p * cols + i) / BLOCK] as f64;
+                            wv * xv
+                        })
+                        .sum();
+                    let got = out[p * rows + r] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{rows}x{cols} row {r} pos {p}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_layout_keeps_every_weight() {
+        let (rows, cols) = (8, 64);
+        let w = pseudo_random(rows * cols, 3);
+        let m = Q8Matrix::quantize(&w, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                let (q, s) = (m.weight(r, c), m.scales.iter().fold(0f32, |a, v| a.max(*v)));
+                assert!((q - w[r * cols + c]).abs() <= s, "({r}, {c}): {q} vs {}", w[r * cols + c]);
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_matches_ggml() {
+        let x: Vec<f32> = (0..32).map(|i| i as f32 - 10.0).collect();
+        let q = quantize_rows(&x);
+        // amax 21 → scale 21/127 rounded to f16; -10 → round(-10 · 127/21) = -60.
+        assert_eq!(q.scales[0], f16::from_f32(21.0 / 127.0).to_f32());
+        assert_eq!(q.quants[0], -60);
+        assert_eq!(q.quants[31], 127);
+        let zeros = quantize_rows(&[0.0; 32]);
+        assert!(zeros.quants.iter().all(|&v| v == 0) && zeros.scales[0] == 0.0);
+    }
+
+    #[test]
+    fn other_formats_are_left_to_candle() {
+        let t = Tensor::from_vec(pseudo_random(64 * 32, 1), (64, 32), &candle_core::Device::Cpu).unwrap();
+        let q4 = QTensor::quantize(&t, GgmlDType::Q4_0).unwrap();
+        assert!(Q8Matrix::from_qtensor(&q4).unwrap().is_none());
+        let odd = Tensor::from_vec(pseudo_random(63 * 32, 1), (63, 32), &candle_core::Device::Cpu).unwrap();
+        assert!(Q8Matrix::from_qtensor(&QTensor::quantize(&odd, GgmlDType::Q8_0).unwrap()).unwrap().is_none());
+        let q8 = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let ours = Q8Matrix::from_qtensor(&q8).unwrap().unwrap();
+        // candle's own product on the same quantized matrix.
+        let x = Tensor::from_vec(pseudo_random(3 * 32, 2), (1, 3, 32), &candle_core::Device::Cpu).unwrap();
+        let theirs = candle_core::quantized::QMatMul::from_qtensor(q8).unwrap();
+        let a = candle_core::Module::forward(&theirs, &x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = ours.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+    }
+}
