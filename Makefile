@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test wasm wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web clean-models
+.PHONY: all models build test wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web clean-models
 
 all: build
 
@@ -50,6 +50,24 @@ wasm: wasm-target wasm-bindgen-cli
 	$(CARGO) build --release --locked --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target nodejs --out-dir target/wasm-node $(WASM)
 
+# The same library with threads (shared memory and atomics), for pages that are cross-origin
+# isolated: generation's matrix products run on every core. Stable Rust has no threaded standard
+# library for wasm, so this one build uses a pinned nightly toolchain to rebuild std with atomics.
+NIGHTLY := nightly-2026-05-20
+WASM_THREADS := target/wasm-threads/wasm32-unknown-unknown/release/pocketrag.wasm
+# Shared memory (imported, so every worker gets the same one), up to wasm32's 4 GiB, and the
+# thread-local storage hooks wasm-bindgen calls when it starts a thread.
+THREADS_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+	-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+	-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+	-C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
+
+wasm-threads: wasm-bindgen-cli
+	@rustup toolchain list | grep -q "^$(NIGHTLY)" \
+		|| rustup toolchain install $(NIGHTLY) --profile minimal --component rust-src --target wasm32-unknown-unknown
+	RUSTFLAGS="$(THREADS_RUSTFLAGS)" $(CARGO) +$(NIGHTLY) build --release --locked --lib --features threads \
+		--target wasm32-unknown-unknown --target-dir target/wasm-threads -Z build-std=panic_abort,std
+
 test: build models wasm site browser
 	$(CARGO) test --release --locked
 	node --test --test-reporter=tap --test-concurrency=1 tests/wasm/ tests/web/
@@ -60,10 +78,11 @@ test: build models wasm site browser
 # possible (they are large).
 SITE := dist
 DOCS ?= samples
-site: build models wasm
+site: build models wasm wasm-threads
 	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2 $(SITE)/models/adapters
 	cp www/*.html www/*.js www/*.css $(SITE)/
 	wasm-bindgen --target web --out-dir $(SITE)/pkg $(WASM)
+	wasm-bindgen --target web --out-dir $(SITE)/pkg-threads $(WASM_THREADS)
 	for f in model.safetensors tokenizer.json config.json LICENSE NOTICE; do \
 		ln -f models/minilm/$$f $(SITE)/models/minilm/$$f 2>/dev/null || cp models/minilm/$$f $(SITE)/models/minilm/; done
 	for f in $(notdir $(GEN_Q8)) LICENSE; do \

@@ -27,6 +27,19 @@ pub fn synthetic_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// `n` numbers spread evenly over [-0.5, 0.5), the same for the same seed (xorshift).
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[((xs.len() - 1) as f64 * p).round() as usize]
@@ -117,17 +130,7 @@ pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
     let (rows, cols) = (1536, 576);
-    let values = |n: usize, seed: u64| -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
+    let values = pseudo_random;
     let w = Tensor::from_vec(values(rows * cols, 1), (rows, cols), &Device::Cpu)?;
     let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
     let ours = crate::llm::q8::Q8Matrix::from_qtensor(&q)?.expect("a Q8_0 matrix");

@@ -96,6 +96,8 @@ impl WasmEngine {
     ///
     /// `densePrefill`: also keep the generator's weights as f32 for reading prompts, which is
     /// about 1.85x faster here and takes about 425 MB more memory (see `llm::llama::Weights`).
+    /// `candleKernels`: multiply with candle's quantized kernels instead of ours, for
+    /// `make bench-web` to compare the two in one run (it overrides `densePrefill`).
     #[wasm_bindgen(constructor)]
     pub fn new(
         embedder_weights: &[u8],
@@ -103,9 +105,14 @@ impl WasmEngine {
         embedder_config: &[u8],
         generator_gguf: Option<Vec<u8>>,
         dense_prefill: Option<bool>,
+        candle_kernels: Option<bool>,
     ) -> Result<WasmEngine, JsError> {
         let embedder = Embedder::from_bytes(embedder_weights, embedder_tokenizer, embedder_config).map_err(js_err)?;
-        let weights = if dense_prefill == Some(true) { Weights::QuantizedAndDense } else { Weights::Quantized };
+        let weights = match (candle_kernels, dense_prefill) {
+            (Some(true), _) => Weights::CandleKernels,
+            (_, Some(true)) => Weights::QuantizedAndDense,
+            _ => Weights::Quantized,
+        };
         let generator = generator_gguf
             .map(|bytes| Generator::from_gguf_bytes_with(&bytes, "generator GGUF", weights))
             .transpose()
@@ -345,6 +352,18 @@ impl WasmEmbedder {
     pub fn bench_chunks(&self, corpus: &str, n: usize) -> Vec<String> {
         crate::bench::chunk_texts(&self.inner, corpus, n)
     }
+}
+
+/// Starts the pool of Web Workers that rayon (and so our matrix products) runs on; JS awaits
+/// `initThreadPool(n)` once, after `init`. Only in the threaded build (`--features threads`).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// How many threads the generator's matrix products use: 1 unless this is the threaded build with
+/// its pool started.
+#[wasm_bindgen(js_name = threadCount)]
+pub fn thread_count() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Our Q8_0 kernel against candle's on one matrix: microseconds per product (the same workload as

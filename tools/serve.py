@@ -19,9 +19,10 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "same-origin",
-    # wasm needs 'wasm-unsafe-eval'; nothing may be fetched from anywhere but here.
+    # wasm needs 'wasm-unsafe-eval'; nothing may be fetched from anywhere but here. The threaded
+    # build's pool starts its workers from blob: copies of a script of this origin.
     "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
-    "style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; worker-src 'self'; "
+    "style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }

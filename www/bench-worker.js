@@ -1,7 +1,9 @@
 // One benchmark worker: loads the models (from the cache the app fills) and measures what the
 // page asks for, replying with one message per request.
-import init, { Engine, Embedder, benchIndex, benchKernels } from './pkg/pocketrag.js';
 import { MODELS, loadModels } from './models.js';
+
+// pkg/ (one thread) or, for the two-thread figures, pkg-threads/ with rayon's pool started.
+let pkg = null;
 
 let engine = null;
 let embedder = null;
@@ -17,14 +19,22 @@ const QUESTIONS = [
 ];
 
 const handlers = {
-  async init({ generator, densePrefill, module }) {
-    await init({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
+  async init({ generator, densePrefill, candleKernels, module, threads }) {
+    if (threads > 1) {
+      pkg = await import('./pkg-threads/pocketrag.js');
+      await pkg.default({ module_or_path: 'pkg-threads/pocketrag_bg.wasm' });
+      await pkg.initThreadPool(threads);
+    } else {
+      pkg = await import('./pkg/pocketrag.js');
+      await pkg.default({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
+    }
+    const { Engine, Embedder } = pkg;
     const names = [MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig];
     const [w, t, c, g] = await loadModels(generator ? [...names, MODELS.generator] : names,
       (loaded, total) => post({ type: 'status', text: `downloading models: ${(loaded / 1e6).toFixed(0)} / ${(total / 1e6).toFixed(0)} MB` }));
     embedder = new Embedder(w, t, c);
     if (generator) {
-      engine = new Engine(w, t, c, g, densePrefill);
+      engine = new Engine(w, t, c, g, densePrefill, candleKernels);
       const res = await fetch('library.idx');
       if (!res.ok) throw new Error(`cannot load library.idx: HTTP ${res.status}`);
       engine.load(new Uint8Array(await res.arrayBuffer()));
@@ -58,6 +68,7 @@ const handlers = {
         decode_tok_s_1t: median(runs.map((r) => r.decode)),
         ttft_ms_500: median(runs.map((r) => r.ttft)),
         ttft_prompt_tokens: median(runs.map((r) => r.prompt)),
+        threads: pkg.threadCount(),
       },
     };
   },
@@ -72,7 +83,7 @@ const handlers = {
   },
   kernels() {
     post({ type: 'status', text: 'Q8_0 kernels…' });
-    const f = benchKernels();
+    const f = pkg.benchKernels();
     return {
       figures: {
         q8_matvec_speedup: f.candle_matvec_us / f.ours_matvec_us,
@@ -83,7 +94,7 @@ const handlers = {
   },
   index({ n }) {
     post({ type: 'status', text: `vector index at ${n} chunks…` });
-    const f = benchIndex(n);
+    const f = pkg.benchIndex(n);
     return {
       figures: {
         search_p50_ms_10k: f.search_p50_ms,

@@ -38,16 +38,25 @@ async function run() {
   // with the 8-bit weights only (the low-memory setting), each in a fresh worker.
   // One compiled module for every worker, as the app does.
   const module = await WebAssembly.compileStreaming(fetch('pkg/pocketrag_bg.wasm'));
-  const quantized = start('quantized');
-  await quantized.request({ type: 'init', generator: true, densePrefill: false, module });
-  const q = (await quantized.request({ type: 'generation' })).figures;
-  quantized.terminate();
-  // A terminated worker's memory (over a gigabyte) is released on other threads for a while
-  // after; measuring meanwhile would count that work against the next measurement.
-  await sleep(5000);
+  // Generation figures from a fresh worker set up by `init`, which is then let go.
+  const generation = async (role, init) => {
+    const w = start(role);
+    await w.request({ type: 'init', generator: true, module, ...init });
+    const figures = (await w.request({ type: 'generation' })).figures;
+    w.terminate();
+    // A terminated worker's memory (over a gigabyte) is released on other threads for a while
+    // after; measuring meanwhile would count that work against the next measurement.
+    await sleep(5000);
+    return figures;
+  };
+  const q = await generation('quantized', { densePrefill: false });
   result.prefill_tok_s_1t_quantized = q.prefill_tok_s_1t;
   result.decode_tok_s_1t_quantized = q.decode_tok_s_1t;
   result.ttft_ms_500_quantized = q.ttft_ms_500;
+  // The same with candle's quantized kernels in place of ours (llm/q8.rs), for the ratio.
+  const c = await generation('candle', { candleKernels: true });
+  result.prefill_tok_s_1t_candle_kernels = c.prefill_tok_s_1t;
+  result.decode_tok_s_1t_candle_kernels = c.decode_tok_s_1t;
   const main = start('main');
   await main.request({ type: 'init', generator: true, densePrefill: true, module });
   Object.assign(result, (await main.request({ type: 'generation' })).figures);
@@ -61,6 +70,20 @@ async function run() {
   Object.assign(result, (await main.request({ type: 'kernels' })).figures);
   main.terminate();
   await sleep(5000);
+
+  // Two threads for generation: the threaded build (cross-origin isolated pages only), rayon's
+  // pool of two workers splitting every matrix product's rows.
+  if (self.crossOriginIsolated) {
+    status('generating on two threads…');
+    const t = await generation('threaded', { densePrefill: true, threads: 2 });
+    result.prefill_tok_s_2t = t.prefill_tok_s_1t;
+    result.decode_tok_s_2t = t.decode_tok_s_1t;
+    result.ttft_ms_500_2t = t.ttft_ms_500;
+    result.threads_2t = t.threads;
+  } else {
+    result.prefill_tok_s_2t = null;
+    result.decode_tok_s_2t = null;
+  }
 
   // Two threads for embedding: two workers with their own wasm instance, each embedding half the
   // chunks, which is how indexing can use both cores without shared memory.
@@ -78,11 +101,8 @@ async function run() {
   result.embed_chunks_s_2t = chunks.length / (median(twoRounds) / 1000);
   pair.forEach((w) => w.terminate());
 
-  // candle's CPU kernels parallelise with std threads, which wasm32-unknown-unknown cannot
-  // start, so one answer runs on one thread whatever the page's isolation.
-  result.prefill_tok_s_2t = null;
-  result.decode_tok_s_2t = null;
-  result.threads_note = 'generation runs on one thread in wasm (candle spawns std threads, which wasm32-unknown-unknown cannot); embedding uses two workers';
+  result.threads_note = 'generation on two threads: our Q8_0 products split over rayon workers (threaded build); '
+    + 'f32 prompt products (gemm) stay on one thread; embedding uses two workers';
   result.cross_origin_isolated = self.crossOriginIsolated === true;
   result.user_agent = navigator.userAgent;
   $('result').textContent = JSON.stringify(result);

@@ -1,10 +1,13 @@
 // The worker owns the wasm Engine, so indexing and generation never block the page. It receives
 // requests ({type, ...}) and answers with events: download, doc, prefill, token, answer, error,
 // ready.
-import init, { Engine, isPdf } from './pkg/pocketrag.js';
 import { MODELS, loadModels } from './models.js';
 
+// The wasm bindings: pkg/ (one thread), or pkg-threads/ (the same library built with threads) when
+// the page is cross-origin isolated, which shared memory needs.
+let pkg = null;
 let engine = null;
+// The single-threaded module, compiled once; the helper workers get it too.
 let wasmModule = null;
 const MEMORY_LIMIT = 3.5 * 2 ** 30;
 // Set by a 'stop' message. Answers are generated one step at a time with a turn of the event
@@ -204,7 +207,7 @@ function addDocument(name, bytes) {
     post({ type: 'doc', name, state: 'indexing' });
     const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total, workers: helperCount });
     try {
-      const pages = isPdf(name, bytes) ? await extractPdf(bytes) : null;
+      const pages = pkg.isPdf(name, bytes) ? await extractPdf(bytes) : null;
       let report = null;
       if (helperCount > 1 && helpers?.length !== 0) {
         const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
@@ -271,22 +274,43 @@ async function drive(kind, extra = {}) {
   return engine.finishAnswer();
 }
 
+// Generation's matrix products run on `threads` Web Workers (rayon's pool, started by the
+// threaded build) when more than one is asked for and the page may share memory between
+// workers; otherwise on this worker alone.
+// Returns why it runs on one thread, or null.
+async function loadBindings(threads) {
+  let why = threads > 1 ? 'the page is not cross-origin isolated' : 'the default (?threads=N for more)';
+  if (threads > 1 && self.crossOriginIsolated) {
+    try {
+      pkg = await import('./pkg-threads/pocketrag.js');
+      await pkg.default({ module_or_path: await compileWasm('pkg-threads/pocketrag_bg.wasm') });
+      await pkg.initThreadPool(threads);
+      return null;
+    } catch (e) {
+      why = `threads failed to start (${e.message || e})`;
+    }
+  }
+  pkg = await import('./pkg/pocketrag.js');
+  await pkg.default({ module_or_path: wasmModule });
+  return why;
+}
+
 const handlers = {
-  async init({ densePrefill, threads, tuned }) {
+  async init({ densePrefill, threads, answerThreads, tuned }) {
     helperCount = threads;
     // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
     // optimised) code between workers that share a module. Fresh workers compiling their own copy
     // ran embedding ~1.7x slower (README, "In the browser").
     wasmModule = await compileWasm('pkg/pocketrag_bg.wasm');
-    await init({ module_or_path: wasmModule });
+    const threadsNote = await loadBindings(answerThreads);
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
       (loaded, total) => post({ type: 'download', loaded, total }), { prune: true });
-    engine = new Engine(w, t, c, g, densePrefill);
+    engine = new pkg.Engine(w, t, c, g, densePrefill);
     // wasm32 memory ends at 4 GiB; stopping short of it turns running out into a per-file
     // message (see src/memory.rs) instead of a dead instance.
     engine.setMemoryLimit(MEMORY_LIMIT);
     const adapter = await loadAdapter(tuned, (loaded, total) => post({ type: 'download', loaded, total }));
-    post({ type: 'ready', backend: 'cpu', densePrefill, adapter });
+    post({ type: 'ready', backend: 'cpu', densePrefill, adapter, threads: pkg.threadCount(), threadsNote });
     db = await openDb();
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {

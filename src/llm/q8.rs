@@ -29,6 +29,13 @@ const GROUP: usize = 4;
 /// Rows per parallel task (a multiple of GROUP).
 const TASK_ROWS: usize = 64;
 
+/// Products smaller than this many multiply-adds run on the calling thread even when there are
+/// more: waking a sleeping pool thread costs tens of microseconds (measured natively in this VM:
+/// a 1536x576 product by one vector, ~0.1 ms, was no faster on two threads), so of a decode step's
+/// 211 products only the output projection (49152x576) is worth sharing, while a prompt's
+/// products always are.
+const PARALLEL_MIN_MACS: usize = 8 << 20;
+
 /// A Q8_0 matrix (rows × cols), scales already in f32, stored group by group: the four rows of a
 /// group interleaved block by block (row 0's first block, row 1's first block, ..., row 0's second
 /// block, ...). A group is then read as one sequential stream. Kept row after row, the four
@@ -119,14 +126,15 @@ impl Q8Matrix {
         let n = x.len() / self.cols;
         assert!(x.len() == n * self.cols && out.len() == n * self.rows, "matmul: wrong buffer sizes");
         let xq = quantize_rows(x);
+        let parallel = n * self.rows * self.cols >= PARALLEL_MIN_MACS;
         if n == 1 {
-            for_each_task(out, TASK_ROWS, |first, out| self.rows_against(&xq, 1, first, out));
+            for_each_task(out, TASK_ROWS, parallel, |first, out| self.rows_against(&xq, 1, first, out));
             return;
         }
         // Tasks own ranges of rows, so they fill a transposed (rows × n) buffer; one transpose
         // at the end is cheap next to the products.
         let mut t = vec![0f32; out.len()];
-        for_each_task(&mut t, TASK_ROWS * n, |first, t| self.rows_against(&xq, n, first / n, t));
+        for_each_task(&mut t, TASK_ROWS * n, parallel, |first, t| self.rows_against(&xq, n, first / n, t));
         for (r, row) in t.chunks_exact(n).enumerate() {
             for (p, &v) in row.iter().enumerate() {
                 out[p * self.rows + r] = v;
@@ -163,10 +171,11 @@ fn for_each_block_in_group_order(rows: usize, cols: usize, mut f: impl FnMut(usi
     }
 }
 
-/// Run `f(first_element, chunk)` over `out` in chunks of `chunk` elements, on every thread the
-/// process has (rayon's pool natively; in wasm, where there are no threads, one after another).
-fn for_each_task(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if rayon::current_num_threads() <= 1 {
+/// Run `f(first_element, chunk)` over `out` in chunks of `chunk` elements: with `parallel`, on
+/// every thread rayon has (natively its pool; in the threaded wasm build, Web Workers; otherwise
+/// none, and the chunks run one after another).
+fn for_each_task(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if !parallel || rayon::current_num_threads() <= 1 {
         for (i, c) in out.chunks_mut(chunk).enumerate() {
             f(i * chunk, c);
         }
@@ -181,16 +190,30 @@ fn quantize_rows(x: &[f32]) -> QuantizedRows {
     let mut quants = Vec::with_capacity(x.len());
     let mut scales = Vec::with_capacity(x.len() / BLOCK);
     for block in x.chunks_exact(BLOCK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // Comparisons rather than f32::max, and rounding from trunc rather than f32::round: in
+        // wasm those two are library calls, these single instructions (profiled under Node, the
+        // calls cost a third as much as the products they prepare).
+        let amax = block.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let d = amax / 127.0;
         let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
         scales.push(f16::from_f32(d).to_f32());
-        quants.extend(block.iter().map(|v| (v * inv).round() as i8));
+        quants.extend(block.iter().map(|v| round_half_away(v * inv) as i8));
     }
     QuantizedRows { quants, scales }
 }
 
 /// A group's quantized weights and scales, in Q8Matrix's order.
+/// `f32::round` (halves away from zero), from instructions wasm has: `r - trunc(r)` is exact.
+#[inline(always)]
+fn round_half_away(r: f32) -> f32 {
+    let t = r.trunc();
+    if (r - t).abs() >= 0.5 {
+        t + 1f32.copysign(r)
+    } else {
+        t
+    }
+}
+
 type Group<'a> = (&'a [i8], &'a [f32]);
 
 #[inline(always)]
@@ -299,15 +322,7 @@ mod tests {
     use super::*;
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::bench::pseudo_random(n, seed as u64)
     }
 
     /// The kernel against the definition: dequantized weights times the dequantized vector, in
@@ -361,6 +376,9 @@ mod tests {
         assert_eq!(q.scales[0], f16::from_f32(21.0 / 127.0).to_f32());
         assert_eq!(q.quants[0], -60);
         assert_eq!(q.quants[31], 127);
+        for r in [0.0, 0.49999997, 0.5, -0.5, 1.5, -2.5, 126.5, -126.49999, 3.7, -3.2] {
+            assert_eq!(round_half_away(r), r.round(), "{r}");
+        }
         let zeros = quantize_rows(&[0.0; 32]);
         assert!(zeros.quants.iter().all(|&v| v == 0) && zeros.scales[0] == 0.0);
     }

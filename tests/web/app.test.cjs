@@ -35,7 +35,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
 
-  await page.goto(server.url);
+  // ?threads=2: answers on two threads too (by default they run on one).
+  await page.goto(`${server.url}?threads=2`);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'served cross-origin isolated');
   // First visit: the site's collection (indexed by the CLI in `make site`) is there at once.
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
@@ -89,6 +90,23 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   await page.click('[data-testid="citation"]');
   await page.waitForSelector('#viewer:not([hidden]) mark');
   assert.match(await page.textContent('#viewer mark'), /Harrow Point|keeper|1871/);
+
+  // That answer was computed on two threads (the threaded build, as the page is cross-origin
+  // isolated). The single-threaded build gives the same text: threads split the rows of each
+  // product, never a sum, so not one bit changes.
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-threads'), '2');
+  // rayon's pool: two workers, started from blob: copies of the threaded build's helper script.
+  assert.equal(workers.filter((u) => u.startsWith('blob:')).length, 2, workers.join(' '));
+  await page.goto(`${server.url}?threads=1`);
+  await waitReady(page);
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-threads'), '1');
+  await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
+  await page.press('[data-testid="question"]', 'Enter');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  assert.equal(await page.textContent('[data-testid="answer"]'), answer);
+  await page.goto(`${server.url}?threads=2`);
+  await waitReady(page);
+  await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
 
   // Compare mode: the same question four ways, side by side; the model switch is left as it was.
   await page.click('[data-testid="compare"]');
@@ -193,6 +211,7 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   await waitReady(page);
 
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with 8-bit weights/);
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-threads'), '1');
   // A document indexed with ?threads=1 is embedded in the engine's own worker.
   await page.setInputFiles('[data-testid="file-input"]', [
     { name: 'sourdough.txt', mimeType: 'text/plain', buffer: fs.readFileSync(path.join(root, 'tests', 'data', 'library', 'sourdough.txt')) },
