@@ -4,7 +4,8 @@
 import { MODELS, loadModels } from './models.js';
 
 // The wasm bindings: pkg/ (one thread), or pkg-threads/ (the same library built with threads) when
-// the page is cross-origin isolated, which shared memory needs.
+// ?threads=N asks for more than one and the page is cross-origin isolated, which shared memory
+// needs.
 let pkg = null;
 let engine = null;
 // The single-threaded module, compiled once; the helper workers get it too.
