@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web clean-models
+.PHONY: all models build test vulkan wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web clean-models
 
 all: build
 
@@ -68,7 +68,13 @@ wasm-threads: wasm-bindgen-cli
 	RUSTFLAGS="$(THREADS_RUSTFLAGS)" $(CARGO) +$(NIGHTLY) build --release --locked --lib --features threads \
 		--target wasm32-unknown-unknown --target-dir target/wasm-threads -Z build-std=panic_abort,std
 
-test: build models wasm site browser
+# The GPU tests (tests/gpu.rs) need a Vulkan driver; where there is no GPU, Mesa's lavapipe runs
+# the kernels on the CPU.
+vulkan:
+	@ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers)
+
+test: build models wasm site browser vulkan
 	$(CARGO) test --release --locked
 	node --test --test-reporter=tap --test-concurrency=1 tests/wasm/ tests/web/
 

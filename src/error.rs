@@ -22,6 +22,10 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// No usable GPU, or a GPU operation that failed. The CPU path still works.
+    #[error("GPU: {0}")]
+    Gpu(String),
+
     /// Generation was stopped by the caller.
     #[error("cancelled")]
     Cancelled,

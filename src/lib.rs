@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chunk;
 pub mod embed;
 pub mod error;
+pub mod gpu;
 pub mod index;
 pub mod ingest;
 pub mod library;

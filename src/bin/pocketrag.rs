@@ -2,13 +2,19 @@
 //! `Engine` the browser uses.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use pocketrag::ingest::MAX_DOCUMENT_BYTES;
 use pocketrag::llm::llama::Weights;
 use pocketrag::{models, Engine, Mode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Cpu,
+    Gpu,
+}
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +86,11 @@ enum Command {
         /// Apply this LoRA adapter at load time (e.g. a checkpoint of `pocketrag tune`).
         #[arg(long, conflicts_with = "tuned")]
         adapter: Option<PathBuf>,
+        /// Where the language model runs: `gpu` uses our WGSL kernels through wgpu (Vulkan,
+        /// Metal or DX12), after a self-test against the CPU; it fails with the reason if there
+        /// is no usable GPU.
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
         question: String,
     },
     /// Show an adapter's settings and provenance; optionally write a half-size (f16) copy.
@@ -210,6 +221,7 @@ fn run(cli: Cli) -> Result<()> {
             low_memory,
             tuned,
             adapter,
+            backend,
             question,
         } => {
             let model = match (model, tuned) {
@@ -226,6 +238,13 @@ fn run(cli: Cli) -> Result<()> {
                 let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 engine.load_adapter(pocketrag::llm::lora::Adapter::from_bytes(&bytes, &path.display().to_string())?)?;
                 engine.use_adapter(true)?;
+            }
+            if backend == Backend::Gpu {
+                let gpu = pocketrag::gpu::now(pocketrag::gpu::Gpu::new())??;
+                let description = gpu.describe();
+                let generator = engine.generator_mut().context("no language model is loaded")?;
+                pocketrag::gpu::now(generator.use_gpu(std::sync::Arc::new(gpu)))??;
+                eprintln!("generating on the GPU: {description}");
             }
             let g = &mut engine.settings.generate;
             g.temperature = temperature;

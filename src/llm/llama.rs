@@ -183,6 +183,8 @@ impl CustomOp1 for FrozenMatmul {
 
 struct RmsNorm {
     weight: Tensor,
+    /// The same weights as a plain vector, for the buffer decode path.
+    values: Vec<f32>,
     eps: f32,
 }
 
@@ -195,7 +197,7 @@ impl RmsNorm {
     fn forward_slice(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let mean_square = dot(x, x) / x.len() as f32;
         let inv = 1.0 / (mean_square + self.eps).sqrt();
-        for ((o, v), w) in out.iter_mut().zip(x).zip(self.weight.to_vec1::<f32>()?) {
+        for ((o, v), w) in out.iter_mut().zip(x).zip(&self.values) {
             *o = v * inv * w;
         }
         Ok(())
@@ -279,6 +281,8 @@ pub struct Llama {
     output: Quantized,
     /// The output projection as f32, for training (kept only with `Weights::QuantizedAndDense`).
     output_dense: Option<Tensor>,
+    /// Whether the output projection is the token embedding table.
+    tied: bool,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -302,22 +306,23 @@ impl Llama {
 
         let mut tensor = |name: &str| Ok::<_, Error>(ct.tensor(reader, name, device)?);
         let norm = |t: candle_core::quantized::QTensor| -> Result<RmsNorm> {
-            Ok(RmsNorm { weight: t.dequantize(device)?, eps })
+            let weight = t.dequantize(device)?;
+            Ok(RmsNorm { values: weight.to_vec1()?, weight, eps })
         };
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = embeddings_q.dequantize(device)?;
         // Small models tie the output projection to the embedding table.
-        let (output, output_dense) = match tensor("output.weight") {
+        let (output, output_dense, tied) = match tensor("output.weight") {
             Ok(t) => {
                 let dense = match weights {
                     Weights::QuantizedAndDense => Some(t.dequantize(device)?),
                     Weights::Quantized | Weights::CandleKernels => None,
                 };
-                (Quantized::new(t, weights)?, dense)
+                (Quantized::new(t, weights)?, dense, false)
             }
             Err(_) => {
                 let dense = (weights == Weights::QuantizedAndDense).then(|| embeddings.clone());
-                (Quantized::new(embeddings_q, weights)?, dense)
+                (Quantized::new(embeddings_q, weights)?, dense, true)
             }
         };
         let mut blocks = Vec::with_capacity(n_layer);
@@ -343,6 +348,7 @@ impl Llama {
             norm: norm(tensor("output_norm.weight")?)?,
             output,
             output_dense,
+            tied,
             n_head,
             n_kv_head,
             head_dim: dim / n_head,
@@ -526,6 +532,68 @@ impl Llama {
         let mut logits = vec![0f32; output.shape().0];
         output.matmul(&h, &mut logits);
         Ok(Tensor::from_vec(logits, (1, output.shape().0), &self.device)?)
+    }
+}
+
+/// The model's shape and weights, as the GPU forward pass (`crate::gpu::llama`) uploads them.
+pub(crate) struct Parts<'a> {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    /// The token embedding table, which is also the output projection.
+    pub table: &'a Q8Matrix,
+    pub norm: &'a [f32],
+    pub blocks: Vec<BlockParts<'a>>,
+    /// Rotary tables, MAX_SEQ_LEN × head_dim / 2 each.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+pub(crate) struct BlockParts<'a> {
+    pub attn_norm: &'a [f32],
+    pub ffn_norm: &'a [f32],
+    /// W_q, W_k, W_v, W_o, W_gate, W_up, W_down, each with the adapter's pair when one is set.
+    pub linears: [(&'a Q8Matrix, Option<&'a LoraPair>); 7],
+}
+
+impl Llama {
+    /// The parts the GPU needs, or why this model cannot go there: every matrix must be Q8_0 in
+    /// our kernel's form (the GPU kernels read the same quantized weights) and the output
+    /// projection tied to the embedding table (the one table serves both).
+    pub(crate) fn parts(&self) -> Result<Parts<'_>> {
+        fn q8(q: &Quantized) -> Result<&Q8Matrix> {
+            match q {
+                Quantized::Q8(m) => Ok(m),
+                Quantized::Candle(_) => Err(Error::Gpu("the GPU path needs a model with Q8_0 weights".into())),
+            }
+        }
+        fn pair(l: &Linear) -> Result<(&Q8Matrix, Option<&LoraPair>)> {
+            Ok((q8(&l.quantized)?, l.lora.as_ref()))
+        }
+        if !self.tied {
+            return Err(Error::Gpu("the GPU path needs the output projection tied to the embedding table".into()));
+        }
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let [wq, wk, wv, wo, w1, w3, w2] = b.linears();
+            blocks.push(BlockParts {
+                attn_norm: &b.attn_norm.values,
+                ffn_norm: &b.ffn_norm.values,
+                linears: [pair(wq)?, pair(wk)?, pair(wv)?, pair(wo)?, pair(w1)?, pair(w3)?, pair(w2)?],
+            });
+        }
+        Ok(Parts {
+            n_head: self.n_head,
+            n_kv_head: self.n_kv_head,
+            head_dim: self.head_dim,
+            eps: self.norm.eps,
+            table: q8(&self.output)?,
+            norm: &self.norm.values,
+            blocks,
+            cos: self.cos.flatten_all()?.to_vec1()?,
+            sin: self.sin.flatten_all()?.to_vec1()?,
+        })
     }
 }
 

@@ -9,6 +9,7 @@ pub mod quantize;
 pub mod tokenizer;
 
 use crate::error::{Error, Result};
+use crate::gpu::{llama::GpuLlama, Gpu};
 use crate::time::Stopwatch;
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::{Device, Tensor};
@@ -16,7 +17,13 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use llama::{Llama, Weights, MAX_SEQ_LEN};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::sync::Arc;
 use tokenizers::Tokenizer;
+
+/// How far the GPU's logits may be from the CPU's in the start-up self-test. Both paths round
+/// activations to 8 bits, which amplifies last-bit differences: `tests/gpu.rs` measured at most
+/// 1.41 on lavapipe over 130 steps, with logits up to ~30; a wrong kernel is off by far more.
+pub const GPU_TOLERANCE: f32 = 2.0;
 
 /// Prompts are fed to the model in slices of this many tokens: it bounds the attention matrix
 /// (and so peak memory) and is how long Stop may wait during prefill. Measured natively on a
@@ -88,6 +95,8 @@ pub struct Generator {
     stop_ids: Vec<u32>,
     context: usize,
     device: Device,
+    /// The model on the GPU, when generation runs there (`use_gpu`).
+    gpu: Option<GpuLlama>,
 }
 
 impl Generator {
@@ -125,7 +134,7 @@ impl Generator {
         let device = Device::Cpu;
         let model = Llama::from_gguf(&ct, &mut reader, weights, &device)
             .map_err(|e| Error::model(file, format!("cannot load weights ({e})")))?;
-        Ok(Generator { model, tokenizer, template, stop_ids, context: trained.min(MAX_SEQ_LEN), device })
+        Ok(Generator { model, tokenizer, template, stop_ids, context: trained.min(MAX_SEQ_LEN), device, gpu: None })
     }
 
     pub fn model(&self) -> &Llama {
@@ -138,7 +147,65 @@ impl Generator {
 
     /// Answer with a fine-tuned adapter applied on top of the base weights, or without (`None`).
     pub fn set_adapter(&mut self, adapter: Option<&lora::Adapter>) -> Result<()> {
-        self.model.set_adapter(adapter)
+        self.model.set_adapter(adapter)?;
+        if let Some(gpu) = &mut self.gpu {
+            gpu.sync_adapter(&self.model)?;
+        }
+        Ok(())
+    }
+
+    /// Generate on `gpu` from now on, if the model can go there and passes a self-test: a few
+    /// tokens run on both paths, the logits compared. On any failure the generator stays on the
+    /// CPU and the error says why. Natively this completes at once (`crate::gpu::now`); in the
+    /// browser, await it.
+    pub async fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
+        let mut on_gpu = GpuLlama::new(gpu, &self.model, self.context)?;
+        let chat = self.render_chat(&[Message::new("user", "Say hello.")])?;
+        let ids = self.encode(&chat)?;
+        let mut worst = 0f32;
+        // One token at a time: that is the path where both sides compute the same thing (a
+        // prompt slice may take the f32 weights on the CPU, `Weights::QuantizedAndDense`).
+        for (pos, &id) in ids.iter().enumerate().take(8) {
+            let cpu = self.model.forward(&Tensor::new(&[id], &self.device)?.unsqueeze(0)?, pos)?;
+            let cpu: Vec<f32> = cpu.squeeze(0)?.to_vec1()?;
+            let gpu = on_gpu.forward(&[id], pos).await?;
+            if gpu.len() != cpu.len() || gpu.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Gpu("self-test failed: the GPU's logits are not numbers".into()));
+            }
+            worst = cpu.iter().zip(&gpu).map(|(c, g)| (c - g).abs()).fold(worst, f32::max);
+        }
+        self.model.clear_cache();
+        if worst > GPU_TOLERANCE {
+            return Err(Error::Gpu(format!("self-test failed: logits differ from the CPU's by {worst}")));
+        }
+        self.gpu = Some(on_gpu);
+        Ok(())
+    }
+
+    /// Generate on the CPU (again).
+    pub fn use_cpu(&mut self) {
+        self.gpu = None;
+    }
+
+    /// "gpu" or "cpu": where the next generation runs.
+    pub fn backend(&self) -> &'static str {
+        if self.gpu.is_some() {
+            "gpu"
+        } else {
+            "cpu"
+        }
+    }
+
+    /// Logits (1, vocabulary) for the last of `ids`, placed at `pos..`, on the GPU or the CPU.
+    async fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        match &mut self.gpu {
+            Some(gpu) => {
+                let logits = gpu.forward(ids, pos).await?;
+                let n = logits.len();
+                Ok(Tensor::from_vec(logits, (1, n), &self.device)?)
+            }
+            None => self.model.forward(&Tensor::new(ids, &self.device)?.unsqueeze(0)?, pos),
+        }
     }
 
     /// The most tokens (prompt plus answer) one generation can hold.
@@ -200,15 +267,21 @@ impl Generator {
     }
 
     /// Do one bounded piece of work: feed the next slice of the prompt, or produce one token.
+    /// Completes at once except on the GPU in the browser, which must await `step_async`.
     pub fn step(&mut self, run: &mut Run) -> Result<Step> {
+        crate::gpu::now(self.step_async(run))?
+    }
+
+    /// [`Generator::step`], for callers that can await the GPU.
+    pub async fn step_async(&mut self, run: &mut Run) -> Result<Step> {
         if let Some(stop) = run.stop {
             return Ok(Step::Done { stop });
         }
         let clock = Stopwatch::start();
         if run.fed < run.prompt_tokens {
             let end = (run.fed + PREFILL_SLICE).min(run.prompt_tokens);
-            let input = Tensor::new(&run.history[run.fed..end], &self.device)?.unsqueeze(0)?;
-            run.logits = Some(self.model.forward(&input, run.fed)?);
+            let slice = run.history[run.fed..end].to_vec();
+            run.logits = Some(self.forward(&slice, run.fed).await?);
             run.fed = end;
             run.prefill_ms += clock.ms();
             return Ok(Step::Prefill { done: run.fed, total: run.prompt_tokens });
@@ -236,8 +309,7 @@ impl Generator {
             } else if run.history.len() >= self.context {
                 run.stop = Some(StopReason::ContextFull);
             } else {
-                let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-                run.logits = Some(self.model.forward(&input, run.history.len() - 1)?);
+                run.logits = Some(self.forward(&[next], run.history.len() - 1).await?);
             }
             piece
         };

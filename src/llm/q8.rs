@@ -106,6 +106,21 @@ impl Q8Matrix {
         self.quants[at * BLOCK + col % BLOCK] as f32 * self.scales[at]
     }
 
+    /// The quantized weights and their scales row after row, block after block: the plain Q8_0
+    /// layout (less the f16 scales), which the GPU kernels read.
+    pub fn row_major(&self) -> (Vec<i8>, Vec<f32>) {
+        let blocks = self.cols / BLOCK;
+        let (mut quants, mut scales) = (Vec::with_capacity(self.quants.len()), Vec::with_capacity(self.scales.len()));
+        for r in 0..self.rows {
+            for b in 0..blocks {
+                let at = (r / GROUP * blocks + b) * GROUP + r % GROUP;
+                quants.extend_from_slice(&self.quants[at * BLOCK..][..BLOCK]);
+                scales.push(self.scales[at]);
+            }
+        }
+        (quants, scales)
+    }
+
     /// `x Wᵀ` for `x` of shape (..., cols); the result has shape (..., rows).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();

@@ -1,0 +1,236 @@
+//! The GPU backend: our own WGSL compute kernels (`shaders/`, one kernel per file) run through
+//! `wgpu`, which speaks WebGPU in the browser and Vulkan, Metal or DX12 natively. candle has no
+//! WebGPU backend, so the forward passes we run are written again here, kernel by kernel, and held
+//! to the CPU path by tests (`tests/gpu.rs`).
+//!
+//! The pieces: [`Gpu`] (an adapter and its device), [`Kernel`] (one compiled shader), [`Op`] (a
+//! kernel bound to its buffers, recorded once at load), and the models built from them
+//! ([`llama::GpuLlama`]). A forward pass writes two numbers (how many positions, and where they
+//! start) and replays the recorded ops; the only copy back is the logits.
+
+pub mod llama;
+
+use crate::error::{Error, Result};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use wgpu::util::DeviceExt;
+
+/// A GPU device and its queue.
+pub struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+}
+
+impl Gpu {
+    /// The preferred adapter (a discrete GPU before an integrated one before a software one),
+    /// with its own buffer size limits: WebGPU's defaults (128 MiB per binding) would not hold a
+    /// larger model's embedding table.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let options =
+            wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
+        let adapter = instance
+            .request_adapter(&options)
+            .await
+            .map_err(|e| Error::Gpu(format!("no GPU adapter ({e}); natively, a Vulkan driver such as Mesa's lavapipe provides one")))?;
+        let available = adapter.limits();
+        let required_limits = wgpu::Limits {
+            max_storage_buffer_binding_size: available.max_storage_buffer_binding_size,
+            max_buffer_size: available.max_buffer_size,
+            ..wgpu::Limits::default()
+        };
+        let descriptor = wgpu::DeviceDescriptor { label: Some("pocketrag"), required_limits, ..Default::default() };
+        let (device, queue) =
+            adapter.request_device(&descriptor).await.map_err(|e| Error::Gpu(format!("cannot open the GPU: {e}")))?;
+        Ok(Gpu { device, queue, info: adapter.get_info() })
+    }
+
+    /// Adapter name and API, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) on Vulkan, software".
+    pub fn describe(&self) -> String {
+        let kind = if self.is_software() { ", software" } else { "" };
+        format!("{} on {:?}{kind}", self.info.name, self.info.backend)
+    }
+
+    /// A CPU-based adapter (lavapipe, SwiftShader): right for tests, slow for use.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    fn zeros(&self, label: &str, values: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (values.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn uniform(&self, label: &str, words: [u32; 4]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &bytes_u32(&words),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    fn staging(&self, label: &str, values: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (values * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// The first `values` f32 of a MAP_READ buffer, once the GPU has written them. Natively this
+    /// waits for the device here; in the browser the map completes from the event loop, so the
+    /// caller must await it there.
+    async fn read(&self, staging: &wgpu::Buffer, values: usize) -> Result<Vec<f32>> {
+        let slice = staging.slice(..(values * 4) as u64);
+        let (done, mapped) = oneshot();
+        slice.map_async(wgpu::MapMode::Read, move |r| done.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        mapped.await.map_err(|e| Error::Gpu(format!("reading back from the GPU: {e}")))?;
+        let out = {
+            let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading back from the GPU: {e}")))?;
+            view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+/// One compute shader, compiled; its bind group layout comes from the shader itself.
+struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Kernel {
+    fn new(gpu: &Gpu, name: &str, source: &str, entry: &str) -> Kernel {
+        let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Kernel { pipeline }
+    }
+
+    /// Bind `buffers` to bindings 0, 1, 2, ... in order.
+    fn bind(&self, gpu: &Gpu, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<_> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+}
+
+/// How many workgroups an op needs for `n` positions starting at `pos`.
+type Grid = Box<dyn Fn(u32, u32) -> [u32; 3] + Send + Sync>;
+
+/// A kernel bound to its buffers, recorded once; a forward pass replays it.
+struct Op {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    grid: Grid,
+}
+
+impl Op {
+    fn new(gpu: &Gpu, kernel: &Kernel, buffers: &[&wgpu::Buffer], grid: Grid) -> Op {
+        Op { pipeline: kernel.pipeline.clone(), bind_group: kernel.bind(gpu, buffers), grid }
+    }
+
+    fn record(&self, pass: &mut wgpu::ComputePass, n: u32, pos: u32) {
+        let [x, y, z] = (self.grid)(n, pos);
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Workgroups of 64 threads covering `count` items.
+fn groups(count: u32) -> u32 {
+    count.div_ceil(64)
+}
+
+fn bytes_u32(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn bytes_f32(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A one-value channel whose receiving end is a future: how a buffer map's callback (called by
+/// wgpu, natively from `poll`, in the browser from the event loop) reaches the code awaiting it.
+fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Mutex::new((None, None)));
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+type Slot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
+
+struct Sender<T>(Slot<T>);
+
+impl<T> Sender<T> {
+    fn send(self, value: T) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.0 = Some(value);
+        if let Some(waker) = slot.1.take() {
+            waker.wake();
+        }
+    }
+}
+
+struct Receiver<T>(Slot<T>);
+
+impl<T> Future for Receiver<T> {
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.0.take() {
+            Some(value) => Poll::Ready(value),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The value of a future that is already complete, as every GPU future is natively (wgpu's
+/// native backends finish a request before returning it, and `Gpu::read` waits for the device).
+/// In the browser, await them instead.
+pub fn now<F: Future>(future: F) -> Result<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(value) => Ok(value),
+        Poll::Pending => Err(Error::Gpu("a GPU operation did not complete at once; await it instead".into())),
+    }
+}

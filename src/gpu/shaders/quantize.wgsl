@@ -1,0 +1,42 @@
+// Round activations to Q8_0 before a product with Q8_0 weights, exactly as the CPU kernel (and
+// ggml) do: each block of 32 values maps its largest magnitude to 127, the scale is kept at f16
+// precision, values round half away from zero. The products are then exact integer sums, as on
+// the CPU, so both paths differ only in the order of a few f32 additions. One thread per block.
+
+struct Step { n: u32, pos: u32 }
+struct Shape { cols: u32, _a: u32, _b: u32, _c: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> shape: Shape;
+@group(0) @binding(2) var<storage, read> x: array<f32>;           // n × cols
+@group(0) @binding(3) var<storage, read_write> quants: array<u32>;
+@group(0) @binding(4) var<storage, read_write> scales: array<f32>;
+
+fn round_half_away(r: f32) -> f32 {
+    let t = trunc(r);
+    if (abs(r - t) >= 0.5) { return t + sign(r); }
+    return t;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let b = id.x;
+    if (b >= step.n * shape.cols / 32u) { return; }
+    var amax = 0.0;
+    for (var k = 0u; k < 32u; k++) {
+        let v = abs(x[b * 32u + k]);
+        if (v > amax) { amax = v; }
+    }
+    let d = amax / 127.0;
+    var inv = 0.0;
+    if (d != 0.0) { inv = 1.0 / d; }
+    scales[b] = unpack2x16float(pack2x16float(vec2<f32>(d, 0.0))).x;
+    for (var w = 0u; w < 8u; w++) {
+        var word = 0u;
+        for (var k = 0u; k < 4u; k++) {
+            let q = i32(round_half_away(x[b * 32u + w * 4u + k] * inv));
+            word |= (bitcast<u32>(q) & 0xffu) << (8u * k);
+        }
+        quants[b * 8u + w] = word;
+    }
+}
