@@ -2,6 +2,8 @@
 //! (ignoring padding) and scaled to unit length, so a dot product is a cosine similarity.
 
 use crate::error::{Error, Result};
+use crate::gpu::bert::{BertShape, GpuBert};
+use crate::gpu::Gpu;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
@@ -21,7 +23,14 @@ pub struct Embedder {
     counter: Tokenizer,
     device: Device,
     dim: usize,
+    shape: BertShape,
+    /// The model on the GPU, when embedding runs there (`use_gpu`).
+    gpu: Option<GpuBert>,
 }
+
+/// How close (cosine) the GPU's vectors must be to the CPU's in the start-up self-test: the
+/// issue's contract, which `tests/gpu.rs` checks on more texts.
+pub const GPU_MIN_COSINE: f32 = 0.9999;
 
 impl Embedder {
     /// Load from the three files of a sentence-transformers folder.
@@ -42,11 +51,47 @@ impl Embedder {
             .map_err(|e| Error::model("embedder model.safetensors", format!("not a valid safetensors file ({e})")))?;
         let model = BertModel::load(vb, &config)
             .map_err(|e| Error::model("embedder model.safetensors", format!("does not match config.json: {e}")))?;
-        Ok(Embedder { model, tokenizer, counter, device, dim: config.hidden_size })
+        let shape = BertShape {
+            layers: config.num_hidden_layers,
+            heads: config.num_attention_heads,
+            hidden: config.hidden_size,
+            intermediate: config.intermediate_size,
+            eps: config.layer_norm_eps as f32,
+        };
+        Ok(Embedder { model, tokenizer, counter, device, dim: config.hidden_size, shape, gpu: None })
     }
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Embed on `gpu` from now on (`weights`: the same safetensors bytes the embedder was loaded
+    /// from), after a self-test: texts of several lengths embedded both ways, every pair of
+    /// vectors within cosine `GPU_MIN_COSINE`. On failure the embedder stays on the CPU and the
+    /// error says why. Natively it completes at once (`crate::gpu::now`).
+    pub async fn use_gpu(&mut self, gpu: std::sync::Arc<Gpu>, weights: &[u8]) -> Result<()> {
+        let on_gpu = GpuBert::new(gpu, weights, self.shape)?;
+        let texts = ["Hello.", "Retrieval finds the passages; the model answers from them and cites them."];
+        let cpu = self.embed(&texts)?;
+        let (ids, mask, len) = self.tokenize(&texts)?;
+        let gpu = on_gpu.embed(&ids, &mask, len).await?;
+        for (c, g) in cpu.iter().zip(&gpu) {
+            let cosine: f32 = c.iter().zip(g).map(|(a, b)| a * b).sum();
+            if !(cosine >= GPU_MIN_COSINE) {
+                return Err(Error::Gpu(format!("embedder self-test failed: cosine {cosine} to the CPU's vector")));
+            }
+        }
+        self.gpu = Some(on_gpu);
+        Ok(())
+    }
+
+    /// "gpu" or "cpu": where texts are embedded.
+    pub fn backend(&self) -> &'static str {
+        if self.gpu.is_some() {
+            "gpu"
+        } else {
+            "cpu"
+        }
     }
 
     /// Length of `text` in word pieces, without [CLS]/[SEP]; what the chunker budgets with.
@@ -77,19 +122,28 @@ impl Embedder {
         Ok(out)
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    /// Token ids and padding mask of a batch, texts padded to its longest; and that length.
+    fn tokenize(&self, texts: &[&str]) -> Result<(Vec<u32>, Vec<u32>, usize)> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Input(format!("cannot tokenize text for embedding: {e}")))?;
-        let n = encodings.len();
-        let len = encodings[0].len();
-        let mut ids = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
+        let len = encodings.first().map_or(0, |e| e.len());
+        let mut ids = Vec::with_capacity(encodings.len() * len);
+        let mut mask = Vec::with_capacity(encodings.len() * len);
         for e in &encodings {
             ids.extend_from_slice(e.get_ids());
             mask.extend_from_slice(e.get_attention_mask());
         }
+        Ok((ids, mask, len))
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask, len) = self.tokenize(texts)?;
+        if let Some(gpu) = &self.gpu {
+            return crate::gpu::now(gpu.embed(&ids, &mask, len))?;
+        }
+        let n = texts.len();
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
         let types = ids.zeros_like()?;

@@ -250,6 +250,35 @@ impl WasmEngine {
         to_js(&self.inner.step_answer(pending).map_err(js_err)?)
     }
 
+    /// `step()`, awaiting the GPU when the model runs there (`useGpu`); on the CPU it resolves
+    /// at once with what `step()` returns.
+    #[wasm_bindgen(js_name = stepAsync, unchecked_return_type = "Promise<Step>")]
+    pub async fn step_async(&mut self) -> Result<JsValue, JsError> {
+        let pending = self.pending.as_mut().ok_or_else(|| JsError::new("no answer is pending"))?;
+        to_js(&self.inner.step_answer_async(pending).await.map_err(js_err)?)
+    }
+
+    /// Generate on WebGPU from now on: open the browser's GPU adapter, upload the model, and
+    /// check a few tokens against the CPU (`Generator::use_gpu`). Resolves to the adapter's
+    /// description; rejects with the reason (no WebGPU, no adapter, a software adapter unless
+    /// `allowSoftware`, a failed self-test), leaving the engine on the CPU.
+    #[wasm_bindgen(js_name = useGpu)]
+    pub async fn use_gpu(&mut self, allow_software: bool) -> Result<String, JsError> {
+        let gpu = crate::gpu::Gpu::new().await.map_err(js_err)?;
+        let description = gpu.describe();
+        if gpu.is_software() && !allow_software {
+            return Err(JsError::new(&format!("the GPU adapter is a software one ({description}); the CPU is faster")));
+        }
+        let generator = self.inner.generator_mut().ok_or_else(|| JsError::new("no language model is loaded"))?;
+        generator.use_gpu(std::sync::Arc::new(gpu)).await.map_err(js_err)?;
+        Ok(description)
+    }
+
+    /// "gpu" or "cpu": where answers are generated.
+    pub fn backend(&self) -> String {
+        self.inner.generator().map_or("cpu", |g| g.backend()).to_string()
+    }
+
     /// Stop the pending answer at its next step, keeping what it has said.
     #[wasm_bindgen(js_name = cancelAnswer)]
     pub fn cancel_answer(&mut self) {

@@ -168,3 +168,35 @@ fn generator_runs_on_the_gpu_after_its_self_test() {
     let err = gpu::now(on_gpu.forward(&[], 0)).unwrap().unwrap_err().to_string();
     assert!(err.contains("positions in one GPU pass"), "{err}");
 }
+
+/// The embedder on the GPU: every vector within cosine 0.9999 of the CPU's (the contract),
+/// for texts of many lengths in one padded batch (so padding must be masked out of attention and
+/// pooling), and a batch of one.
+#[test]
+fn gpu_embedder_matches_the_cpu() {
+    let gpu = gpu();
+    let mut embedder = common::embedder();
+    let long = "Lighthouses flash in patterns so that sailors can tell one from another at night. ".repeat(4);
+    let texts = [
+        "Hi",
+        "How do embeddings, vector search and retrieval work together?",
+        "Quantization stores each weight in eight bits with one scale per block of thirty-two.",
+        long.as_str(),
+        "The harbour floods at spring tide.",
+    ];
+    let cpu = embedder.embed(&texts).unwrap();
+    let weights = std::fs::read(common::models_dir().join("minilm/model.safetensors")).unwrap();
+    gpu::now(embedder.use_gpu(gpu, &weights)).unwrap().unwrap();
+    assert_eq!(embedder.backend(), "gpu");
+    let on_gpu = embedder.embed(&texts).unwrap();
+    let single = embedder.embed(&texts[1..2]).unwrap();
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let mut worst = 1f32;
+    for (text, (c, g)) in texts.iter().zip(cpu.iter().zip(&on_gpu)) {
+        let cos = cosine(c, g);
+        worst = worst.min(cos);
+        assert!(cos >= 0.9999, "{:?}: cosine {cos}", &text[..text.len().min(40)]);
+    }
+    assert!(cosine(&single[0], &cpu[1]) >= 0.9999);
+    eprintln!("smallest cosine between the GPU's and the CPU's vectors: {worst}");
+}

@@ -101,6 +101,20 @@ async function run() {
   result.embed_chunks_s_2t = chunks.length / (median(twoRounds) / 1000);
   pair.forEach((w) => w.terminate());
 
+  // WebGPU: timed on a real GPU only. A software adapter (headless Chromium's SwiftShader, with
+  // --enable-unsafe-webgpu) is named but not timed: it says nothing about GPUs.
+  result.gpu_adapter = await gpuAdapter();
+  if (result.gpu_adapter.startsWith('hardware')) {
+    status('generating on the GPU…');
+    const g = await generation('gpu', { densePrefill: false, gpu: true });
+    result.prefill_tok_s_gpu = g.prefill_tok_s_1t;
+    result.decode_tok_s_gpu = g.decode_tok_s_1t;
+    result.ttft_ms_500_gpu = g.ttft_ms_500;
+  } else {
+    result.prefill_tok_s_gpu = null;
+    result.decode_tok_s_gpu = null;
+  }
+
   result.threads_note = 'generation on two threads: our Q8_0 products split over rayon workers (threaded build); '
     + 'f32 prompt products (gemm) stay on one thread; embedding uses two workers';
   result.cross_origin_isolated = self.crossOriginIsolated === true;
@@ -108,6 +122,16 @@ async function run() {
   $('result').textContent = JSON.stringify(result);
   $('result').dataset.state = 'done';
   status('done');
+}
+
+/// "hardware: ...", "software: ..." or "none: ..." for this browser's WebGPU adapter.
+async function gpuAdapter() {
+  if (!navigator.gpu) return 'none: this browser offers no WebGPU';
+  const adapter = await navigator.gpu.requestAdapter();
+  if (!adapter) return 'none: no WebGPU adapter (headless Chromium offers one only with --enable-unsafe-webgpu)';
+  const info = adapter.info ?? {};
+  const name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ') || 'unnamed';
+  return `${info.isFallbackAdapter ? 'software' : 'hardware'}: ${name}`;
 }
 
 run().catch(fail);

@@ -266,13 +266,40 @@ async function loadAdapter(tuned, onProgress) {
 async function drive(kind, extra = {}) {
   for (;;) {
     if (stopRequested) engine.cancelAnswer();
-    const step = engine.step();
+    const step = await nextStep();
     if (step.type === 'done') break;
     if (step.type === 'prefill') post({ type: 'prefill', done: step.done, total: step.total, ...extra });
     else if (step.text) post({ type: kind, text: step.text, ...extra });
     await nextTask();
   }
   return engine.finishAnswer();
+}
+
+// A step on the GPU resolves only after the GPU has run (its logits are read back from the event
+// loop), and the engine stays borrowed until then: other requests wait for it (`onmessage`).
+let gpuStep = null;
+
+async function nextStep() {
+  if (engine.backend() !== 'gpu') return engine.step();
+  gpuStep = engine.stepAsync();
+  try {
+    return await gpuStep;
+  } finally {
+    gpuStep = null;
+  }
+}
+
+/// Generate on WebGPU when the browser has a GPU adapter that is not a software one and the model
+/// passes its self-test there (`Engine.useGpu`); ?backend=webgpu takes a software adapter too,
+/// ?backend=cpu never tries. Returns why the engine runs where it does, for the backend label.
+async function chooseBackend(asked) {
+  if (asked === 'cpu') return 'WebAssembly on the CPU, as asked (?backend=cpu)';
+  if (!self.navigator.gpu) return 'WebAssembly on the CPU: this browser offers no WebGPU';
+  try {
+    return `WebGPU: ${await engine.useGpu(asked === 'webgpu')}`;
+  } catch (e) {
+    return `WebAssembly on the CPU: WebGPU not used (${e.message || e})`;
+  }
 }
 
 // Generation's matrix products run on `threads` Web Workers (rayon's pool, started by the
@@ -297,7 +324,7 @@ async function loadBindings(threads) {
 }
 
 const handlers = {
-  async init({ densePrefill, threads, answerThreads, tuned }) {
+  async init({ densePrefill, threads, answerThreads, tuned, backend }) {
     helperCount = threads;
     // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
     // optimised) code between workers that share a module. Fresh workers compiling their own copy
@@ -311,7 +338,11 @@ const handlers = {
     // message (see src/memory.rs) instead of a dead instance.
     engine.setMemoryLimit(MEMORY_LIMIT);
     const adapter = await loadAdapter(tuned, (loaded, total) => post({ type: 'download', loaded, total }));
-    post({ type: 'ready', backend: 'cpu', densePrefill, adapter, threads: pkg.threadCount(), threadsNote });
+    const backendNote = await chooseBackend(backend);
+    post({
+      type: 'ready', backend: engine.backend() === 'gpu' ? 'webgpu' : 'cpu', backendNote,
+      densePrefill, adapter, threads: pkg.threadCount(), threadsNote,
+    });
     db = await openDb();
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {
@@ -369,6 +400,7 @@ const handlers = {
 self.onmessage = async (event) => {
   const msg = event.data;
   try {
+    while (gpuStep && msg.type !== 'stop') await gpuStep.catch(() => {});
     await handlers[msg.type](msg);
   } catch (e) {
     // A trap (a panic or running out of memory) leaves the wasm instance unusable.

@@ -40,6 +40,10 @@ enum Command {
         /// Start a new index even if OUT exists.
         #[arg(long)]
         fresh: bool,
+        /// Where the embedder runs: `gpu` uses our WGSL kernels through wgpu, after a self-test
+        /// against the CPU; it fails with the reason if there is no usable GPU.
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -194,7 +198,7 @@ fn restore_broken_pipe() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Index { out, fresh, paths } => index(&cli.models, &out, fresh, &paths),
+        Command::Index { out, fresh, backend, paths } => index(&cli.models, &out, fresh, backend, &paths),
         Command::Search { index, k, json, query } => {
             let engine = open(&cli.models, Some(&index), None)?;
             let found = engine.search(&query, k)?;
@@ -550,9 +554,16 @@ fn open(models_dir: &Path, index: Option<&Path>, generator: Option<(&Path, Weigh
     Ok(engine)
 }
 
-fn index(models_dir: &Path, out: &Path, fresh: bool, paths: &[PathBuf]) -> Result<()> {
+fn index(models_dir: &Path, out: &Path, fresh: bool, backend: Backend, paths: &[PathBuf]) -> Result<()> {
     let existing = if out.exists() && !fresh { Some(out) } else { None };
     let mut engine = open(models_dir, existing, None).map_err(|e| e.context("use --fresh to start a new index"))?;
+    if backend == Backend::Gpu {
+        let gpu = pocketrag::gpu::now(pocketrag::gpu::Gpu::new())??;
+        let description = gpu.describe();
+        let weights = models::read(&models_dir.join(models::EMBEDDER_DIR).join("model.safetensors"))?;
+        pocketrag::gpu::now(engine.embedder_mut().use_gpu(std::sync::Arc::new(gpu), &weights))??;
+        eprintln!("embedding on the GPU: {description}");
+    }
     let files = collect_files(paths)?;
     if files.is_empty() {
         bail!("no documents found in the given paths");

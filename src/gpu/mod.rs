@@ -8,6 +8,7 @@
 //! ([`llama::GpuLlama`]). A forward pass writes two numbers (how many positions, and where they
 //! start) and replays the recorded ops; the only copy back is the logits.
 
+pub mod bert;
 pub mod llama;
 
 use crate::error::{Error, Result};
@@ -50,7 +51,12 @@ impl Gpu {
     /// Adapter name and API, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) on Vulkan, software".
     pub fn describe(&self) -> String {
         let kind = if self.is_software() { ", software" } else { "" };
-        format!("{} on {:?}{kind}", self.info.name, self.info.backend)
+        // Browsers may withhold the adapter's name (Chromium gives SwiftShader's none).
+        let name = [&self.info.name, &self.info.driver, &self.info.driver_info]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .map_or("an unnamed adapter", |s| s.as_str());
+        format!("{name} on {:?}{kind}", self.info.backend)
     }
 
     /// A CPU-based adapter (lavapipe, SwiftShader): right for tests, slow for use.

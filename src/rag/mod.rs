@@ -244,6 +244,10 @@ impl Engine {
         &self.library
     }
 
+    pub fn embedder_mut(&mut self) -> &mut Embedder {
+        &mut self.embedder
+    }
+
     pub fn embedder(&self) -> &Embedder {
         &self.embedder
     }
@@ -437,6 +441,11 @@ impl Engine {
 
     /// One bounded piece of work on a pending answer: a slice of the prompt, or one token.
     pub fn step_answer(&mut self, pending: &mut PendingAnswer) -> Result<Step> {
+        crate::gpu::now(self.step_answer_async(pending))?
+    }
+
+    /// [`Engine::step_answer`], for callers that can await the GPU (the browser's worker).
+    pub async fn step_answer_async(&mut self, pending: &mut PendingAnswer) -> Result<Step> {
         match pending {
             PendingAnswer::Abstained { said, .. } if !*said => {
                 *said = true;
@@ -446,7 +455,7 @@ impl Engine {
             PendingAnswer::Generating { run, .. } => {
                 let generator =
                     self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
-                generator.step(run)
+                generator.step_async(run).await
             }
         }
     }

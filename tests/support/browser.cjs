@@ -29,13 +29,15 @@ function serve(...flags) {
 }
 
 /// Headless Chromium with a fresh profile (returned as `profile` to delete afterwards).
-async function launch() {
+/// `extraArgs`: more command-line flags, such as '--enable-unsafe-webgpu', without which headless
+/// Chromium offers no WebGPU adapter.
+async function launch(extraArgs = []) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'pocketrag-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: '/usr/bin/chromium',
     headless: true,
     args: ['--headless', '--no-sandbox', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
+      '--disable-component-update', '--disable-sync', '--disable-quic', ...extraArgs],
   });
   context.profile = profile;
   return context;

@@ -43,6 +43,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   await waitReady(page);
   assert.equal(modelDownloads(server.log).length, 5, server.log.join('\n'));
   assert.equal(await page.textContent('[data-testid="backend"]'), 'cpu');
+  // Headless Chromium offers no WebGPU adapter without --enable-unsafe-webgpu; the label says so.
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /WebGPU not used \(.*adapter/);
   // Headless Chromium reports enough device memory for the faster f32 prompt weights.
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with f32 weights/);
 
@@ -264,5 +266,54 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 60_000 });
   assert.equal(await page.getAttribute('[data-testid="answer"]', 'data-stop'), 'cancelled');
 
+  assert.deepEqual(errors, []);
+});
+
+// WebGPU: Chromium's SwiftShader adapter (software) with --enable-unsafe-webgpu. By itself the page
+// keeps a software adapter's answers on the CPU (faster) and says why; ?backend=webgpu takes it,
+// and the answer streams from our WGSL kernels. Both paths round activations to 8 bits before
+// every product, which amplifies last-bit differences (tests/gpu.rs), so a long answer can part
+// at a near-tie; the test compares the first 60 characters (about 20 tokens; measured, this
+// answer's two versions first differ after ~110). SwiftShader reads the prompt at ~1 token/s, so
+// the question is asked without retrieval (a ~34-token prompt) and the GPU answer is stopped.
+test('the page answers on WebGPU, as on the CPU', async (t) => {
+  const server = await serve();
+  const context = await launch(['--enable-unsafe-webgpu']);
+  t.after(async () => { await context.close(); server.proc.kill(); });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const question = 'What is the capital of France?';
+  const answerOn = async (query, { stopAt }) => {
+    await page.goto(`${server.url}?${query}&prefill=quantized&threads=1`);
+    await waitReady(page);
+    const label = { text: await page.textContent('[data-testid="backend"]'), title: await page.getAttribute('[data-testid="backend"]', 'title') };
+    await page.uncheck('#use-rag');
+    await page.fill('[data-testid="question"]', question);
+    await page.click('[data-testid="ask"]');
+    await page.waitForFunction((n) => {
+      const a = document.querySelector('[data-testid="answer"]');
+      return a.dataset.state !== 'streaming' || a.textContent.length >= n;
+    }, stopAt, { timeout: 480_000 });
+    if (await page.getAttribute('[data-testid="answer"]', 'data-state') === 'streaming') {
+      await page.click('[data-testid="stop"]');
+      await page.waitForFunction(() => document.querySelector('[data-testid="answer"]').dataset.state !== 'streaming', null, { timeout: 120_000 });
+    }
+    return { label, answer: await page.textContent('[data-testid="answer"]') };
+  };
+
+  // Left to choose, the page sees the software adapter and stays on the CPU.
+  await page.goto(server.url);
+  await waitReady(page);
+  assert.equal(await page.textContent('[data-testid="backend"]'), 'cpu');
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /software one/);
+
+  const gpu = await answerOn('backend=webgpu', { stopAt: 60 });
+  assert.equal(gpu.label.text, 'webgpu');
+  assert.match(gpu.label.title, /^WebGPU: .*software/);
+  const cpu = await answerOn('backend=cpu', { stopAt: 1000 });
+  assert.equal(cpu.label.text, 'cpu');
+  assert.ok(gpu.answer.length >= 60, gpu.answer);
+  assert.equal(gpu.answer.slice(0, 60), cpu.answer.slice(0, 60));
   assert.deepEqual(errors, []);
 });

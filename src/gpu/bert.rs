@@ -1,0 +1,215 @@
+//! The embedder (all-MiniLM-L6-v2, a 6-layer BERT) on the GPU: the same forward pass as
+//! candle-transformers' `BertModel` that `crate::embed` runs on the CPU, then mean pooling over
+//! each text's real tokens. The weights (f32, as shipped) are uploaded once; a batch uploads its
+//! token ids and padding mask and reads back one vector per text.
+//!
+//! embeddings (word + position + type) → layer_norm → per layer:
+//!   q, k, v = x W + b                     linear × 3
+//!   att = attention(q, k, v, mask)        bert_attention (padding never attended to)
+//!   x = layer_norm(x + att W_o + b_o)     linear, layer_norm
+//!   x = layer_norm(x + gelu(x W_1 + b_1) W_2 + b_2)   linear (with GELU), linear, layer_norm
+//! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
+
+use super::{bytes_u32, groups, Gpu, Grid, Kernel, Op};
+use crate::error::{Error, Result};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The model's sizes, from its config.json.
+#[derive(Debug, Clone, Copy)]
+pub struct BertShape {
+    pub layers: usize,
+    pub heads: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub eps: f32,
+}
+
+/// The most positions (texts × padded length) one batch may hold.
+pub const MAX_POSITIONS: usize = 16 * 256;
+
+struct Linear {
+    weight: wgpu::Buffer,
+    bias: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+struct Norm {
+    weight: wgpu::Buffer,
+    bias: wgpu::Buffer,
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    attention_norm: Norm,
+    up: Linear,
+    down: Linear,
+    output_norm: Norm,
+}
+
+pub struct GpuBert {
+    gpu: Arc<Gpu>,
+    shape: BertShape,
+    max_len: usize,
+    ids: wgpu::Buffer,
+    mask: wgpu::Buffer,
+    pooled: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    step: wgpu::Buffer,
+    ops: Vec<Op>,
+}
+
+impl GpuBert {
+    /// Upload the weights from the model's safetensors bytes and record the forward pass.
+    pub fn new(gpu: Arc<Gpu>, safetensors: &[u8], shape: BertShape) -> Result<GpuBert> {
+        let file = safetensors::SafeTensors::deserialize(safetensors)
+            .map_err(|e| Error::model("embedder model.safetensors", e))?;
+        let g = &gpu;
+        // A tensor's f32 bytes, uploaded as they are, after checking its type and size.
+        let upload = |name: &str, dims: &[usize]| -> Result<wgpu::Buffer> {
+            let t = file.tensor(name).map_err(|e| Error::model("embedder model.safetensors", format!("{name}: {e}")))?;
+            if t.dtype() != safetensors::Dtype::F32 || t.shape() != dims {
+                return Err(Error::model("embedder model.safetensors", format!("{name} is {:?} {:?}, not F32 {dims:?}", t.dtype(), t.shape())));
+            }
+            Ok(g.storage(name, t.data()))
+        };
+        let (dim, inter) = (shape.hidden, shape.intermediate);
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            Ok(Linear { weight: upload(&format!("{name}.weight"), &[rows, cols])?, bias: upload(&format!("{name}.bias"), &[rows])?, rows, cols })
+        };
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm { weight: upload(&format!("{name}.weight"), &[dim])?, bias: upload(&format!("{name}.bias"), &[dim])? })
+        };
+        let words_shape = file
+            .tensor("embeddings.word_embeddings.weight")
+            .map_err(|e| Error::model("embedder model.safetensors", e))?
+            .shape()
+            .to_vec();
+        let positions_shape = file
+            .tensor("embeddings.position_embeddings.weight")
+            .map_err(|e| Error::model("embedder model.safetensors", e))?
+            .shape()
+            .to_vec();
+        let words = upload("embeddings.word_embeddings.weight", &[words_shape[0], dim])?;
+        let positions = upload("embeddings.position_embeddings.weight", &[positions_shape[0], dim])?;
+        let types = upload("embeddings.token_type_embeddings.weight", &[2, dim])?;
+        let embedding_norm = norm("embeddings.LayerNorm")?;
+        let mut layers = Vec::with_capacity(shape.layers);
+        for i in 0..shape.layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: linear(&format!("{p}.attention.self.query"), dim, dim)?,
+                key: linear(&format!("{p}.attention.self.key"), dim, dim)?,
+                value: linear(&format!("{p}.attention.self.value"), dim, dim)?,
+                output: linear(&format!("{p}.attention.output.dense"), dim, dim)?,
+                attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                up: linear(&format!("{p}.intermediate.dense"), inter, dim)?,
+                down: linear(&format!("{p}.output.dense"), dim, inter)?,
+                output_norm: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        if dim % shape.heads != 0 || dim / shape.heads > 64 {
+            return Err(Error::Gpu(format!("the GPU attention kernel takes heads of at most 64 values, not {dim}/{}", shape.heads)));
+        }
+
+        let p = MAX_POSITIONS;
+        let (ids, mask) = (g.zeros("ids", p), g.zeros("mask", p));
+        let (x, h, att) = (g.zeros("x", p * dim), g.zeros("h", p * dim), g.zeros("att", p * dim));
+        let (q, k, v) = (g.zeros("q", p * dim), g.zeros("k", p * dim), g.zeros("v", p * dim));
+        let up = g.zeros("intermediate", p * inter);
+        let texts = MAX_POSITIONS;
+        let pooled = g.zeros("pooled", texts * dim);
+        let staging = g.staging("pooled staging", texts * dim);
+        let step = g.uniform("step", [0; 4]);
+
+        let k_embed = Kernel::new(g, "bert_embed", include_str!("shaders/bert_embed.wgsl"), "main");
+        let k_norm = Kernel::new(g, "layer_norm", include_str!("shaders/layer_norm.wgsl"), "main");
+        let k_linear = Kernel::new(g, "linear", include_str!("shaders/linear.wgsl"), "main");
+        let k_attention = Kernel::new(g, "bert_attention", include_str!("shaders/bert_attention.wgsl"), "main");
+        let k_pool = Kernel::new(g, "mean_pool", include_str!("shaders/mean_pool.wgsl"), "main");
+        let shapes = RefCell::new(HashMap::new());
+        let shape_of = |words: [u32; 4]| -> wgpu::Buffer {
+            shapes.borrow_mut().entry(words).or_insert_with(|| g.uniform("shape", words)).clone()
+        };
+        let dim32 = dim as u32;
+        let eps = shape.eps.to_bits();
+        let mut ops = Vec::new();
+        let per_value = |width: u32| -> Grid { Box::new(move |positions, _| [groups(width), positions, 1]) };
+        let per_position: fn() -> Grid = || Box::new(|positions, _| [groups(positions), 1, 1]);
+        let linear_op = |ops: &mut Vec<Op>, l: &Linear, input: &wgpu::Buffer, out: &wgpu::Buffer, gelu: bool| {
+            let s = shape_of([l.rows as u32, l.cols as u32, gelu as u32, 0]);
+            ops.push(Op::new(g, &k_linear, &[&step, &s, input, &l.weight, &l.bias, out], per_value(l.rows as u32)));
+        };
+        let norm_op = |ops: &mut Vec<Op>, n: &Norm, residual: Option<&wgpu::Buffer>| {
+            let s = shape_of([dim32, eps, residual.is_some() as u32, 0]);
+            // Without a residual the binding still needs a buffer other than x: any will do.
+            ops.push(Op::new(g, &k_norm, &[&step, &s, &x, residual.unwrap_or(&h), &n.weight, &n.bias], per_position()));
+        };
+        let s = shape_of([dim32, 0, 0, 0]);
+        ops.push(Op::new(g, &k_embed, &[&step, &s, &ids, &words, &positions, &types, &x], per_value(dim32)));
+        norm_op(&mut ops, &embedding_norm, None);
+        let heads = shape.heads as u32;
+        let attention_shape = shape_of([heads, (dim / shape.heads) as u32, 0, 0]);
+        for l in &layers {
+            linear_op(&mut ops, &l.query, &x, &q, false);
+            linear_op(&mut ops, &l.key, &x, &k, false);
+            linear_op(&mut ops, &l.value, &x, &v, false);
+            ops.push(Op::new(
+                g,
+                &k_attention,
+                &[&step, &attention_shape, &q, &k, &v, &mask, &att],
+                Box::new(move |positions, _| [groups(positions), heads, 1]),
+            ));
+            linear_op(&mut ops, &l.output, &att, &h, false);
+            norm_op(&mut ops, &l.attention_norm, Some(&h));
+            linear_op(&mut ops, &l.up, &x, &up, true);
+            linear_op(&mut ops, &l.down, &up, &h, false);
+            norm_op(&mut ops, &l.output_norm, Some(&h));
+        }
+        let s = shape_of([dim32, 0, 0, 0]);
+        ops.push(Op::new(
+            g,
+            &k_pool,
+            &[&step, &s, &x, &mask, &pooled],
+            Box::new(move |positions, len| [groups(dim32), positions / len.max(1), 1]),
+        ));
+        Ok(GpuBert { max_len: positions_shape[0], gpu, shape, ids, mask, pooled, staging, step, ops })
+    }
+
+    /// Unit-length sentence vectors for `texts` texts of `len` token ids each (padded; `mask`
+    /// is 1 for real tokens). Natively it completes at once (`super::now`); in the browser, await.
+    pub async fn embed(&self, ids: &[u32], mask: &[u32], len: usize) -> Result<Vec<Vec<f32>>> {
+        let positions = ids.len();
+        if len == 0 || positions % len != 0 || mask.len() != positions || positions > MAX_POSITIONS || len > self.max_len {
+            return Err(Error::Input(format!("a GPU batch of {positions} positions in texts of {len}")));
+        }
+        let texts = positions / len;
+        let dim = self.shape.hidden;
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.ids, 0, &bytes_u32(ids));
+        q.write_buffer(&self.mask, 0, &bytes_u32(mask));
+        q.write_buffer(&self.step, 0, &bytes_u32(&[positions as u32, len as u32, 0, 0]));
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for op in &self.ops {
+                op.record(&mut pass, positions as u32, len as u32);
+            }
+        }
+        encoder.copy_buffer_to_buffer(&self.pooled, 0, &self.staging, 0, (texts * dim * 4) as u64);
+        self.gpu.queue.submit([encoder.finish()]);
+        let pooled = self.gpu.read(&self.staging, texts * dim).await?;
+        Ok(pooled
+            .chunks_exact(dim)
+            .map(|v| {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                v.iter().map(|x| x / norm).collect()
+            })
+            .collect())
+    }
+}

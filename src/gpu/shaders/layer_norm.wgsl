@@ -1,0 +1,35 @@
+// x = layer_norm(x + residual) · weight + bias, in place, one thread per position (BERT's
+// vectors are short). With `residual` off, x = layer_norm(x) (the embeddings).
+
+struct Step { positions: u32, len: u32 }
+struct Shape { dim: u32, eps: f32, residual: u32, _c: u32 }
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> shape: Shape;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read> residual: array<f32>;
+@group(0) @binding(4) var<storage, read> weight: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if (i >= step.positions) { return; }
+    let dim = shape.dim;
+    let row = i * dim;
+    if (shape.residual != 0u) {
+        for (var d = 0u; d < dim; d++) { x[row + d] += residual[row + d]; }
+    }
+    var mean = 0.0;
+    for (var d = 0u; d < dim; d++) { mean += x[row + d]; }
+    mean /= f32(dim);
+    var variance = 0.0;
+    for (var d = 0u; d < dim; d++) {
+        let c = x[row + d] - mean;
+        variance += c * c;
+    }
+    let inv = 1.0 / sqrt(variance / f32(dim) + shape.eps);
+    for (var d = 0u; d < dim; d++) {
+        x[row + d] = (x[row + d] - mean) * inv * weight[d] + bias[d];
+    }
+}
