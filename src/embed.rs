@@ -15,6 +15,7 @@ pub const MAX_SEQ_LEN: usize = 256;
 /// How many texts go through the model at once. Larger batches waste work on padding; texts are
 /// sorted by length first so a batch holds similar lengths.
 const BATCH: usize = 16;
+const _: () = assert!(BATCH * MAX_SEQ_LEN <= crate::gpu::bert::MAX_POSITIONS, "a batch must fit one GPU pass");
 
 pub struct Embedder {
     model: BertModel,

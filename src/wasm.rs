@@ -219,6 +219,7 @@ impl WasmEngine {
         #[wasm_bindgen(unchecked_param_type = "((text: string) => void) | null")] on_token: Option<Function>,
         #[wasm_bindgen(unchecked_param_type = "(() => boolean) | null")] should_cancel: Option<Function>,
     ) -> Result<JsValue, JsError> {
+        self.refuse_on_gpu("answer")?;
         let mode = if use_retrieval { Mode::Rag } else { Mode::NoRag };
         let mut stream = |piece: &str| {
             if let Some(f) = &on_token {
@@ -246,6 +247,7 @@ impl WasmEngine {
     /// (text may be empty while a character is incomplete) or `{type: "done", stop}`.
     #[wasm_bindgen(unchecked_return_type = "Step")]
     pub fn step(&mut self) -> Result<JsValue, JsError> {
+        self.refuse_on_gpu("step")?;
         let pending = self.pending.as_mut().ok_or_else(|| JsError::new("no answer is pending"))?;
         to_js(&self.inner.step_answer(pending).map_err(js_err)?)
     }
@@ -264,6 +266,9 @@ impl WasmEngine {
     /// `allowSoftware`, a failed self-test), leaving the engine on the CPU.
     #[wasm_bindgen(js_name = useGpu)]
     pub async fn use_gpu(&mut self, allow_software: bool) -> Result<String, JsError> {
+        if self.pending.is_some() {
+            return Err(JsError::new("an answer is pending; finish it before switching to the GPU"));
+        }
         let gpu = crate::gpu::Gpu::new().await.map_err(js_err)?;
         let description = gpu.describe();
         if gpu.is_software() && !allow_software {
@@ -344,6 +349,15 @@ impl WasmEngine {
 }
 
 impl WasmEngine {
+    /// On the GPU a step must be awaited (the logits come back through the event loop): the
+    /// synchronous calls would give up on the read-back half-way and leave its buffer mapped.
+    fn refuse_on_gpu(&self, call: &str) -> Result<(), JsError> {
+        match self.inner.generator() {
+            Some(g) if g.backend() == "gpu" => Err(JsError::new(&format!("{call}() cannot wait for the GPU; use stepAsync()"))),
+            _ => Ok(()),
+        }
+    }
+
     fn keep_prepared(&mut self, doc: crate::ingest::Document) -> Vec<String> {
         let prepared = self.inner.prepare(doc);
         let texts = prepared.texts.clone();

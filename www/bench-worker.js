@@ -38,7 +38,7 @@ const handlers = {
       const res = await fetch('library.idx');
       if (!res.ok) throw new Error(`cannot load library.idx: HTTP ${res.status}`);
       engine.load(new Uint8Array(await res.arrayBuffer()));
-      if (gpu) await engine.useGpu(false);
+      if (gpu) return { gpu: await engine.useGpu(false) };
     }
     return {};
   },

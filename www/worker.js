@@ -275,18 +275,14 @@ async function drive(kind, extra = {}) {
   return engine.finishAnswer();
 }
 
-// A step on the GPU resolves only after the GPU has run (its logits are read back from the event
-// loop), and the engine stays borrowed until then: other requests wait for it (`onmessage`).
-let gpuStep = null;
+// Whether answers are generated on the GPU. A step there resolves only after the GPU has run (its
+// logits come back through the event loop), and the engine stays borrowed by that pending call
+// until then: no other call may touch it meanwhile, so on the GPU requests run one after another
+// (`onmessage`).
+let onGpu = false;
 
 async function nextStep() {
-  if (engine.backend() !== 'gpu') return engine.step();
-  gpuStep = engine.stepAsync();
-  try {
-    return await gpuStep;
-  } finally {
-    gpuStep = null;
-  }
+  return onGpu ? engine.stepAsync() : engine.step();
 }
 
 /// Generate on WebGPU when the browser has a GPU adapter that is not a software one and the model
@@ -296,7 +292,9 @@ async function chooseBackend(asked) {
   if (asked === 'cpu') return 'WebAssembly on the CPU, as asked (?backend=cpu)';
   if (!self.navigator.gpu) return 'WebAssembly on the CPU: this browser offers no WebGPU';
   try {
-    return `WebGPU: ${await engine.useGpu(asked === 'webgpu')}`;
+    const adapter = await engine.useGpu(asked === 'webgpu');
+    onGpu = true;
+    return `WebGPU: ${adapter}`;
   } catch (e) {
     return `WebAssembly on the CPU: WebGPU not used (${e.message || e})`;
   }
@@ -397,10 +395,19 @@ const handlers = {
   },
 };
 
-self.onmessage = async (event) => {
+// On the CPU, requests interleave at their awaits (a document dropped during an answer is indexed
+// between two of its tokens); on the GPU they queue (see `onGpu`), all but Stop, which only sets a
+// flag. `init` always queues, so that requests sent once the GPU is on wait for it to finish.
+let queue = Promise.resolve();
+
+self.onmessage = (event) => {
   const msg = event.data;
+  if (msg.type === 'stop' || (!onGpu && msg.type !== 'init')) return handle(msg);
+  queue = queue.then(() => handle(msg));
+};
+
+async function handle(msg) {
   try {
-    while (gpuStep && msg.type !== 'stop') await gpuStep.catch(() => {});
     await handlers[msg.type](msg);
   } catch (e) {
     // A trap (a panic or running out of memory) leaves the wasm instance unusable.
@@ -409,4 +416,4 @@ self.onmessage = async (event) => {
       : String(e.message || e);
     post({ type: 'error', during: msg.type, message });
   }
-};
+}

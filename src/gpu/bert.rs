@@ -85,18 +85,15 @@ impl GpuBert {
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm { weight: upload(&format!("{name}.weight"), &[dim])?, bias: upload(&format!("{name}.bias"), &[dim])? })
         };
-        let words_shape = file
-            .tensor("embeddings.word_embeddings.weight")
-            .map_err(|e| Error::model("embedder model.safetensors", e))?
-            .shape()
-            .to_vec();
-        let positions_shape = file
-            .tensor("embeddings.position_embeddings.weight")
-            .map_err(|e| Error::model("embedder model.safetensors", e))?
-            .shape()
-            .to_vec();
-        let words = upload("embeddings.word_embeddings.weight", &[words_shape[0], dim])?;
-        let positions = upload("embeddings.position_embeddings.weight", &[positions_shape[0], dim])?;
+        // Rows of a table: its first dimension (the upload then checks the whole shape).
+        let rows = |name: &str| -> Result<usize> {
+            let t = file.tensor(name).map_err(|e| Error::model("embedder model.safetensors", format!("{name}: {e}")))?;
+            Ok(t.shape().first().copied().unwrap_or(0))
+        };
+        let vocabulary = rows("embeddings.word_embeddings.weight")?;
+        let max_len = rows("embeddings.position_embeddings.weight")?;
+        let words = upload("embeddings.word_embeddings.weight", &[vocabulary, dim])?;
+        let positions = upload("embeddings.position_embeddings.weight", &[max_len, dim])?;
         let types = upload("embeddings.token_type_embeddings.weight", &[2, dim])?;
         let embedding_norm = norm("embeddings.LayerNorm")?;
         let mut layers = Vec::with_capacity(shape.layers);
@@ -178,7 +175,8 @@ impl GpuBert {
             &[&step, &s, &x, &mask, &pooled],
             Box::new(move |positions, len| [groups(dim32), positions / len.max(1), 1]),
         ));
-        Ok(GpuBert { max_len: positions_shape[0], gpu, shape, ids, mask, pooled, staging, step, ops })
+        gpu.check()?;
+        Ok(GpuBert { max_len, gpu, shape, ids, mask, pooled, staging, step, ops })
     }
 
     /// Unit-length sentence vectors for `texts` texts of `len` token ids each (padded; `mask`

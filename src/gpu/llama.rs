@@ -236,6 +236,7 @@ impl GpuLlama {
             gpu,
         };
         llama.set_adapter(&parts)?;
+        llama.gpu.check()?;
         Ok(llama)
     }
 
@@ -246,12 +247,19 @@ impl GpuLlama {
     }
 
     fn set_adapter(&mut self, parts: &Parts) -> Result<()> {
-        let mut max_rank = 0;
-        for (block, b) in self.blocks.iter_mut().zip(&parts.blocks) {
-            for (slot, (_, pair)) in block.adapters.iter_mut().zip(&b.linears) {
+        // Every pair is uploaded before any replaces the old ones: a failure changes nothing.
+        let mut uploaded = Vec::with_capacity(self.blocks.len());
+        for b in &parts.blocks {
+            let mut pairs: [Option<Lora>; 7] = Default::default();
+            for (slot, (_, pair)) in pairs.iter_mut().zip(&b.linears) {
                 *slot = pair.map(|p| Lora::upload(&self.gpu, p)).transpose()?;
-                max_rank = max_rank.max(slot.as_ref().map_or(0, |l| l.rank));
             }
+            uploaded.push(pairs);
+        }
+        let mut max_rank = 0;
+        for (block, pairs) in self.blocks.iter_mut().zip(uploaded) {
+            block.adapters = pairs;
+            max_rank = block.adapters.iter().flatten().fold(max_rank, |m, l| m.max(l.rank));
         }
         if max_rank > self.max_rank {
             self.buffers.low_rank = self.gpu.zeros("low rank", MAX_POSITIONS * max_rank);

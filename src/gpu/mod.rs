@@ -22,6 +22,10 @@ pub struct Gpu {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
+    /// The first error the device reported outside any request (a validation error, running out
+    /// of memory). wgpu's default is to panic natively and to log in the browser; we keep it and
+    /// return it from the next check (`Gpu::check`), so a GPU fault becomes an `Error::Gpu`.
+    fault: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
@@ -45,7 +49,22 @@ impl Gpu {
         let descriptor = wgpu::DeviceDescriptor { label: Some("pocketrag"), required_limits, ..Default::default() };
         let (device, queue) =
             adapter.request_device(&descriptor).await.map_err(|e| Error::Gpu(format!("cannot open the GPU: {e}")))?;
-        Ok(Gpu { device, queue, info: adapter.get_info() })
+        let fault = Arc::new(Mutex::new(None));
+        let slot = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        Ok(Gpu { device, queue, info: adapter.get_info(), fault })
+    }
+
+    /// The first fault the device has reported, as an error (once; the device is not trusted
+    /// after it, so callers drop the model that met it).
+    fn check(&self) -> Result<()> {
+        match self.fault.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
     }
 
     /// Adapter name and API, e.g. "llvmpipe (LLVM 15.0.6, 256 bits) on Vulkan, software".
@@ -109,7 +128,9 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        mapped.await.map_err(|e| Error::Gpu(format!("reading back from the GPU: {e}")))?;
+        let mapped = mapped.await;
+        self.check()?;
+        mapped.map_err(|e| Error::Gpu(format!("reading back from the GPU: {e}")))?;
         let out = {
             let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("reading back from the GPU: {e}")))?;
             view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()

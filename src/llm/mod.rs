@@ -30,6 +30,7 @@ pub const GPU_TOLERANCE: f32 = 2.0;
 /// 531-token prompt (best of 5): slices of 256 / 128 / 64 gave 177 / 168 / 159 tok/s; 128 keeps
 /// Stop within about 2.5 s at the browser's single-thread prefill speed.
 const PREFILL_SLICE: usize = 128;
+const _: () = assert!(PREFILL_SLICE <= crate::gpu::llama::MAX_POSITIONS, "a prompt slice must fit one GPU pass");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
@@ -149,7 +150,12 @@ impl Generator {
     pub fn set_adapter(&mut self, adapter: Option<&lora::Adapter>) -> Result<()> {
         self.model.set_adapter(adapter)?;
         if let Some(gpu) = &mut self.gpu {
-            gpu.sync_adapter(&self.model)?;
+            if let Err(e) = gpu.sync_adapter(&self.model) {
+                // The CPU model has the new adapter; rather than answer with the old one on the
+                // GPU, go back to the CPU.
+                self.gpu = None;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -288,7 +294,9 @@ impl Generator {
         }
         // A step either samples from the logits of the last forward pass and runs the model on
         // the sampled token, or finds a reason to stop.
-        let logits = run.logits.take().expect("set by prefill and by every decode step");
+        let Some(logits) = run.logits.take() else {
+            return Err(Error::Input("the previous step of this answer failed; start it again".into()));
+        };
         let logits = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?;
         let logits = if run.params.repeat_penalty != 1.0 {
             let from = run.history.len().saturating_sub(run.params.repeat_last_n);

@@ -12,6 +12,16 @@ struct Shape { cols: u32, _a: u32, _b: u32, _c: u32 }
 @group(0) @binding(3) var<storage, read_write> quants: array<u32>;
 @group(0) @binding(4) var<storage, read_write> scales: array<f32>;
 
+// x (≥ 0) rounded to the nearest f16 value, ties to even, as the CPU's `half::f16::from_f32`
+// does. WGSL's pack2x16float leaves the rounding to the implementation, so it is done on the bits:
+// f16 keeps 10 of f32's 23 mantissa bits; below f16's smallest normal number its values are
+// multiples of 2^-24 (scaling by powers of two is exact, and `round` is ties-to-even).
+fn round_to_f16(x: f32) -> f32 {
+    if (x < 6.103515625e-05) { return round(x * 16777216.0) * 5.9604644775390625e-08; }
+    let b = bitcast<u32>(x);
+    return bitcast<f32>((b + 0x0fffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
 fn round_half_away(r: f32) -> f32 {
     let t = trunc(r);
     if (abs(r - t) >= 0.5) { return t + sign(r); }
@@ -30,7 +40,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let d = amax / 127.0;
     var inv = 0.0;
     if (d != 0.0) { inv = 1.0 / d; }
-    scales[b] = unpack2x16float(pack2x16float(vec2<f32>(d, 0.0))).x;
+    scales[b] = round_to_f16(d);
     for (var w = 0u; w < 8u; w++) {
         var word = 0u;
         for (var k = 0u; k < 4u; k++) {
