@@ -10,10 +10,8 @@
 //!   x = layer_norm(x + gelu(x W_1 + b_1) W_2 + b_2)   linear (with GELU), linear, layer_norm
 //! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
 
-use super::{bytes_u32, groups, Gpu, Grid, Kernel, Op};
+use super::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
 use crate::error::{Error, Result};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The model's sizes, from its config.json.
@@ -129,15 +127,11 @@ impl GpuBert {
         let k_linear = Kernel::new(g, "linear", include_str!("shaders/linear.wgsl"), "main");
         let k_attention = Kernel::new(g, "bert_attention", include_str!("shaders/bert_attention.wgsl"), "main");
         let k_pool = Kernel::new(g, "mean_pool", include_str!("shaders/mean_pool.wgsl"), "main");
-        let shapes = RefCell::new(HashMap::new());
-        let shape_of = |words: [u32; 4]| -> wgpu::Buffer {
-            shapes.borrow_mut().entry(words).or_insert_with(|| g.uniform("shape", words)).clone()
-        };
+        let shapes = Shapes::default();
+        let shape_of = |words: [u32; 4]| shapes.get(g, words);
         let dim32 = dim as u32;
         let eps = shape.eps.to_bits();
         let mut ops = Vec::new();
-        let per_value = |width: u32| -> Grid { Box::new(move |positions, _| [groups(width), positions, 1]) };
-        let per_position: fn() -> Grid = || Box::new(|positions, _| [groups(positions), 1, 1]);
         let linear_op = |ops: &mut Vec<Op>, l: &Linear, input: &wgpu::Buffer, out: &wgpu::Buffer, gelu: bool| {
             let s = shape_of([l.rows as u32, l.cols as u32, gelu as u32, 0]);
             ops.push(Op::new(g, &k_linear, &[&step, &s, input, &l.weight, &l.bias, out], per_value(l.rows as u32)));

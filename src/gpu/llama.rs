@@ -15,13 +15,11 @@
 //!   x += (silu(h W_gate) * h W_up) W_down   quantize + matmul_q8 × 2, silu_mul, quantize + matmul_q8, add
 //! then rms_norm and the output projection for the last position only.
 
-use super::{bytes_f32, bytes_u32, groups, Gpu, Grid, Kernel, Op};
+use super::{bytes_f32, bytes_u32, groups, per_element, per_position, per_value, Gpu, Grid, Kernel, Op, Shapes};
 use crate::error::{Error, Result};
 use crate::llm::llama::{Llama, Parts, MAX_SEQ_LEN};
 use crate::llm::lora::LoraPair;
 use crate::llm::q8::Q8Matrix;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The most positions one forward pass takes (prompts are fed in slices of at most this many).
@@ -150,7 +148,7 @@ pub struct GpuLlama {
     step: wgpu::Buffer,
     step_last: wgpu::Buffer,
     /// Shape uniforms, shared by the ops with the same shape.
-    shapes: RefCell<HashMap<[u32; 4], wgpu::Buffer>>,
+    shapes: Shapes,
     ops: Vec<Op>,
     output_ops: Vec<Op>,
     n_head: usize,
@@ -220,7 +218,7 @@ impl GpuLlama {
             sin: g.storage("sin", &bytes_f32(&parts.sin)),
             step: g.uniform("step", [0; 4]),
             step_last: g.uniform("step last", [0; 4]),
-            shapes: RefCell::new(HashMap::new()),
+            shapes: Shapes::default(),
             ops: Vec::new(),
             output_ops: Vec::new(),
             blocks,
@@ -270,8 +268,7 @@ impl GpuLlama {
     }
 
     fn shape(&self, words: [u32; 4]) -> wgpu::Buffer {
-        let gpu = &self.gpu;
-        self.shapes.borrow_mut().entry(words).or_insert_with(|| gpu.uniform("shape", words)).clone()
+        self.shapes.get(&self.gpu, words)
     }
 
     /// Record the ops of a forward pass (see the module's comment for the order).
@@ -343,7 +340,7 @@ impl GpuLlama {
         output_ops.push(self.op(
             &self.kernels.matmul_q8,
             &[&step_last, &out_shape, &b.xq, &b.xs, &self.table.quants, &self.table.scales, &b.logits],
-            rows_by_positions(self.table.rows as u32),
+            per_value(self.table.rows as u32),
         ));
         self.ops = ops;
         self.output_ops = output_ops;
@@ -369,11 +366,11 @@ impl GpuLlama {
         let down = lora.map(|(rank, scale)| self.shape([rank, cols, 0, scale.to_bits()]));
         let up = lora.map(|(rank, _)| self.shape([rows, rank, 1, 1f32.to_bits()]));
         let (m, b) = (&self.blocks[l].linears[j], &self.buffers);
-        let mut ops = vec![self.op(&self.kernels.matmul_q8, &[step, &shape, &b.xq, &b.xs, &m.quants, &m.scales, out], rows_by_positions(rows))];
+        let mut ops = vec![self.op(&self.kernels.matmul_q8, &[step, &shape, &b.xq, &b.xs, &m.quants, &m.scales, out], per_value(rows))];
         if let (Some(a), Some(down), Some(up)) = (&self.blocks[l].adapters[j], down, up) {
             let rank = a.rank as u32;
-            ops.push(self.op(&self.kernels.matmul_f32, &[step, &down, input, &a.a, &b.low_rank], rows_by_positions(rank)));
-            ops.push(self.op(&self.kernels.matmul_f32, &[step, &up, &b.low_rank, &a.b, out], rows_by_positions(rows)));
+            ops.push(self.op(&self.kernels.matmul_f32, &[step, &down, input, &a.a, &b.low_rank], per_value(rank)));
+            ops.push(self.op(&self.kernels.matmul_f32, &[step, &up, &b.low_rank, &a.b, out], per_value(rows)));
         }
         ops
     }
@@ -416,24 +413,4 @@ impl GpuLlama {
         gpu.queue.submit([encoder.finish()]);
         gpu.read(&b.staging, vocab as usize).await
     }
-}
-
-/// One thread per value of a position's `width` values, for each position.
-fn per_value(width: u32) -> Grid {
-    Box::new(move |n, _| [groups(width), n, 1])
-}
-
-/// One thread per value of all n × `width` values (the element-wise kernels).
-fn per_element(width: u32) -> Grid {
-    Box::new(move |n, _| [groups(n * width), 1, 1])
-}
-
-/// One thread per position.
-fn per_position() -> Grid {
-    Box::new(|n, _| [groups(n), 1, 1])
-}
-
-/// One thread per output row, for each position.
-fn rows_by_positions(rows: u32) -> Grid {
-    Box::new(move |n, _| [groups(rows), n, 1])
 }

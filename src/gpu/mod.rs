@@ -12,6 +12,8 @@ pub mod bert;
 pub mod llama;
 
 use crate::error::{Error, Result};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -203,6 +205,32 @@ impl Op {
 /// Workgroups of 64 threads covering `count` items.
 fn groups(count: u32) -> u32 {
     count.div_ceil(64)
+}
+
+/// One thread per value of a position's `width` values (or per output row of a product), for
+/// each position.
+fn per_value(width: u32) -> Grid {
+    Box::new(move |n, _| [groups(width), n, 1])
+}
+
+/// One thread per value of all n × `width` values (the element-wise kernels).
+fn per_element(width: u32) -> Grid {
+    Box::new(move |n, _| [groups(n * width), 1, 1])
+}
+
+/// One thread per position.
+fn per_position() -> Grid {
+    Box::new(|n, _| [groups(n), 1, 1])
+}
+
+/// Shape uniforms (four words each): one buffer per distinct shape, shared by every op with it.
+#[derive(Default)]
+struct Shapes(RefCell<HashMap<[u32; 4], wgpu::Buffer>>);
+
+impl Shapes {
+    fn get(&self, gpu: &Gpu, words: [u32; 4]) -> wgpu::Buffer {
+        self.0.borrow_mut().entry(words).or_insert_with(|| gpu.uniform("shape", words)).clone()
+    }
 }
 
 fn bytes_u32(words: &[u32]) -> Vec<u8> {
