@@ -10,7 +10,9 @@ async function main() {
   try {
     const page = context.pages()[0] || await context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
-    await page.goto(`${server.url}bench.html`);
+    // ONLY=generation (make bench-web ONLY=generation) times generation alone.
+    const only = process.env.ONLY ? `?only=${encodeURIComponent(process.env.ONLY)}` : '';
+    await page.goto(`${server.url}bench.html${only}`);
     let last = '';
     const poll = setInterval(async () => {
       const s = await page.textContent('#status').catch(() => '');

@@ -31,6 +31,9 @@ function fail(e) {
 
 async function run() {
   const result = { backend: 'cpu' };
+  // `?only=generation` (`make bench-web ONLY=generation`): the default generation setting on one
+  // thread and on two, nothing else: a quick before/after for work on generation.
+  const only = new URLSearchParams(location.search).get('only');
 
   // One thread: generation (and time to first token) on the app's own pipeline, the embedder,
   // and the vector index.
@@ -53,6 +56,19 @@ async function run() {
     await sleep(5000);
     return figures;
   };
+  if (only === 'generation') {
+    Object.assign(result, await generation('main', { densePrefill: true }));
+    if (self.crossOriginIsolated) {
+      const t = await generation('threaded', { densePrefill: true, threads: 2 });
+      Object.assign(result, { prefill_tok_s_2t: t.prefill_tok_s_1t, decode_tok_s_2t: t.decode_tok_s_1t,
+        ttft_ms_500_2t: t.ttft_ms_500, threads_2t: t.threads });
+    }
+    result.only = only;
+    $('result').textContent = JSON.stringify(result);
+    $('result').dataset.state = 'done';
+    status('done');
+    return;
+  }
   const q = await generation('quantized', { densePrefill: false });
   result.prefill_tok_s_1t_quantized = q.prefill_tok_s_1t;
   result.decode_tok_s_1t_quantized = q.decode_tok_s_1t;
@@ -122,8 +138,8 @@ async function run() {
     }
   }
 
-  result.threads_note = 'generation on two threads: our Q8_0 products split over rayon workers (threaded build); '
-    + 'f32 prompt products (gemm) stay on one thread; embedding uses two workers';
+  result.threads_note = 'generation on two threads: our Q8_0 products and the f32 prompt products split over rayon workers '
+    + '(threaded build); embedding uses two workers';
   result.cross_origin_isolated = self.crossOriginIsolated === true;
   result.user_agent = navigator.userAgent;
   $('result').textContent = JSON.stringify(result);

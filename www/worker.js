@@ -305,7 +305,7 @@ async function chooseBackend(asked) {
 // workers; otherwise on this worker alone.
 // Returns why it runs on one thread, or null.
 async function loadBindings(threads) {
-  let why = threads > 1 ? 'the page is not cross-origin isolated' : 'the default (?threads=N for more)';
+  let why = threads > 1 ? 'the page is not cross-origin isolated' : 'one thread was asked for (?threads=1) or the device has one core';
   if (threads > 1 && self.crossOriginIsolated) {
     try {
       pkg = await import('./pkg-threads/pocketrag.js');

@@ -94,7 +94,8 @@ impl Quantized {
 /// `x W^T` for a weight matrix W, plus an adapter's low-rank update when one is set.
 struct Linear {
     quantized: Quantized,
-    dense: Option<QMatMul>,
+    /// W in f32, for prompts (`Weights::QuantizedAndDense`).
+    dense: Option<Tensor>,
     lora: Option<LoraPair>,
 }
 
@@ -102,7 +103,7 @@ impl Linear {
     fn new(q: candle_core::quantized::QTensor, weights: Weights, device: &Device) -> Result<Self> {
         let dense = match weights {
             Weights::Quantized | Weights::CandleKernels => None,
-            Weights::QuantizedAndDense => Some(QMatMul::Tensor(q.dequantize(device)?)),
+            Weights::QuantizedAndDense => Some(q.dequantize(device)?),
         };
         Ok(Linear { quantized: Quantized::new(q, weights)?, dense, lora: None })
     }
@@ -116,7 +117,7 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let many = x.dim(1)? > 1;
         let y = match &self.dense {
-            Some(dense) if many => dense.forward(x)?,
+            Some(dense) if many => dense_product(x, dense)?,
             _ => self.quantized.forward(x)?,
         };
         match &self.lora {
@@ -144,7 +145,7 @@ impl Linear {
     /// The same product for training: W is frozen (no gradient is computed for it), the adapter's
     /// matrices get theirs. Needs the f32 copy of W.
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(QMatMul::Tensor(w)) = &self.dense else {
+        let Some(w) = &self.dense else {
             return Err(Error::Input("training needs the model loaded with Weights::QuantizedAndDense".into()));
         };
         let y = x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?;
@@ -153,6 +154,35 @@ impl Linear {
             None => Ok(y),
         }
     }
+}
+
+/// `x Wᵀ` for many positions with W in f32, W's rows split over threads (`split_over_threads`):
+/// each thread reads only its share of the weights and writes its own columns of the result.
+fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| Ok(x.broadcast_matmul(&w.narrow(0, start, rows)?.t()?)?))
+}
+
+/// `f(start, len)` over `0..total` cut into one range per thread, run in parallel, the results
+/// concatenated along `dim` — in wasm with a thread pool (the threaded build) only. Natively
+/// candle's own kernels already spread every product over all threads; in wasm candle sees one
+/// CPU and stays on the calling thread. Ranges shorter than `min` are not worth a thread.
+fn split_over_threads(
+    total: usize,
+    min: usize,
+    dim: D,
+    f: impl Fn(usize, usize) -> Result<Tensor> + Sync,
+) -> Result<Tensor> {
+    let threads = if cfg!(target_arch = "wasm32") { rayon::current_num_threads() } else { 1 };
+    if threads <= 1 || total < threads * min {
+        return f(0, total);
+    }
+    use rayon::prelude::*;
+    let part = total.div_ceil(threads);
+    let parts = (0..total.div_ceil(part))
+        .into_par_iter()
+        .map(|i| f(i * part, part.min(total - i * part)))
+        .collect::<Result<Vec<Tensor>>>()?;
+    Ok(Tensor::cat(&parts, dim)?)
 }
 
 /// `x W^T` for a constant W. candle's own matmul also computes W's gradient on the way back,
@@ -666,16 +696,21 @@ fn attention(
     // and values in place, instead of copying those once per query head.
     let group = n_head / n_kv_head;
     let q = q.reshape((batch, n_kv_head, group * n, head_dim))?;
-    let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-    let scores = match mask {
-        Some(m) => {
-            let m = m.broadcast_as(scores.shape())?;
-            m.where_cond(&Tensor::new(f32::NEG_INFINITY, x.device())?.broadcast_as(scores.shape())?, &scores)?
-        }
-        None => scores,
-    };
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-    let y = weights.matmul(&v)?.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
+    let scale = (head_dim as f64).sqrt();
+    // Each row (one query head at one position) is computed on its own, so rows can be split
+    // over threads without changing a bit.
+    let y = split_over_threads(group * n, 64, D::Minus2, |start, rows| {
+        let scores = (q.narrow(2, start, rows)?.matmul(&k.t()?)? / scale)?;
+        let scores = match mask {
+            Some(m) => {
+                let m = m.narrow(0, start, rows)?.broadcast_as(scores.shape())?;
+                m.where_cond(&Tensor::new(f32::NEG_INFINITY, x.device())?.broadcast_as(scores.shape())?, &scores)?
+            }
+            None => scores,
+        };
+        Ok(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?)
+    })?;
+    let y = y.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
     b.wo.forward(&y)
 }
 

@@ -35,7 +35,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
 
-  // ?threads=2: answers on two threads too (by default they run on one).
+  // ?threads=2 (on a 2-core machine that is also the default for a cross-origin isolated page):
+  // answers on two threads.
   await page.goto(`${server.url}?threads=2`);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'served cross-origin isolated');
   // First visit: the site's collection (indexed by the CLI in `make site`) is there at once.
@@ -285,7 +286,9 @@ test('the page answers on WebGPU, as on the CPU', async (t) => {
   page.on('pageerror', (e) => errors.push(String(e)));
   const question = 'What is the capital of France?';
   const answerOn = async (query, { stopAt }) => {
-    await page.goto(`${server.url}?${query}&prefill=quantized&threads=1`);
+    // Threads left to the page: on a cross-origin isolated page with two cores, the threaded
+    // build, which the GPU path must work with too.
+    await page.goto(`${server.url}?${query}&prefill=quantized`);
     await waitReady(page);
     const label = { text: await page.textContent('[data-testid="backend"]'), title: await page.getAttribute('[data-testid="backend"]', 'title') };
     await page.uncheck('#use-rag');
