@@ -105,15 +105,38 @@ impl Embedder {
         self.embed_with_progress(texts, &mut |_, _| {})
     }
 
-    /// As `embed`, calling `progress(done, total)` after each batch.
+    /// As `embed`, calling `progress(done, total)` after each batch. Natively it runs on the GPU
+    /// once `use_gpu` has succeeded. In the browser a GPU read-back completes only after control
+    /// returns to the event loop, which a synchronous call cannot do, so there it stays on the CPU
+    /// and `embed_async` is the way to the GPU.
     pub fn embed_with_progress(&self, texts: &[&str], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        let gpu = if cfg!(target_arch = "wasm32") { None } else { self.gpu.as_ref() };
+        crate::gpu::now(self.embed_on(gpu, texts, progress))?
+    }
+
+    /// As `embed_with_progress`, on the GPU when `use_gpu` succeeded, awaiting its read-backs.
+    pub async fn embed_async(&self, texts: &[&str], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<f32>>> {
+        self.embed_on(self.gpu.as_ref(), texts, progress).await
+    }
+
+    /// Texts sorted by length go through in batches, so each batch pads little.
+    async fn embed_on(
+        &self,
+        gpu: Option<&GpuBert>,
+        texts: &[&str],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let mut out = vec![Vec::new(); texts.len()];
         let mut done = 0;
         for batch in order.chunks(BATCH) {
             let inputs: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
-            let vectors = self.embed_batch(&inputs)?;
+            let (ids, mask, len) = self.tokenize(&inputs)?;
+            let vectors = match gpu {
+                Some(gpu) => gpu.embed(&ids, &mask, len).await?,
+                None => self.embed_batch(ids, mask, len)?,
+            };
             for (&i, v) in batch.iter().zip(vectors) {
                 out[i] = v;
             }
@@ -139,12 +162,9 @@ impl Embedder {
         Ok((ids, mask, len))
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let (ids, mask, len) = self.tokenize(texts)?;
-        if let Some(gpu) = &self.gpu {
-            return crate::gpu::now(gpu.embed(&ids, &mask, len))?;
-        }
-        let n = texts.len();
+    /// One tokenized batch (`tokenize`) on the CPU.
+    fn embed_batch(&self, ids: Vec<u32>, mask: Vec<u32>, len: usize) -> Result<Vec<Vec<f32>>> {
+        let n = ids.len() / len.max(1);
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
         let types = ids.zeros_like()?;

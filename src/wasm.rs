@@ -264,19 +264,46 @@ impl WasmEngine {
     /// check a few tokens against the CPU (`Generator::use_gpu`). Resolves to the adapter's
     /// description; rejects with the reason (no WebGPU, no adapter, a software adapter unless
     /// `allowSoftware`, a failed self-test), leaving the engine on the CPU.
+    ///
+    /// Given `embedderWeights` (the safetensors bytes the engine was made with), documents are
+    /// embedded on the same GPU too (`embedAsync`), after their own self-test; if that fails the
+    /// embedder stays on the CPU and the description ends with why.
     #[wasm_bindgen(js_name = useGpu)]
-    pub async fn use_gpu(&mut self, allow_software: bool) -> Result<String, JsError> {
+    pub async fn use_gpu(&mut self, allow_software: bool, embedder_weights: Option<Vec<u8>>) -> Result<String, JsError> {
         if self.pending.is_some() {
             return Err(JsError::new("an answer is pending; finish it before switching to the GPU"));
         }
         let gpu = crate::gpu::Gpu::new().await.map_err(js_err)?;
-        let description = gpu.describe();
+        let mut description = gpu.describe();
         if gpu.is_software() && !allow_software {
             return Err(JsError::new(&format!("the GPU adapter is a software one ({description}); the CPU is faster")));
         }
+        let gpu = std::sync::Arc::new(gpu);
         let generator = self.inner.generator_mut().ok_or_else(|| JsError::new("no language model is loaded"))?;
-        generator.use_gpu(std::sync::Arc::new(gpu)).await.map_err(js_err)?;
+        generator.use_gpu(gpu.clone()).await.map_err(js_err)?;
+        if let Some(weights) = embedder_weights {
+            if let Err(e) = self.inner.embedder_mut().use_gpu(gpu, &weights).await {
+                description.push_str(&format!("; documents are embedded on the CPU: {e}"));
+            }
+        }
         Ok(description)
+    }
+
+    /// "gpu" or "cpu": where `embedAsync` embeds documents.
+    #[wasm_bindgen(js_name = embedderBackend)]
+    pub fn embedder_backend(&self) -> String {
+        self.inner.embedder().backend().to_string()
+    }
+
+    /// Unit vectors for `texts`, one after another (`texts.length * dim` floats, the form
+    /// `addPrepared` takes), computed on the GPU once `useGpu` put the embedder there, otherwise
+    /// on the CPU. `progress(done, total)` is called after each batch.
+    #[wasm_bindgen(js_name = embedAsync, unchecked_return_type = "Promise<Float32Array>")]
+    pub async fn embed_async(&self, texts: Vec<String>, progress: Option<Function>) -> Result<JsValue, JsError> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors =
+            self.inner.embedder().embed_async(&refs, &mut progress_callback(&progress)).await.map_err(js_err)?;
+        Ok(js_sys::Float32Array::from(vectors.concat().as_slice()).into())
     }
 
     /// "gpu" or "cpu": where answers are generated.

@@ -41,7 +41,7 @@ function docRow(name) {
 function onDoc({ name, state, done, total, reason, chunks, workers }) {
   const row = docRow(name);
   row.dataset.state = state;
-  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks${workers > 1 ? ` on ${workers} workers` : ''}` : 'indexing…')
+  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks${workers === 'gpu' ? ' on the GPU' : workers > 1 ? ` on ${workers} workers` : ''}` : 'indexing…')
     : state === 'indexed' ? `indexed (${chunks} chunks)` : `error: ${reason}`;
   row.querySelector('.state').textContent = label;
 }
@@ -275,6 +275,8 @@ worker.onmessage = ({ data: m }) => {
       setBusy(busy);
       $('backend').textContent = m.backend;
       $('backend').title = m.backendNote;
+      if (m.embedder === 'webgpu') $('backend').title += '; documents embedded on the GPU';
+      $('backend').dataset.embedder = m.embedder;
       $('backend').title += m.densePrefill ? '; prompts read with f32 weights' : '; prompts read with 8-bit weights';
       $('backend').title += m.threadsNote ? `; one thread: ${m.threadsNote}` : `; answers computed on ${m.threads} threads`;
       $('backend').dataset.threads = m.threads;

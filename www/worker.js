@@ -206,11 +206,18 @@ function serially(fn) {
 function addDocument(name, bytes) {
   return serially(async () => {
     post({ type: 'doc', name, state: 'indexing' });
-    const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total, workers: helperCount });
+    const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total,
+      workers: onGpu && engine.embedderBackend() === 'gpu' ? 'gpu' : helperCount });
     try {
       const pages = pkg.isPdf(name, bytes) ? await extractPdf(bytes) : null;
       let report = null;
-      if (helperCount > 1 && helpers?.length !== 0) {
+      if (onGpu && engine.embedderBackend() === 'gpu') {
+        // On the GPU the engine's own worker embeds, awaiting each batch's read-back; helpers
+        // on the CPU would only be slower.
+        const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
+        const t0 = performance.now();
+        report = engine.addPrepared(await engine.embedAsync(texts, progress), performance.now() - t0);
+      } else if (helperCount > 1 && helpers?.length !== 0) {
         const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
         const t0 = performance.now();
         try {
@@ -287,12 +294,14 @@ async function nextStep() {
 
 /// Generate on WebGPU when the browser has a GPU adapter that is not a software one and the model
 /// passes its self-test there (`Engine.useGpu`); ?backend=webgpu takes a software adapter too,
-/// ?backend=cpu never tries. Returns why the engine runs where it does, for the backend label.
-async function chooseBackend(asked) {
+/// ?backend=cpu never tries. The embedder (`embedderWeights`) goes to the GPU with the model when
+/// it passes its own self-test, and documents are then embedded there (`addDocument`). Returns why
+/// the engine runs where it does, for the backend label.
+async function chooseBackend(asked, embedderWeights) {
   if (asked === 'cpu') return 'WebAssembly on the CPU, as asked (?backend=cpu)';
   if (!self.navigator.gpu) return 'WebAssembly on the CPU: this browser offers no WebGPU';
   try {
-    const adapter = await engine.useGpu(asked === 'webgpu');
+    const adapter = await engine.useGpu(asked === 'webgpu', embedderWeights);
     onGpu = true;
     return `WebGPU: ${adapter}`;
   } catch (e) {
@@ -336,9 +345,10 @@ const handlers = {
     // message (see src/memory.rs) instead of a dead instance.
     engine.setMemoryLimit(MEMORY_LIMIT);
     const adapter = await loadAdapter(tuned, (loaded, total) => post({ type: 'download', loaded, total }));
-    const backendNote = await chooseBackend(backend);
+    const backendNote = await chooseBackend(backend, w);
     post({
       type: 'ready', backend: engine.backend() === 'gpu' ? 'webgpu' : 'cpu', backendNote,
+      embedder: engine.embedderBackend() === 'gpu' ? 'webgpu' : 'cpu',
       densePrefill, adapter, threads: pkg.threadCount(), threadsNote,
     });
     db = await openDb();

@@ -290,12 +290,17 @@ test('the page answers on WebGPU, as on the CPU', async (t) => {
     // build, which the GPU path must work with too.
     await page.goto(`${server.url}?${query}&prefill=quantized`);
     await waitReady(page);
-    const label = { text: await page.textContent('[data-testid="backend"]'), title: await page.getAttribute('[data-testid="backend"]', 'title') };
+    const label = {
+      text: await page.textContent('[data-testid="backend"]'),
+      title: await page.getAttribute('[data-testid="backend"]', 'title'),
+      embedder: await page.getAttribute('[data-testid="backend"]', 'data-embedder'),
+    };
     await page.uncheck('#use-rag');
     await page.fill('[data-testid="question"]', question);
     await page.click('[data-testid="ask"]');
     if (query === 'backend=webgpu') {
-      // Dropped while the GPU answers: it waits for the answer (the engine is busy), then indexes.
+      // Dropped while the GPU answers: it waits for the answer (the engine is busy), then is
+      // embedded on the GPU too.
       await page.setInputFiles('[data-testid="file-input"]', [
         { name: 'tides.md', mimeType: 'text/markdown', buffer: Buffer.from('# Tides\n\nThe harbour floods at spring tide.') },
       ]);
@@ -322,9 +327,11 @@ test('the page answers on WebGPU, as on the CPU', async (t) => {
 
   const gpu = await answerOn('backend=webgpu', { stopAt: 60 });
   assert.equal(gpu.label.text, 'webgpu');
-  assert.match(gpu.label.title, /^WebGPU: .*software/);
+  assert.match(gpu.label.title, /^WebGPU: .*software.*documents embedded on the GPU/);
+  assert.equal(gpu.label.embedder, 'webgpu');
   const cpu = await answerOn('backend=cpu', { stopAt: 1000 });
   assert.equal(cpu.label.text, 'cpu');
+  assert.equal(cpu.label.embedder, 'cpu');
   assert.ok(gpu.answer.length >= 60, gpu.answer);
   assert.equal(gpu.answer.slice(0, 60), cpu.answer.slice(0, 60));
   assert.deepEqual(errors, []);
