@@ -40,7 +40,20 @@ pub struct Library {
     next_id: u32,
 }
 
-#[derive(Serialize, Deserialize)]
+/// What `save` writes, borrowed from the library: serde encodes a reference as the value, so the
+/// bytes are `Saved`'s, without first copying every document, chunk and vector (which made a save
+/// cost three times the index's size in memory).
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    embedder: &'a str,
+    chunk_config: ChunkConfig,
+    hnsw: HnswConfig,
+    next_id: u32,
+    docs: &'a [StoredDocument],
+    chunks: Vec<Option<(&'a ChunkEntry, &'a [f32])>>,
+}
+
+#[derive(Deserialize)]
 struct Saved {
     embedder: String,
     chunk_config: ChunkConfig,
@@ -129,31 +142,38 @@ impl Library {
         self.index.search(query_vector, query_text, k)
     }
 
-    pub fn save(&self) -> Vec<u8> {
-        let saved = Saved {
-            embedder: self.embedder.clone(),
+    /// The library as one file. Fails, changing nothing, when the memory for the file cannot be
+    /// had (in wasm running out would otherwise end the instance).
+    pub fn save(&self) -> Result<Vec<u8>> {
+        let saved = SavedRef {
+            embedder: &self.embedder,
             chunk_config: self.chunk_config,
             hnsw: *self.index.vectors.config(),
             next_id: self.next_id,
-            docs: self.docs.clone(),
+            docs: &self.docs,
             chunks: self
                 .chunks
                 .iter()
                 .enumerate()
-                .map(|(slot, e)| {
-                    let e = e.as_ref()?;
-                    Some((e.clone(), self.index.vectors.get(slot as u32)?.to_vec()))
-                })
+                .map(|(slot, e)| Some((e.as_ref()?, self.index.vectors.get(slot as u32)?)))
                 .collect(),
         };
-        let payload = postcard::to_stdvec(&saved).expect("library serialises");
-        let mut out = Vec::with_capacity(payload.len() + 32);
+        // Measured first (a quick pass that writes nothing), so that the file is written once,
+        // straight after its header, into a buffer of its exact size.
+        let len = postcard::serialize_with_flavor(&saved, postcard::ser_flavors::Size::default())
+            .expect("library serialises");
+        let total = MAGIC.len() + 4 + 8 + len + 4;
+        let mut out = Vec::new();
+        out.try_reserve_exact(total)
+            .map_err(|_| Error::Index(format!("not enough memory to save the index ({} MB)", total >> 20)))?;
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+        let header = out.len();
+        let mut out = postcard::to_extend(&saved, out).expect("library serialises");
+        let crc = crc32fast::hash(&out[header..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(out)
     }
 
     /// Read a saved library. `expect_embedder` guards against mixing vector spaces.
@@ -208,5 +228,73 @@ impl Library {
         // short-lived process (one CLI query) wants anyway — building the graph costs about 1 ms
         // per vector, a scan of 10k vectors under 1 ms.
         Ok(lib)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owned form `save` wrote before it borrowed: the bytes must not have changed, or files
+    /// saved by earlier builds of this format version would no longer load.
+    #[derive(Serialize)]
+    struct SavedOwned {
+        embedder: String,
+        chunk_config: ChunkConfig,
+        hnsw: HnswConfig,
+        next_id: u32,
+        docs: Vec<StoredDocument>,
+        chunks: Vec<Option<(ChunkEntry, Vec<f32>)>>,
+    }
+
+    fn document(name: &str, text: &str) -> (Document, Vec<Chunk>, Vec<Vec<f32>>) {
+        let doc = ingest_text(name, text);
+        let chunks: Vec<Chunk> = text
+            .split(". ")
+            .scan(0, |at, part| {
+                let start = *at;
+                *at += part.len() + 2;
+                Some(Chunk { start, end: start + part.len(), text: part.to_string(), heading: None, page: None, tokens: 3 })
+            })
+            .collect();
+        let vectors = (0..chunks.len()).map(|i| vec![i as f32, 1.0, -0.5, 0.25]).collect();
+        (doc, chunks, vectors)
+    }
+
+    fn ingest_text(name: &str, text: &str) -> Document {
+        crate::ingest::ingest(name, text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn save_writes_the_same_bytes_as_before_and_loads_back() {
+        let mut lib = Library::new("test-embedder", ChunkConfig::default(), HnswConfig::default());
+        for (name, text) in [("a.txt", "One. Two. Three"), ("b.txt", "Four. Five"), ("c.txt", "Six")] {
+            let (doc, chunks, vectors) = document(name, text);
+            lib.add(doc, chunks, vectors);
+        }
+        assert!(lib.remove("b.txt"));
+        let bytes = lib.save().unwrap();
+
+        let owned = SavedOwned {
+            embedder: lib.embedder.clone(),
+            chunk_config: lib.chunk_config,
+            hnsw: *lib.index.vectors.config(),
+            next_id: lib.next_id,
+            docs: lib.docs.clone(),
+            chunks: lib
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(slot, e)| Some((e.clone()?, lib.index.vectors.get(slot as u32)?.to_vec())))
+                .collect(),
+        };
+        let payload = postcard::to_stdvec(&owned).unwrap();
+        assert_eq!(&bytes[28..bytes.len() - 4], payload.as_slice());
+        assert_eq!(u64::from_le_bytes(bytes[20..28].try_into().unwrap()) as usize, payload.len());
+
+        let back = Library::load(&bytes, "test-embedder").unwrap();
+        assert_eq!(back.documents().iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["a.txt", "c.txt"]);
+        assert_eq!(back.chunk_count(), lib.chunk_count());
+        assert_eq!(back.save().unwrap(), bytes);
     }
 }

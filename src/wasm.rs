@@ -363,9 +363,10 @@ impl WasmEngine {
         crate::memory::in_use().unwrap_or(0) as f64
     }
 
-    /// The library as one index file (the same format the CLI writes).
-    pub fn save(&self) -> Vec<u8> {
-        self.inner.save()
+    /// The library as one index file (the same format the CLI writes); throws, keeping
+    /// everything, if there is no memory for the file.
+    pub fn save(&self) -> Result<Vec<u8>, JsError> {
+        self.inner.save().map_err(js_err)
     }
 
     /// Replace the library with a saved one; throws (and keeps the current one) if the file is

@@ -109,7 +109,7 @@ fn cancel_stops_generation_early() {
 fn library_survives_save_and_load_and_removal() {
     let engine = library_engine();
     let before = engine.search("vulcanising solution", 3).unwrap();
-    let bytes = engine.save();
+    let bytes = engine.save().unwrap();
     let mut other = Engine::new(common::embedder(), None);
     other.load(&bytes).unwrap();
     let after = other.search("vulcanising solution", 3).unwrap();
@@ -122,7 +122,7 @@ fn library_survives_save_and_load_and_removal() {
     assert!(gone.hits.iter().all(|h| h.doc != "bicycle.html"));
     // Removals survive a round trip too.
     let mut third = Engine::new(common::embedder(), None);
-    third.load(&other.save()).unwrap();
+    third.load(&other.save().unwrap()).unwrap();
     assert_eq!(third.library().documents().len(), 2);
     assert!(third.search("vulcanising solution", 5).unwrap().hits.iter().all(|h| h.doc != "bicycle.html"));
 }

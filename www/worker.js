@@ -63,7 +63,16 @@ const deleteDoc = (name) => tx(db, 'docs', 'readwrite', (s) => s.delete(name));
 const storedDocNames = () => tx(db, 'docs', 'readonly', (s) => s.getAllKeys());
 const storedDoc = (name) => tx(db, 'docs', 'readonly', (s) => s.get(name));
 const storedDocCount = (name) => tx(db, 'docs', 'readonly', (s) => s.count(name));
-const saveIndex = () => tx(db, 'state', 'readwrite', (s) => s.put(engine.save(), 'index'));
+// How long the last save took: saving grows with the collection (50 MB of text makes a ~300 MB
+// index file), so a batch saves less often as it grows (`addAndStore`).
+let saveMs = 0;
+async function saveIndex() {
+  const t0 = performance.now();
+  // Serialised first: a save that fails for memory throws here, before the transaction.
+  const bytes = engine.save();
+  await tx(db, 'state', 'readwrite', (s) => s.put(bytes, 'index'));
+  saveMs = performance.now() - t0;
+}
 const storedIndex = () => tx(db, 'state', 'readonly', (s) => s.get('index'));
 
 function announceDocuments() {
@@ -239,7 +248,9 @@ function addDocument(name, bytes) {
 }
 
 // Saving serialises the whole index, so during a long batch it happens every few seconds rather
-// than after every file; if the tab dies mid-batch, at most those seconds of work are lost.
+// than after every file, and no sooner than 20 times the last save's duration, which keeps saving
+// under ~5 % of the work however large the collection grows. If the tab dies mid-batch, the files
+// are stored already, and those missing from the saved index are indexed again at the next visit.
 const SAVE_EVERY_MS = 5000;
 
 async function addAndStore(files) {
@@ -247,12 +258,23 @@ async function addAndStore(files) {
   for (const { name, bytes } of files) {
     if (!(await addDocument(name, bytes))) continue;
     await storeDoc(name, bytes);
-    if (performance.now() - saved > SAVE_EVERY_MS) {
-      await saveIndex();
+    if (performance.now() - saved > Math.max(SAVE_EVERY_MS, 20 * saveMs)) {
+      await saveOrSay();
       saved = performance.now();
     }
   }
-  await saveIndex();
+  await saveOrSay();
+}
+
+/// A save that fails (no memory for the file) does not stop a batch: the files are stored, and
+/// those the saved index lacks are indexed again at the next visit.
+async function saveOrSay() {
+  try {
+    await saveIndex();
+  } catch (e) {
+    if (e instanceof WebAssembly.RuntimeError) throw e;
+    post({ type: 'notice', message: `The index could not be saved (${e.message || e}); your documents are stored and will be indexed again on your next visit.` });
+  }
 }
 
 /// Load our fine-tuned adapter if the site ships one; the page can still answer with the base

@@ -595,7 +595,7 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, backend: Backend, paths: &[
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let bytes = engine.save();
+    let bytes = engine.save()?;
     let tmp = out.with_extension("part");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out)?;

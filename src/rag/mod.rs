@@ -576,7 +576,7 @@ impl Engine {
         }
     }
 
-    pub fn save(&self) -> Vec<u8> {
+    pub fn save(&self) -> Result<Vec<u8>> {
         self.library.save()
     }
 
