@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test vulkan wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web clean-models
+.PHONY: all models build test vulkan wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory clean-models
 
 all: build
 
@@ -117,6 +117,10 @@ bench: build models
 # The browser's figures: www/bench.html run in headless Chromium; prints one JSON object.
 bench-web: site browser
 	node tools/bench_web.cjs
+
+# wasm memory for a 50 MB document set (MEGABYTES=N for another size), under Node.
+bench-memory: models wasm
+	node tools/bench_memory.cjs
 
 clean-models:
 	rm -rf models/smollm2 models/minilm models/.cache
