@@ -41,9 +41,22 @@ function docRow(name) {
 function onDoc({ name, state, done, total, reason, chunks, workers }) {
   const row = docRow(name);
   row.dataset.state = state;
-  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks${workers === 'gpu' ? ' on the GPU' : workers > 1 ? ` on ${workers} workers` : ''}` : 'indexing…')
+  const label = state === 'indexing' ? (total ? `indexing ${done}/${total} chunks${workers === 'gpu' ? ' on the GPU' : workers > 1 ? ` on ${workers} workers` : ''}${timeLeft(row, done, total)}` : 'indexing…')
     : state === 'indexed' ? `indexed (${chunks} chunks)` : `error: ${reason}`;
   row.querySelector('.state').textContent = label;
+  if (state !== 'indexing') delete row.started;
+}
+
+/// ", about 4 min left" from the document's embedding rate so far (a long document on a CPU
+/// embeds at a few chunks per second), once there is enough of it to go by.
+function timeLeft(row, done, total) {
+  const now = performance.now();
+  if (!row.started || done < (row.startDone ?? 0)) Object.assign(row, { started: now, startDone: done });
+  const seconds = (now - row.started) / 1000;
+  const rate = (done - row.startDone) / seconds;
+  if (seconds < 5 || !(rate > 0) || done >= total) return '';
+  const left = (total - done) / rate;
+  return left < 90 ? `, about ${Math.ceil(left / 10) * 10} s left` : `, about ${Math.round(left / 60)} min left`;
 }
 
 // The engine refuses bigger files anyway (src/ingest.rs); refusing here saves reading them.

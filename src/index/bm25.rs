@@ -1,15 +1,24 @@
 //! Okapi BM25 keyword search. Embeddings miss exact names, numbers and rare terms; BM25 catches
 //! them, and fusion takes the best of both.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
 /// Lower-cased alphanumeric runs. Deliberately simple (no stemming): the vector side already
-/// handles paraphrase, this side is for exact terms.
-pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| t.to_lowercase())
+/// handles paraphrase, this side is for exact terms. Terms already in lower-case ASCII (most of
+/// them) are borrowed: rebuilding the index of a large collection at load allocated a string per
+/// word otherwise.
+pub fn terms(text: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(|t| {
+        if t.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+            Cow::Borrowed(t)
+        } else {
+            Cow::Owned(t.to_lowercase())
+        }
+    })
 }
 
 #[derive(Default)]
@@ -24,14 +33,19 @@ pub struct Bm25 {
 impl Bm25 {
     /// Index `text` under `slot`. Slots must be added in increasing order.
     pub fn add(&mut self, slot: u32, text: &str) {
-        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut counts: HashMap<Cow<str>, u32> = HashMap::new();
         let mut len = 0;
         for t in terms(text) {
             *counts.entry(t).or_default() += 1;
             len += 1;
         }
         for (t, c) in counts {
-            self.postings.entry(t).or_default().push((slot, c));
+            match self.postings.get_mut(t.as_ref()) {
+                Some(list) => list.push((slot, c)),
+                None => {
+                    self.postings.insert(t.into_owned(), vec![(slot, c)]);
+                }
+            }
         }
         if self.lengths.len() <= slot as usize {
             self.lengths.resize(slot as usize + 1, 0);
@@ -52,12 +66,12 @@ impl Bm25 {
         self.total_len -= *len as u64;
         *len = 0;
         self.live -= 1;
-        let unique: std::collections::HashSet<String> = terms(text).collect();
+        let unique: std::collections::HashSet<Cow<str>> = terms(text).collect();
         for t in unique {
-            if let Some(list) = self.postings.get_mut(&t) {
+            if let Some(list) = self.postings.get_mut(t.as_ref()) {
                 list.retain(|&(s, _)| s != slot);
                 if list.is_empty() {
-                    self.postings.remove(&t);
+                    self.postings.remove(t.as_ref());
                 }
             }
         }
@@ -76,7 +90,7 @@ impl Bm25 {
             if !seen.insert(t.clone()) {
                 continue;
             }
-            let Some(list) = self.postings.get(&t) else { continue };
+            let Some(list) = self.postings.get(t.as_ref()) else { continue };
             let df = list.len() as f32;
             let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
             for &(slot, tf) in list {
@@ -109,5 +123,11 @@ mod tests {
         assert_eq!(b.search("cat", 3).len(), 2);
         b.remove(2, "quantization shrinks model weights");
         assert!(b.search("quantization", 3).is_empty());
+    }
+
+    #[test]
+    fn terms_are_lower_cased_alphanumeric_runs() {
+        let t: Vec<String> = terms("GPU-side ÅNGSTRÖM, x86_64 naïve").map(Cow::into_owned).collect();
+        assert_eq!(t, ["gpu", "side", "ångström", "x86", "64", "naïve"]);
     }
 }
