@@ -53,7 +53,9 @@ struct SavedRef<'a> {
     chunks: Vec<Option<(&'a ChunkEntry, &'a [f32])>>,
 }
 
+/// What `load` reads. Tests also write it, as `save` wrote it before it borrowed.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct Saved {
     embedder: String,
     chunk_config: ChunkConfig,
@@ -248,18 +250,6 @@ fn reserve_for_load(file_len: usize) {
 mod tests {
     use super::*;
 
-    /// The owned form `save` wrote before it borrowed: the bytes must not have changed, or files
-    /// saved by earlier builds of this format version would no longer load.
-    #[derive(Serialize)]
-    struct SavedOwned {
-        embedder: String,
-        chunk_config: ChunkConfig,
-        hnsw: HnswConfig,
-        next_id: u32,
-        docs: Vec<StoredDocument>,
-        chunks: Vec<Option<(ChunkEntry, Vec<f32>)>>,
-    }
-
     fn document(name: &str, text: &str) -> (Document, Vec<Chunk>, Vec<Vec<f32>>) {
         let doc = ingest_text(name, text);
         let chunks: Vec<Chunk> = text
@@ -288,7 +278,9 @@ mod tests {
         assert!(lib.remove("b.txt"));
         let bytes = lib.save().unwrap();
 
-        let owned = SavedOwned {
+        // The owned form `save` wrote before it borrowed: the bytes must not have changed, or
+        // files saved by earlier builds of this format version would no longer load.
+        let owned = Saved {
             embedder: lib.embedder.clone(),
             chunk_config: lib.chunk_config,
             hnsw: *lib.index.vectors.config(),
