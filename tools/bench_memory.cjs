@@ -26,7 +26,7 @@ const t0 = performance.now();
 let bytes = 0;
 let files = 0;
 let refused = 0;
-while (bytes < target) {
+while (bytes < target && refused < 10) {
   let text = '';
   while (text.length < 100_000) text += `Part ${files}-${text.length}. ${corpus}`;
   const data = Buffer.from(text);
@@ -42,6 +42,7 @@ while (bytes < target) {
     }
     engine.addPrepared(vectors, 0);
   } catch (e) {
+    bytes -= data.length;
     refused++;
     if (refused === 1) console.error(`refused: ${e.message}`);
   }

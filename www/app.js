@@ -334,7 +334,7 @@ const densePrefill = params.has('prefill') ? params.get('prefill') === 'dense' :
 const threads = Math.max(1, Math.min(16, Number(params.get('threads')) || Math.min(navigator.hardwareConcurrency || 1, 4)));
 // Answers run on as many threads (where the page is cross-origin isolated; otherwise on one): on
 // the 2-core machine we measure on, two threads read a 493-token prompt 1.3x as fast and reach the
-// first token in 0.77x the time, and decode about as fast (README, "In the browser").
+// first token in 0.79x the time, and decode 3-13 % slower (README, "In the browser").
 const answerThreads = threads;
 // Answers come from the base model unless ?model=tuned asks for our fine-tune (the switch on the
 // page changes it at any time; both share one download). The base model is the default because

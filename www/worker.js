@@ -3,9 +3,9 @@
 // ready.
 import { MODELS, loadModels } from './models.js';
 
-// The wasm bindings: pkg/ (one thread), or pkg-threads/ (the same library built with threads) when
-// ?threads=N asks for more than one and the page is cross-origin isolated, which shared memory
-// needs.
+// The wasm bindings: pkg-threads/ (the same library built with threads) when more than one
+// thread is wanted (one per core up to 4, or ?threads=N) and the page is cross-origin isolated,
+// which shared memory needs; otherwise pkg/ (one thread).
 let pkg = null;
 let engine = null;
 // The single-threaded module, compiled once; the helper workers get it too.
@@ -106,7 +106,7 @@ async function restore() {
     const have = new Set(engine.documents().map((d) => d.name));
     const unsaved = (await storedDocNames()).filter((name) => !have.has(name));
     for (const name of unsaved) await addDocument(name, new Uint8Array(await storedDoc(name)));
-    if (unsaved.length) await saveIndex();
+    if (unsaved.length) await saveOrSay();
     return true;
   } catch (e) {
     post({ type: 'notice', message: `The stored index could not be used (${e.message}); re-indexing your documents.` });
@@ -120,7 +120,7 @@ async function restore() {
   }
   announceDocuments();
   for (const name of await storedDocNames()) await addDocument(name, new Uint8Array(await storedDoc(name)));
-  await saveIndex();
+  await saveOrSay();
   return true;
 }
 
@@ -211,21 +211,34 @@ function serially(fn) {
   return run;
 }
 
+// Whether documents may still be embedded on the GPU (when the embedder is there): false once
+// it has failed, after which the CPU embeds.
+let gpuEmbedding = true;
+
 /// Index one file; returns whether it was indexed.
 function addDocument(name, bytes) {
   return serially(async () => {
     post({ type: 'doc', name, state: 'indexing' });
-    const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total,
-      workers: onGpu && engine.embedderBackend() === 'gpu' ? 'gpu' : helperCount });
+    // Decided here, not in `progress`: that runs inside engine calls, where the engine is
+    // borrowed and may not be called again.
+    let embedOn = onGpu && gpuEmbedding && engine.embedderBackend() === 'gpu' ? 'gpu' : helperCount;
+    const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total, workers: embedOn });
     try {
       const pages = pkg.isPdf(name, bytes) ? await extractPdf(bytes) : null;
       let report = null;
-      if (onGpu && engine.embedderBackend() === 'gpu') {
+      if (embedOn === 'gpu') {
         // On the GPU the engine's own worker embeds, awaiting each batch's read-back; helpers
         // on the CPU would only be slower.
         const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
         const t0 = performance.now();
-        report = engine.addPrepared(await engine.embedAsync(texts, progress), performance.now() - t0);
+        try {
+          report = engine.addPrepared(await engine.embedAsync(texts, progress), performance.now() - t0);
+        } catch (e) {
+          // The GPU failed (not the document: it was read above); embed on the CPU from now on.
+          post({ type: 'notice', message: `Embedding on the GPU failed (${e.message || e}); embedding on the CPU.` });
+          gpuEmbedding = false;
+          embedOn = 1;
+        }
       } else if (helperCount > 1 && helpers?.length !== 0) {
         const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
         const t0 = performance.now();
@@ -377,8 +390,9 @@ const handlers = {
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {
       if (await loadShipped()) announceDocuments();
-      await saveIndex();
+      await saveOrSay();
     }
+    initialised = true;
     post({ type: 'idle' });
   },
   async add({ files }) {
@@ -391,7 +405,7 @@ const handlers = {
       await setState('hidden', [...((await getState('hidden')) ?? []), name]);
     }
     await deleteDoc(name);
-    await saveIndex();
+    await saveOrSay();
     post({ type: 'removed', name });
   },
   text({ name }) {
@@ -429,12 +443,14 @@ const handlers = {
 
 // On the CPU, requests interleave at their awaits (a document dropped during an answer is indexed
 // between two of its tokens); on the GPU they queue (see `onGpu`), all but Stop, which only sets a
-// flag. `init` always queues, so that requests sent once the GPU is on wait for it to finish.
+// flag. Until `init` has finished everything queues behind it: a file dropped while the models
+// load (or the GPU self-tests) waits for the engine.
 let queue = Promise.resolve();
+let initialised = false;
 
 self.onmessage = (event) => {
   const msg = event.data;
-  if (msg.type === 'stop' || (!onGpu && msg.type !== 'init')) return handle(msg);
+  if (msg.type === 'stop' || (initialised && !onGpu)) return handle(msg);
   queue = queue.then(() => handle(msg));
 };
 

@@ -165,7 +165,8 @@ fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `f(start, len)` over `0..total` cut into one range per thread, run in parallel, the results
 /// concatenated along `dim` — in wasm with a thread pool (the threaded build) only. Natively
 /// candle's own kernels already spread every product over all threads; in wasm candle sees one
-/// CPU and stays on the calling thread. Ranges shorter than `min` are not worth a thread.
+/// CPU and stays on the calling thread. Ranges shorter than `min` are not worth a thread, so
+/// there may be fewer ranges than threads.
 fn split_over_threads(
     total: usize,
     min: usize,
@@ -173,16 +174,18 @@ fn split_over_threads(
     f: impl Fn(usize, usize) -> Result<Tensor> + Sync,
 ) -> Result<Tensor> {
     let threads = if cfg!(target_arch = "wasm32") { rayon::current_num_threads() } else { 1 };
-    if threads <= 1 || total < threads * min {
+    // As many ranges as threads, but none shorter than `min`.
+    let ranges = threads.min(total / min.max(1));
+    if ranges <= 1 {
         return f(0, total);
     }
     use rayon::prelude::*;
-    let part = total.div_ceil(threads);
-    let parts = (0..total.div_ceil(part))
+    let len = total.div_ceil(ranges);
+    let results = (0..total.div_ceil(len))
         .into_par_iter()
-        .map(|i| f(i * part, part.min(total - i * part)))
+        .map(|i| f(i * len, len.min(total - i * len)))
         .collect::<Result<Vec<Tensor>>>()?;
-    Ok(Tensor::cat(&parts, dim)?)
+    Ok(Tensor::cat(&results, dim)?)
 }
 
 /// `x W^T` for a constant W. candle's own matmul also computes W's gradient on the way back,

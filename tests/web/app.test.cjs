@@ -300,7 +300,14 @@ test('the page answers on WebGPU, as on the CPU', async (t) => {
     await page.click('[data-testid="ask"]');
     if (query === 'backend=webgpu') {
       // Dropped while the GPU answers: it waits for the answer (the engine is busy), then is
-      // embedded on the GPU too.
+      // embedded on the GPU too, which its status line says while it is indexed.
+      await page.evaluate(() => {
+        window.tidesLabels = [];
+        new MutationObserver(() => {
+          const row = document.querySelector('[data-testid="doc-status"][data-doc="tides.md"]');
+          if (row) window.tidesLabels.push(row.textContent);
+        }).observe(document.getElementById('doc-list'), { subtree: true, childList: true, characterData: true });
+      });
       await page.setInputFiles('[data-testid="file-input"]', [
         { name: 'tides.md', mimeType: 'text/markdown', buffer: Buffer.from('# Tides\n\nThe harbour floods at spring tide.') },
       ]);
@@ -315,6 +322,8 @@ test('the page answers on WebGPU, as on the CPU', async (t) => {
     }
     if (query === 'backend=webgpu') {
       await page.waitForSelector('[data-testid="doc-status"][data-doc="tides.md"][data-state="indexed"]', { timeout: 120_000 });
+      const labels = await page.evaluate(() => window.tidesLabels);
+      assert.ok(labels.some((l) => /indexing 1\/1 chunks on the GPU/.test(l)), labels.join(' | '));
     }
     return { label, answer: await page.textContent('[data-testid="answer"]') };
   };
