@@ -251,7 +251,7 @@ mod tests {
     use super::*;
 
     fn document(name: &str, text: &str) -> (Document, Vec<Chunk>, Vec<Vec<f32>>) {
-        let doc = ingest_text(name, text);
+        let doc = crate::ingest::ingest(name, text.as_bytes()).unwrap();
         let chunks: Vec<Chunk> = text
             .split(". ")
             .scan(0, |at, part| {
@@ -262,10 +262,6 @@ mod tests {
             .collect();
         let vectors = (0..chunks.len()).map(|i| vec![i as f32, 1.0, -0.5, 0.25]).collect();
         (doc, chunks, vectors)
-    }
-
-    fn ingest_text(name: &str, text: &str) -> Document {
-        crate::ingest::ingest(name, text.as_bytes()).unwrap()
     }
 
     #[test]

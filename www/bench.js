@@ -56,18 +56,17 @@ async function run() {
     await sleep(5000);
     return figures;
   };
+  // Two threads for generation: the threaded build (cross-origin isolated pages only), rayon's
+  // pool of two workers splitting every matrix product's rows.
+  const twoThreads = async () => {
+    if (!self.crossOriginIsolated) return { prefill_tok_s_2t: null, decode_tok_s_2t: null };
+    status('generating on two threads…');
+    const t = await generation('threaded', { densePrefill: true, threads: 2 });
+    return { prefill_tok_s_2t: t.prefill_tok_s_1t, decode_tok_s_2t: t.decode_tok_s_1t, ttft_ms_500_2t: t.ttft_ms_500, threads_2t: t.threads };
+  };
   if (only === 'generation') {
-    Object.assign(result, await generation('main', { densePrefill: true }));
-    if (self.crossOriginIsolated) {
-      const t = await generation('threaded', { densePrefill: true, threads: 2 });
-      Object.assign(result, { prefill_tok_s_2t: t.prefill_tok_s_1t, decode_tok_s_2t: t.decode_tok_s_1t,
-        ttft_ms_500_2t: t.ttft_ms_500, threads_2t: t.threads });
-    }
-    result.only = only;
-    $('result').textContent = JSON.stringify(result);
-    $('result').dataset.state = 'done';
-    status('done');
-    return;
+    Object.assign(result, await generation('main', { densePrefill: true }), await twoThreads(), { only });
+    return finish(result);
   }
   const q = await generation('quantized', { densePrefill: false });
   result.prefill_tok_s_1t_quantized = q.prefill_tok_s_1t;
@@ -91,19 +90,7 @@ async function run() {
   main.terminate();
   await sleep(5000);
 
-  // Two threads for generation: the threaded build (cross-origin isolated pages only), rayon's
-  // pool of two workers splitting every matrix product's rows.
-  if (self.crossOriginIsolated) {
-    status('generating on two threads…');
-    const t = await generation('threaded', { densePrefill: true, threads: 2 });
-    result.prefill_tok_s_2t = t.prefill_tok_s_1t;
-    result.decode_tok_s_2t = t.decode_tok_s_1t;
-    result.ttft_ms_500_2t = t.ttft_ms_500;
-    result.threads_2t = t.threads;
-  } else {
-    result.prefill_tok_s_2t = null;
-    result.decode_tok_s_2t = null;
-  }
+  Object.assign(result, await twoThreads());
 
   // Two threads for embedding: two workers with their own wasm instance, each embedding half the
   // chunks, which is how indexing can use both cores without shared memory.
@@ -142,6 +129,11 @@ async function run() {
     + '(threaded build); embedding uses two workers';
   result.cross_origin_isolated = self.crossOriginIsolated === true;
   result.user_agent = navigator.userAgent;
+  finish(result);
+}
+
+/// Print the result and mark the page done, for tools/bench_web.cjs.
+function finish(result) {
   $('result').textContent = JSON.stringify(result);
   $('result').dataset.state = 'done';
   status('done');

@@ -226,28 +226,26 @@ function addDocument(name, bytes) {
     try {
       const pages = pkg.isPdf(name, bytes) ? await extractPdf(bytes) : null;
       let report = null;
-      if (embedOn === 'gpu') {
-        // On the GPU the engine's own worker embeds, awaiting each batch's read-back; helpers
-        // on the CPU would only be slower.
+      // Embedded outside the engine's synchronous call: on the GPU by this worker, awaiting each
+      // batch's read-back (helpers on the CPU would only be slower), or by the helper workers. If
+      // that fails (not the document: it was read first), the engine embeds it itself, on this
+      // worker's CPU, and so do the documents after it.
+      const elsewhere = embedOn === 'gpu' ? (texts) => engine.embedAsync(texts, progress)
+        : helperCount > 1 && helpers?.length !== 0 ? (texts) => embedSpread(texts, progress) : null;
+      if (elsewhere) {
         const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
         const t0 = performance.now();
         try {
-          report = engine.addPrepared(await engine.embedAsync(texts, progress), performance.now() - t0);
+          report = engine.addPrepared(await elsewhere(texts), performance.now() - t0);
         } catch (e) {
-          // The GPU failed (not the document: it was read above); embed on the CPU from now on.
-          post({ type: 'notice', message: `Embedding on the GPU failed (${e.message || e}); embedding on the CPU.` });
-          gpuEmbedding = false;
+          if (embedOn === 'gpu') {
+            post({ type: 'notice', message: `Embedding on the GPU failed (${e.message || e}); embedding on the CPU.` });
+            gpuEmbedding = false;
+          } else {
+            post({ type: 'notice', message: `Embedding workers stopped (${e.message}); indexing on one thread.` });
+            stopHelpers();
+          }
           embedOn = 1;
-        }
-      } else if (helperCount > 1 && helpers?.length !== 0) {
-        const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
-        const t0 = performance.now();
-        try {
-          report = engine.addPrepared(await embedSpread(texts, progress), performance.now() - t0);
-        } catch (e) {
-          // The helpers failed (not the document: it was read above); carry on without them.
-          post({ type: 'notice', message: `Embedding workers stopped (${e.message}); indexing on one thread.` });
-          stopHelpers();
         }
       }
       report ??= pages ? engine.addPdfPages(name, pages, progress) : engine.addDocument(name, bytes, progress);
