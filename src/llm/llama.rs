@@ -10,8 +10,9 @@
 //!
 //! Two ways through it compute the same thing: `forward` with candle tensor operations, for
 //! prompts (many positions at once) and for any weight format; and `forward_one`, one token on
-//! plain f32 buffers with our own Q8_0 kernel (`q8.rs`), the path every generated token takes when
-//! the weights are Q8_0, because a tensor operation per step of the way cost a third of a step.
+//! plain f32 buffers with our own Q8_0 kernel (`q8.rs`) and attention (`attend.rs`), the path
+//! every generated token takes when the weights are Q8_0, because a tensor operation per step of
+//! the way cost a third of a step. Both take softmax and SiLU from `vecmath.rs`.
 //!
 //! We own this file, rather than using candle-transformers' `quantized_llama`, because the app
 //! needs to change what happens inside: weights kept twice for prompt processing (below), our own
@@ -22,8 +23,10 @@
 //! written with operations candle can differentiate: its fused `rms_norm`, `softmax_last_dim` and
 //! `rope_i` kernels have no backward pass and would silently stop the gradient.
 
+use super::attend::attend;
 use super::lora::{Adapter, LoraPair};
 use super::q8::Q8Matrix;
+use super::vecmath::{dot, silu_mul, softmax_in_place};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QMatMul;
@@ -44,8 +47,9 @@ pub enum Weights {
     /// in cache. Measured in wasm (Node, one thread, 117-token prompt): 109 vs 59 tok/s prompt
     /// processing, for ~4x the weight memory (about +425 MB for SmolLM2-135M).
     QuantizedAndDense,
-    /// As stored, multiplied by candle's quantized kernels instead of ours: the reference that
-    /// `tests/llama_parity.rs` and `make bench` hold our Q8_0 kernel (`q8.rs`) to.
+    /// As stored, multiplied by candle's quantized kernels instead of ours, with candle's softmax
+    /// and SiLU instead of `vecmath`'s: the reference that `tests/llama_parity.rs` and
+    /// `make bench` hold our Q8_0 kernel (`q8.rs`) and our element-wise functions to.
     CandleKernels,
 }
 
@@ -157,9 +161,28 @@ impl Linear {
 }
 
 /// `x Wᵀ` for many positions with W in f32, W's rows split over threads (`split_over_threads`):
-/// each thread reads only its share of the weights and writes its own columns of the result.
+/// each thread reads only its share of the weights and writes its own columns of the result. In
+/// wasm the products are our kernel's (`dense.rs`), natively candle's.
 fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| Ok(x.broadcast_matmul(&w.narrow(0, start, rows)?.t()?)?))
+    if cfg!(not(target_arch = "wasm32")) {
+        return split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| {
+            Ok(x.broadcast_matmul(&w.narrow(0, start, rows)?.t()?)?)
+        });
+    }
+    let (batch, n, k) = x.dims3()?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    // W is read in place: a copy would be 1 to 3.5 MB per product.
+    let (storage, layout) = w.storage_and_layout();
+    let (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((from, to))) = (&*storage, layout.contiguous_offsets())
+    else {
+        return Err(Error::Input("dense weights must be contiguous f32 on the CPU".into()));
+    };
+    let ws = &all[from..to];
+    split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| {
+        let mut out = vec![0f32; batch * n * rows];
+        super::dense::matmul_t(&xs, &ws[start * k..(start + rows) * k], k, &mut out);
+        Ok(Tensor::from_vec(out, (batch, n, rows), x.device())?)
+    })
 }
 
 /// `f(start, len)` over `0..total` cut into one range per thread, run in parallel, the results
@@ -243,41 +266,44 @@ impl RmsNorm {
     }
 }
 
-/// Keys and values of every position seen so far, one block's: position after position, each
-/// position's kv heads side by side (`width` = kv heads × head dim values). Plain vectors, so that
-/// the decode path reads them in place and the prompt path copies them into tensors.
-#[derive(Default)]
+/// Keys and values of every position seen so far, one block's: one vector per key/value head,
+/// holding that head's keys (or values) position after position. Plain vectors, so that the decode
+/// path reads them in place, one head's front to back (`attend`), and the prompt path copies them
+/// into (heads, positions, head_dim) tensors without reordering.
 struct Cache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
-    width: usize,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    head_dim: usize,
 }
 
 impl Cache {
-    fn new(width: usize) -> Self {
-        Cache { keys: Vec::new(), values: Vec::new(), width }
+    fn new(n_kv_head: usize, head_dim: usize) -> Self {
+        Cache { keys: vec![Vec::new(); n_kv_head], values: vec![Vec::new(); n_kv_head], head_dim }
     }
 
     fn len(&self) -> usize {
-        self.keys.len() / self.width
+        self.keys[0].len() / self.head_dim
     }
 
     fn clear(&mut self) {
-        self.keys.clear();
-        self.values.clear();
+        self.keys.iter_mut().chain(&mut self.values).for_each(Vec::clear);
     }
 
-    /// Add positions (their keys and values, position after position).
+    /// Add positions, their keys and values given head by head: (heads, positions, head_dim).
     fn push(&mut self, keys: &[f32], values: &[f32]) {
-        self.keys.extend_from_slice(keys);
-        self.values.extend_from_slice(values);
+        let per_head = keys.len() / self.keys.len();
+        for (to, from) in self.keys.iter_mut().zip(keys.chunks_exact(per_head)) {
+            to.extend_from_slice(from);
+        }
+        for (to, from) in self.values.iter_mut().zip(values.chunks_exact(per_head)) {
+            to.extend_from_slice(from);
+        }
     }
 
     /// Keys and values of every position as tensors (1, kv heads, positions, head dim).
-    fn tensors(&self, n_kv_head: usize, head_dim: usize) -> Result<(Tensor, Tensor)> {
-        let t = |v: &[f32]| -> Result<Tensor> {
-            let t = Tensor::from_slice(v, (1, self.len(), n_kv_head, head_dim), &Device::Cpu)?;
-            Ok(t.transpose(1, 2)?.contiguous()?)
+    fn tensors(&self) -> Result<(Tensor, Tensor)> {
+        let t = |heads: &[Vec<f32>]| -> Result<Tensor> {
+            Ok(Tensor::from_vec(heads.concat(), (1, heads.len(), self.len(), self.head_dim), &Device::Cpu)?)
         };
         Ok((t(&self.keys)?, t(&self.values)?))
     }
@@ -323,6 +349,8 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// `Weights::CandleKernels`: candle's operations throughout, ours nowhere.
+    candle_ops: bool,
 }
 
 impl Llama {
@@ -371,7 +399,7 @@ impl Llama {
                 w3: linear("ffn_up")?,
                 attn_norm: norm(tensor(&format!("blk.{i}.attn_norm.weight"))?)?,
                 ffn_norm: norm(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?,
-                cache: Cache::new(n_kv_head * (dim / n_head)),
+                cache: Cache::new(n_kv_head, dim / n_head),
             });
         }
         let (cos, sin) = rotary_tables(rope_dim, rope_base, device)?;
@@ -388,6 +416,7 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
+            candle_ops: weights == Weights::CandleKernels,
         })
     }
 
@@ -481,11 +510,15 @@ impl Llama {
         let (cos, sin) = (self.cos.narrow(0, pos, n)?, self.sin.narrow(0, pos, n)?);
         for b in &mut self.blocks {
             let h = b.attn_norm.forward(&x)?;
-            let h = attention(b, &h, mask.as_ref(), &cos, &sin, pos, (self.n_head, self.n_kv_head, self.head_dim))?;
+            let shape = (self.n_head, self.n_kv_head, self.head_dim);
+            let h = attention(b, &h, mask.as_ref(), &cos, &sin, pos, shape, self.candle_ops)?;
             x = (x + h)?;
             let h = b.ffn_norm.forward(&x)?;
-            let gate = candle_nn::ops::silu(&b.w1.forward(&h)?)?;
-            let h = b.w2.forward(&(gate * b.w3.forward(&h)?)?)?;
+            let (gate, up) = (b.w1.forward(&h)?, b.w3.forward(&h)?);
+            let h = match self.candle_ops {
+                true => b.w2.forward(&(candle_nn::ops::silu(&gate)? * up)?)?,
+                false => b.w2.forward(&silu_times(&gate, &up)?)?,
+            };
             x = (x + h)?;
         }
         let x = self.norm.forward(&x)?.i((.., n - 1, ..))?;
@@ -506,7 +539,7 @@ impl Llama {
     /// against 22 ms for the matrix products alone), for vectors of a few hundred numbers.
     fn forward_one(&mut self, token: u32, pos: usize) -> Result<Tensor> {
         let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
-        let (dim, kv_dim, group) = (n_head * head_dim, n_kv_head * head_dim, n_head / n_kv_head);
+        let (dim, kv_dim) = (n_head * head_dim, n_kv_head * head_dim);
         let hidden = self.blocks.first().map_or(Ok((0, 0)), |b| b.w1.shape())?.0;
         if pos >= MAX_SEQ_LEN {
             return Err(Error::Input(format!("position {pos} is past the model's {MAX_SEQ_LEN}")));
@@ -516,7 +549,7 @@ impl Llama {
         let (mut h, mut q, mut att) = (vec![0f32; dim], vec![0f32; dim], vec![0f32; dim]);
         let (mut k, mut v) = (vec![0f32; kv_dim], vec![0f32; kv_dim]);
         let (mut gate, mut up) = (vec![0f32; hidden], vec![0f32; hidden]);
-        let mut scores = vec![0f32; pos + 1];
+        let mut scores = Vec::with_capacity(n_head / n_kv_head * (pos + 1));
         for b in &mut self.blocks {
             if pos == 0 {
                 b.cache.clear();
@@ -532,29 +565,14 @@ impl Llama {
             rotate_pairs(&mut q, &cos, &sin);
             rotate_pairs(&mut k, &cos, &sin);
             b.cache.push(&k, &v);
-            let scale = 1.0 / (head_dim as f32).sqrt();
-            for (head, out) in att.chunks_exact_mut(head_dim).enumerate() {
-                let qh = &q[head * head_dim..][..head_dim];
-                let at = (head / group) * head_dim;
-                let key = |t: usize| &b.cache.keys[t * kv_dim + at..][..head_dim];
-                for (t, s) in scores.iter_mut().enumerate() {
-                    *s = dot(qh, key(t)) * scale;
-                }
-                softmax_in_place(&mut scores);
-                out.fill(0.0);
-                for (t, &w) in scores.iter().enumerate() {
-                    for (o, val) in out.iter_mut().zip(&b.cache.values[t * kv_dim + at..][..head_dim]) {
-                        *o += w * val;
-                    }
-                }
-            }
+            attend(&q, &b.cache.keys, &b.cache.values, head_dim, &mut scores, &mut att);
             b.wo.matvec(&att, &mut h)?;
             x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
             // MLP: silu(x W1) * (x W3), then W2.
             b.ffn_norm.forward_slice(&x, &mut h)?;
             b.w1.matvec(&h, &mut gate)?;
             b.w3.matvec(&h, &mut up)?;
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            silu_mul(&mut gate, &up);
             b.w2.matvec(&gate, &mut h)?;
             x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
         }
@@ -642,30 +660,6 @@ fn rotate_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Σ a·b with eight running sums: a single f32 sum is a chain the compiler must keep in order
-/// (floating-point addition does not reassociate), eight independent ones vectorise.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    x.iter_mut().for_each(|v| *v /= sum);
-}
-
 /// Self-attention of `x` (1, n, dim) over the cached positions and itself.
 fn attention(
     b: &mut Block,
@@ -675,6 +669,7 @@ fn attention(
     sin: &Tensor,
     pos: usize,
     (n_head, n_kv_head, head_dim): (usize, usize, usize),
+    candle_ops: bool,
 ) -> Result<Tensor> {
     let (batch, n, dim) = x.dims3()?;
     let heads = |t: Tensor, count: usize| t.reshape((batch, n, count, head_dim))?.transpose(1, 2);
@@ -690,9 +685,8 @@ fn attention(
     if b.cache.len() != pos {
         return Err(Error::Input(format!("position {pos} after {} cached positions", b.cache.len())));
     }
-    let rows = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?) };
-    b.cache.push(&rows(&k)?, &rows(&v)?);
-    let (k, v) = b.cache.tensors(n_kv_head, head_dim)?;
+    b.cache.push(&k.flatten_all()?.to_vec1::<f32>()?, &v.flatten_all()?.to_vec1::<f32>()?);
+    let (k, v) = b.cache.tensors()?;
 
     // Grouped-query attention: query heads kv*group .. kv*group + group - 1 share key/value head
     // kv. Folding each group's heads into the rows of one matrix lets them use their shared keys
@@ -711,10 +705,32 @@ fn attention(
             }
             None => scores,
         };
-        Ok(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?)
+        let weights = match candle_ops {
+            true => candle_nn::ops::softmax_last_dim(&scores)?,
+            false => softmax_rows(&scores)?,
+        };
+        Ok(weights.matmul(&v)?)
     })?;
     let y = y.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
     b.wo.forward(&y)
+}
+
+/// silu(gate) · up, element by element, through `vecmath` rather than candle's operations, whose
+/// `exp` is a library call per number in wasm.
+fn silu_times(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
+    let u = up.flatten_all()?.to_vec1::<f32>()?;
+    g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| silu_mul(g, u));
+    Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
+}
+
+/// Softmax over the last dimension through `vecmath` (see `silu_times`).
+fn softmax_rows(x: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+    v.par_chunks_mut(x.dim(D::Minus1)?).for_each(softmax_in_place);
+    Ok(Tensor::from_vec(v, x.shape(), x.device())?)
 }
 
 /// `attention` for training: the whole sequence at once, from differentiable operations.

@@ -1,0 +1,99 @@
+//! Element-wise arithmetic for the CPU forward pass, written so the compiler turns each loop into
+//! vector code, wasm's simd128 included. In wasm, `f32::exp` is a library call made one number at
+//! a time: under Node it was a quarter of a decode step's attention and ~10% of reading a prompt
+//! (softmax and SiLU), where the `exp` here runs four numbers per instruction.
+
+/// Σ a·b with eight running sums: a single f32 sum is a chain the compiler must keep in order
+/// (floating-point addition does not reassociate), eight independent ones vectorise.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Softmax of one row, in place.
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    x.iter_mut().for_each(|v| *v = exp(*v - max));
+    // Four running sums, so the adds need not wait on each other.
+    let (wide, tail) = x.as_chunks::<4>();
+    let sums = wide.iter().fold([0f32; 4], |s, v| std::array::from_fn(|i| s[i] + v[i]));
+    let inv = 1.0 / ((sums[0] + sums[2]) + (sums[1] + sums[3]) + tail.iter().sum::<f32>());
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// x · sigmoid(x) · u for each pair: the gated MLP's activation, in place in `gate`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    gate.iter_mut().zip(up).for_each(|(g, u)| *g = *g / (1.0 + exp(-*g)) * u);
+}
+
+/// eˣ within one f32 epsilon of relative error (the test measures it), from arithmetic the
+/// compiler vectorises: no library call, and no branch but selects. eˣ = 2ⁿ · eʳ with
+/// n = round(x / ln 2) and |r| ≤ ln 2 / 2; eʳ is its Taylor series to r⁷ (the next term is below
+/// 5e-9), and 2ⁿ is written straight into the float's exponent bits.
+///
+/// Outside [-87.33, 88.37], where 2ⁿ has no such bits, it gives 0 and +∞: below, eˣ is at most
+/// f32's least normal number; above, within 30% of f32's largest. Neither matters to a softmax
+/// weight or a sigmoid.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // ln 2 in two parts, so that n · LN2_HIGH is exact (LN2_HIGH has 16 significant bits).
+    const LN2_HIGH: f32 = 0.693_145_75;
+    const LN2_LOW: f32 = 1.428_606_8e-6;
+    // Adding and then subtracting 1.5 · 2²³ rounds to the nearest integer (for |v| < 2²²).
+    const ROUND: f32 = 12_582_912.0;
+    // The clamp keeps n within -127..=128, so that n + 127 fits the 8 exponent bits.
+    let n = (x.clamp(-88.0, 89.0) * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_HIGH) - n * LN2_LOW;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.33 {
+        0.0
+    } else if x > 88.37 {
+        f32::INFINITY
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_library() {
+        let mut worst = 0f32;
+        for i in 0..=400_000 {
+            let x = -90.0 + 180.0 * i as f32 / 400_000.0;
+            let (got, want) = (exp(x), x.exp());
+            if x < -87.33 {
+                assert_eq!(got, 0.0, "e^{x}");
+            } else if x > 88.37 {
+                assert_eq!(got, f32::INFINITY, "e^{x}");
+            } else {
+                worst = worst.max((got - want).abs() / want);
+            }
+        }
+        assert!(worst < 1.5 * f32::EPSILON, "relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut x = vec![1.0, 3.0, -2.0, f32::NEG_INFINITY, 3.0, 0.5];
+        softmax_in_place(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+        assert_eq!(x[1], x[4]);
+        assert!(x[1] > x[0] && x[0] > x[5] && x[5] > x[2]);
+    }
+}
