@@ -5,7 +5,8 @@
 //!
 //! Query heads that share a key/value head (grouped-query attention) are done together, so each
 //! cached key and value is read once per group rather than once per query head, and the cache
-//! keeps each head's positions together (`llama::Cache`), so they are read front to back.
+//! keeps each head's positions together (`llama::Cache`): its keys are read front to back, its
+//! values in columns of eight numbers that sweep the same few hundred KB.
 
 use super::f4::F4;
 use super::vecmath::{dot, softmax_in_place};
@@ -22,6 +23,10 @@ pub fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    if keys.first().is_none_or(|k| k.is_empty()) {
+        out.fill(0.0);
+        return;
+    }
     let group = q.len() / (keys.len() * head_dim);
     // The head size and group are constants inside the kernel, so its loops unroll into straight
     // vector code without bounds checks (about 1.3x faster in wasm than the same loops over
@@ -60,7 +65,7 @@ fn attend_heads<const HD: usize, const G: usize>(
             for (c, k) in key.as_chunks::<4>().0.iter().enumerate() {
                 let k = F4::from(k);
                 for (acc, query) in acc.iter_mut().zip(&queries) {
-                    *acc = acc.mul_add(F4::from(&query[c]), k);
+                    *acc = acc.add_product(F4::from(&query[c]), k);
                 }
             }
             for (row, acc) in weights.iter_mut().zip(acc) {
@@ -77,8 +82,8 @@ fn attend_heads<const HD: usize, const G: usize>(
                 let (v0, v1) = (F4::from(&value[0]), F4::from(&value[1]));
                 for (acc, row) in acc.iter_mut().zip(&weights) {
                     let w = F4::splat(row[t]);
-                    acc[0] = acc[0].mul_add(w, v0);
-                    acc[1] = acc[1].mul_add(w, v1);
+                    acc[0] = acc[0].add_product(w, v0);
+                    acc[1] = acc[1].add_product(w, v1);
                 }
             }
             for (g, acc) in acc.iter().enumerate() {

@@ -25,7 +25,7 @@ mod imp {
 
         /// `self + a · b`, lane by lane.
         #[inline(always)]
-        pub fn mul_add(self, a: F4, b: F4) -> F4 {
+        pub fn add_product(self, a: F4, b: F4) -> F4 {
             F4(f32x4_add(self.0, f32x4_mul(a.0, b.0)))
         }
 
@@ -65,7 +65,7 @@ mod imp {
         }
 
         #[inline(always)]
-        pub fn mul_add(self, a: F4, b: F4) -> F4 {
+        pub fn add_product(self, a: F4, b: F4) -> F4 {
             F4(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
         }
 

@@ -8,8 +8,9 @@
 //!       x += mlp(rms_norm(x))         (silu(x W1) * (x W3), then W2)
 //!   → rms_norm → logits for the last position, against the (tied) token embedding table.
 //!
-//! Two ways through it compute the same thing: `forward` with candle tensor operations, for
-//! prompts (many positions at once) and for any weight format; and `forward_one`, one token on
+//! Two ways through it compute the same thing: `forward` with candle tensor operations (and, in
+//! wasm, our f32 products, `dense.rs`), for prompts (many positions at once) and for any weight
+//! format; and `forward_one`, one token on
 //! plain f32 buffers with our own Q8_0 kernel (`q8.rs`) and attention (`attend.rs`), the path
 //! every generated token takes when the weights are Q8_0, because a tensor operation per step of
 //! the way cost a third of a step. Both take softmax and SiLU from `vecmath.rs`.
@@ -43,9 +44,10 @@ pub enum Weights {
     #[default]
     Quantized,
     /// Also as f32, used when many positions go through at once (the prompt). A quantized matrix
-    /// product reads each weight once per position; plain f32 gemm blocks the work so weights stay
-    /// in cache. Measured in wasm (Node, one thread, 117-token prompt): 109 vs 59 tok/s prompt
-    /// processing, for ~4x the weight memory (about +425 MB for SmolLM2-135M).
+    /// product reads each weight once per position; f32 products (candle's gemm natively,
+    /// `dense.rs` in wasm) block the work so weights stay in cache. Measured in wasm (Node, one
+    /// thread, 117-token prompt, with candle's gemm): 109 vs 59 tok/s prompt processing, for ~4x
+    /// the weight memory (about +425 MB for SmolLM2-135M).
     QuantizedAndDense,
     /// As stored, multiplied by candle's quantized kernels instead of ours, with candle's softmax
     /// and SiLU instead of `vecmath`'s: the reference that `tests/llama_parity.rs` and
@@ -164,7 +166,12 @@ impl Linear {
 /// each thread reads only its share of the weights and writes its own columns of the result. In
 /// wasm the products are our kernel's (`dense.rs`), natively candle's.
 fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if cfg!(not(target_arch = "wasm32")) {
+    dense_product_with(x, w, cfg!(target_arch = "wasm32"))
+}
+
+/// `dense_product` with the kernel chosen by the caller, so native tests can run the wasm path.
+fn dense_product_with(x: &Tensor, w: &Tensor, ours: bool) -> Result<Tensor> {
+    if !ours {
         return split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| {
             Ok(x.broadcast_matmul(&w.narrow(0, start, rows)?.t()?)?)
         });
@@ -818,4 +825,24 @@ fn rotary_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tens
     let positions = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?.to_dtype(DType::F32)?.reshape((MAX_SEQ_LEN, 1))?;
     let angles = positions.matmul(&freqs)?;
     Ok((angles.cos()?, angles.sin()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wasm build's prompt products (our kernel, W read in place from the tensor) against
+    /// candle's, on a weight matrix that is a row range of a larger one, as a thread's share is.
+    #[test]
+    fn our_dense_products_match_candles() -> Result<()> {
+        let (n, k, rows) = (7, 64, 40);
+        let x = Tensor::from_vec(crate::bench::pseudo_random(n * k, 1), (1, n, k), &Device::Cpu)?;
+        let whole = Tensor::from_vec(crate::bench::pseudo_random(3 * rows * k, 2), (3 * rows, k), &Device::Cpu)?;
+        for w in [whole.clone(), whole.narrow(0, rows, rows)?] {
+            let (ours, candles) = (dense_product_with(&x, &w, true)?, dense_product_with(&x, &w, false)?);
+            let off = (ours - candles)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(off < 1e-5, "off by {off}");
+        }
+        Ok(())
+    }
 }

@@ -2,15 +2,15 @@
 //! file, its tokenizer and chat template taken from the same file, and a decode loop with
 //! streaming, stop tokens, sampling and cancellation.
 
-pub mod attend;
-pub mod dense;
+pub(crate) mod attend;
+pub(crate) mod dense;
 mod f4;
 pub mod llama;
 pub mod lora;
 pub mod q8;
 pub mod quantize;
 pub mod tokenizer;
-pub mod vecmath;
+pub(crate) mod vecmath;
 
 use crate::error::{Error, Result};
 use crate::gpu::{llama::GpuLlama, Gpu};
