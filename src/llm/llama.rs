@@ -10,10 +10,10 @@
 //!
 //! Two ways through it compute the same thing: `forward` with candle tensor operations (and, in
 //! wasm, our f32 products, `dense.rs`), for prompts (many positions at once) and for any weight
-//! format; and `forward_one`, one token on
-//! plain f32 buffers with our own Q8_0 kernel (`q8.rs`) and attention (`attend.rs`), the path
-//! every generated token takes when the weights are Q8_0, because a tensor operation per step of
-//! the way cost a third of a step. Both take softmax and SiLU from `vecmath.rs`.
+//! format; and `forward_one`, one token on plain f32 buffers with our own Q8_0 kernel (`q8.rs`)
+//! and attention (`attend.rs`), the path every generated token takes when the weights are Q8_0,
+//! because a tensor operation per step of the way cost a third of a step. Both take softmax and
+//! SiLU from `vecmath.rs`.
 //!
 //! We own this file, rather than using candle-transformers' `quantized_llama`, because the app
 //! needs to change what happens inside: weights kept twice for prompt processing (below), our own
@@ -726,18 +726,22 @@ fn attention(
 /// `exp` is a library call per number in wasm.
 fn silu_times(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
-    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
     let u = up.flatten_all()?.to_vec1::<f32>()?;
-    g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| silu_mul(g, u));
-    Ok(Tensor::from_vec(g, gate.shape(), gate.device())?)
+    through_vec(gate, |g| g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| silu_mul(g, u)))
 }
 
 /// Softmax over the last dimension through `vecmath` (see `silu_times`).
 fn softmax_rows(x: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
-    let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-    v.par_chunks_mut(x.dim(D::Minus1)?).for_each(softmax_in_place);
-    Ok(Tensor::from_vec(v, x.shape(), x.device())?)
+    let last = x.dim(D::Minus1)?;
+    through_vec(x, |v| v.par_chunks_mut(last).for_each(softmax_in_place))
+}
+
+/// `f` applied to a copy of `t`'s numbers, returned as a tensor of `t`'s shape.
+fn through_vec(t: &Tensor, f: impl FnOnce(&mut [f32])) -> Result<Tensor> {
+    let mut v = t.flatten_all()?.to_vec1::<f32>()?;
+    f(&mut v);
+    Ok(Tensor::from_vec(v, t.shape(), t.device())?)
 }
 
 /// `attention` for training: the whole sequence at once, from differentiable operations.
