@@ -38,3 +38,39 @@ fn minilm_embeddings_match_sentence_transformers() {
     }
     eprintln!("worst cosine {worst}");
 }
+
+/// Our BERT (`embed::bert`) against candle-transformers' `BertModel`, the implementation the
+/// embedder ran before, on the same token ids: the same vectors to float rounding.
+#[test]
+fn our_bert_matches_candles() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::bert::{BertModel, Config};
+    let dir = common::models_dir().join("minilm");
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let config: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let vb = candle_nn::VarBuilder::from_slice_safetensors(&weights, DType::F32, &Device::Cpu).unwrap();
+    let reference = BertModel::load(vb, &config).unwrap();
+    let e = common::embedder();
+    let texts = [
+        "Hello.",
+        "Retrieval finds the passages; the model answers from them and cites them.",
+        "LoRA trains two small matrices beside each frozen weight matrix, so a fine-tune is a few megabytes.",
+    ];
+    let ours = e.embed(&texts).unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    // The file asks for padding; these texts go through one at a time, unpadded.
+    tokenizer.with_padding(None);
+    let mut worst = 1.0f32;
+    for (text, ours) in texts.iter().zip(&ours) {
+        let ids = tokenizer.encode(*text, true).unwrap().get_ids().to_vec();
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let hidden = reference.forward(&ids, &ids.zeros_like().unwrap(), None).unwrap();
+        let mean = hidden.mean(1).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cos: f32 = mean.iter().zip(ours).map(|(a, b)| a / norm * b).sum();
+        let largest = mean.iter().zip(ours).map(|(a, b)| (a / norm - b).abs()).fold(0f32, f32::max);
+        worst = worst.min(cos);
+        assert!(cos > 0.999_999 && largest < 1e-5, "cosine {cos}, largest difference {largest} for {text:?}");
+    }
+    eprintln!("worst cosine to candle's BertModel {worst}");
+}

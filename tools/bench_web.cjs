@@ -10,7 +10,7 @@ async function main() {
   try {
     const page = context.pages()[0] || await context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
-    // ONLY=generation (make bench-web ONLY=generation) times generation alone.
+    // ONLY=generation or ONLY=embedding (make bench-web ONLY=…) times that alone.
     const only = process.env.ONLY ? `?only=${encodeURIComponent(process.env.ONLY)}` : '';
     await page.goto(`${server.url}bench.html${only}`);
     let last = '';

@@ -32,7 +32,8 @@ function fail(e) {
 async function run() {
   const result = { backend: 'cpu' };
   // `?only=generation` (`make bench-web ONLY=generation`): the default generation setting on one
-  // thread and on two, nothing else: a quick before/after for work on generation.
+  // thread and on two, nothing else: a quick before/after for work on generation; `?only=embedding`
+  // likewise for the embedder.
   const only = new URLSearchParams(location.search).get('only');
 
   // One thread: generation (and time to first token) on the app's own pipeline, the embedder,
@@ -68,6 +69,42 @@ async function run() {
     Object.assign(result, await generation('main', { densePrefill: true }), await twoThreads(), { only });
     return finish(result);
   }
+  // Embedding rates are the median of three timed rounds after one untimed round.
+  const embedOne = async (w, chunks) => {
+    await w.request({ type: 'embed', texts: chunks });
+    const rounds = [];
+    for (let i = 0; i < 3; i++) rounds.push((await w.request({ type: 'embed', texts: chunks })).ms);
+    return chunks.length / (median(rounds) / 1000);
+  };
+  // Two threads for embedding: two workers with their own wasm instance, each embedding half the
+  // chunks, which is how indexing can use both cores without shared memory.
+  const embedTwo = async (chunks) => {
+    status('embedding on two workers…');
+    const pair = [start('a'), start('b')];
+    await Promise.all(pair.map((w) => w.request({ type: 'init', generator: false, module })));
+    const half = Math.ceil(chunks.length / 2);
+    const round = async () => {
+      const t0 = performance.now();
+      await Promise.all(pair.map((w, i) => w.request({ type: 'embed', texts: chunks.slice(i * half, (i + 1) * half) })));
+      return performance.now() - t0;
+    };
+    await round();
+    const rounds = [await round(), await round(), await round()];
+    pair.forEach((w) => w.terminate());
+    return chunks.length / (median(rounds) / 1000);
+  };
+  // `?only=embedding`: the embedder on one thread and on two, nothing else.
+  if (only === 'embedding') {
+    const w = start('main');
+    // The engine (and so the generator) is loaded for the shipped library, the chunks' source.
+    await w.request({ type: 'init', generator: true, module });
+    const { chunks } = await w.request({ type: 'chunks', n: 64 });
+    result.embed_chunks_s_1t = await embedOne(w, chunks);
+    w.terminate();
+    await sleep(2000);
+    result.embed_chunks_s_2t = await embedTwo(chunks);
+    return finish({ ...result, only });
+  }
   const q = await generation('quantized', { densePrefill: false });
   result.prefill_tok_s_1t_quantized = q.prefill_tok_s_1t;
   result.decode_tok_s_1t_quantized = q.decode_tok_s_1t;
@@ -80,33 +117,14 @@ async function run() {
   await main.request({ type: 'init', generator: true, densePrefill: true, module });
   Object.assign(result, (await main.request({ type: 'generation' })).figures);
   const { chunks } = await main.request({ type: 'chunks', n: 64 });
-  // Embedding rates are the median of three timed rounds after one untimed round.
-  await main.request({ type: 'embed', texts: chunks });
-  const oneRounds = [];
-  for (let i = 0; i < 3; i++) oneRounds.push((await main.request({ type: 'embed', texts: chunks })).ms);
-  result.embed_chunks_s_1t = chunks.length / (median(oneRounds) / 1000);
+  result.embed_chunks_s_1t = await embedOne(main, chunks);
   Object.assign(result, (await main.request({ type: 'index', n: 10_000 })).figures);
   Object.assign(result, (await main.request({ type: 'kernels' })).figures);
   main.terminate();
   await sleep(5000);
 
   Object.assign(result, await twoThreads());
-
-  // Two threads for embedding: two workers with their own wasm instance, each embedding half the
-  // chunks, which is how indexing can use both cores without shared memory.
-  status('embedding on two workers…');
-  const pair = [start('a'), start('b')];
-  await Promise.all(pair.map((w) => w.request({ type: 'init', generator: false, module })));
-  const half = Math.ceil(chunks.length / 2);
-  const round = async () => {
-    const t0 = performance.now();
-    await Promise.all(pair.map((w, i) => w.request({ type: 'embed', texts: chunks.slice(i * half, (i + 1) * half) })));
-    return performance.now() - t0;
-  };
-  await round();
-  const twoRounds = [await round(), await round(), await round()];
-  result.embed_chunks_s_2t = chunks.length / (median(twoRounds) / 1000);
-  pair.forEach((w) => w.terminate());
+  result.embed_chunks_s_2t = await embedTwo(chunks);
 
   // WebGPU: timed on a real GPU only. A software adapter (headless Chromium's SwiftShader, with
   // --enable-unsafe-webgpu) is named but not timed: it says nothing about GPUs.

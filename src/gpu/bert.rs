@@ -1,5 +1,5 @@
 //! The embedder (all-MiniLM-L6-v2, a 6-layer BERT) on the GPU: the same forward pass as
-//! candle-transformers' `BertModel` that `crate::embed` runs on the CPU, then mean pooling over
+//! `crate::embed::bert` runs on the CPU, then mean pooling over
 //! each text's real tokens. The weights (f32, as shipped) are uploaded once; a batch uploads its
 //! token ids and padding mask and reads back one vector per text.
 //!
@@ -11,18 +11,9 @@
 //! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
 
 use super::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
+use crate::embed::bert::BertShape;
 use crate::error::{Error, Result};
 use std::sync::Arc;
-
-/// The model's sizes, from its config.json.
-#[derive(Debug, Clone, Copy)]
-pub struct BertShape {
-    pub layers: usize,
-    pub heads: usize,
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub eps: f32,
-}
 
 /// The most positions (texts × padded length) one batch may hold.
 pub const MAX_POSITIONS: usize = 16 * 256;

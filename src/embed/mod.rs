@@ -1,12 +1,13 @@
 //! Sentence embeddings with all-MiniLM-L6-v2: a 6-layer BERT whose token vectors are averaged
 //! (ignoring padding) and scaled to unit length, so a dot product is a cosine similarity.
 
+pub mod bert;
+
 use crate::error::{Error, Result};
-use crate::gpu::bert::{BertShape, GpuBert};
+use crate::gpu::bert::GpuBert;
 use crate::gpu::Gpu;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use bert::{Bert, BertShape};
+use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 /// sentence-transformers' `max_seq_length` for this model; longer inputs are cut there, exactly as
@@ -18,13 +19,11 @@ const BATCH: usize = 16;
 const _: () = assert!(BATCH * MAX_SEQ_LEN <= crate::gpu::bert::MAX_POSITIONS, "a batch must fit one GPU pass");
 
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     /// A second tokenizer without truncation or padding, for counting tokens while chunking.
     counter: Tokenizer,
-    device: Device,
     dim: usize,
-    shape: BertShape,
     /// The model on the GPU, when embedding runs there (`use_gpu`).
     gpu: Option<GpuBert>,
 }
@@ -47,11 +46,9 @@ impl Embedder {
             .with_truncation(Some(TruncationParams { max_length: MAX_SEQ_LEN, ..Default::default() }))
             .map_err(|e| Error::model("embedder tokenizer.json", e))?;
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
-        let device = Device::Cpu;
-        let vb = VarBuilder::from_slice_safetensors(weights, DType::F32, &device)
-            .map_err(|e| Error::model("embedder model.safetensors", format!("not a valid safetensors file ({e})")))?;
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| Error::model("embedder model.safetensors", format!("does not match config.json: {e}")))?;
+        if config.hidden_act != "gelu" {
+            return Err(Error::model("embedder config.json", format!("activation {:?}; the embedder runs \"gelu\"", config.hidden_act)));
+        }
         let shape = BertShape {
             layers: config.num_hidden_layers,
             heads: config.num_attention_heads,
@@ -59,7 +56,8 @@ impl Embedder {
             intermediate: config.intermediate_size,
             eps: config.layer_norm_eps as f32,
         };
-        Ok(Embedder { model, tokenizer, counter, device, dim: config.hidden_size, shape, gpu: None })
+        let model = Bert::from_safetensors(weights, shape)?;
+        Ok(Embedder { model, tokenizer, counter, dim: config.hidden_size, gpu: None })
     }
 
     pub fn dim(&self) -> usize {
@@ -71,7 +69,7 @@ impl Embedder {
     /// vectors within cosine `GPU_MIN_COSINE`. On failure the embedder stays on the CPU and the
     /// error says why. Natively it completes at once (`crate::gpu::now`).
     pub async fn use_gpu(&mut self, gpu: std::sync::Arc<Gpu>, weights: &[u8]) -> Result<()> {
-        let on_gpu = GpuBert::new(gpu, weights, self.shape)?;
+        let on_gpu = GpuBert::new(gpu, weights, self.model.shape())?;
         let texts = ["Hello.", "Retrieval finds the passages; the model answers from them and cites them."];
         let cpu = self.embed(&texts)?;
         let (ids, mask, len) = self.tokenize(&texts)?;
@@ -162,20 +160,24 @@ impl Embedder {
         Ok((ids, mask, len))
     }
 
-    /// One tokenized batch (`tokenize`) on the CPU.
+    /// One tokenized batch (`tokenize`) on the CPU: each text without its padding.
     fn embed_batch(&self, ids: Vec<u32>, mask: Vec<u32>, len: usize) -> Result<Vec<Vec<f32>>> {
-        let n = ids.len() / len.max(1);
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-        // Mean over real tokens only: padding must not pull short texts towards each other.
-        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
-        let counts = mask_f.sum(1)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        let unit = mean.broadcast_div(&norm)?;
-        Ok(unit.to_vec2::<f32>()?)
+        let texts: Vec<&[u32]> = ids
+            .chunks_exact(len.max(1))
+            .zip(mask.chunks_exact(len.max(1)))
+            .map(|(ids, mask)| &ids[..mask.iter().filter(|&&m| m != 0).count()])
+            .collect();
+        self.model.forward(&texts)
     }
+}
+
+/// The fields of the model's config.json the embedder reads.
+#[derive(Deserialize)]
+struct Config {
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    layer_norm_eps: f64,
+    hidden_act: String,
 }

@@ -1,0 +1,304 @@
+//! all-MiniLM-L6-v2 on the CPU, written out: a 6-layer BERT encoder, then the mean of each text's
+//! token vectors scaled to unit length. It computes what candle-transformers' `BertModel` does (and
+//! `gpu/bert.rs` on the GPU), on plain slices of f32, so that in wasm the products run on our
+//! kernel (`llm::dense`) and GELU and softmax on `llm::vecmath`. Profiled under Node, embedding
+//! through candle spent 69% of its time in gemm, 9% in `expf` and 7% in `erff`, one number per
+//! call. Natively the products go to the `gemm` crate that candle itself calls, on every core.
+//!
+//! Texts are packed end to end instead of padded to a common length: every position computed is
+//! a real token, and attention stays within each text.
+//!
+//! embeddings (word + position + type) → layer_norm → per layer:
+//!   q, k, v = x Wᵀ + b
+//!   att = per text and head: softmax(q kᵀ / √d) v
+//!   x = layer_norm(x + att W_oᵀ + b_o)
+//!   x = layer_norm(x + gelu(x W_1ᵀ + b_1) W_2ᵀ + b_2)
+//! → the mean of each text's positions → unit length.
+
+use crate::error::{Error, Result};
+use crate::llm::vecmath;
+
+/// The model's sizes, from its config.json.
+#[derive(Debug, Clone, Copy)]
+pub struct BertShape {
+    pub layers: usize,
+    pub heads: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub eps: f32,
+}
+
+/// `y = x Wᵀ + b`; W is outputs × inputs, as stored.
+struct Linear {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+}
+
+impl Linear {
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let outputs = self.bias.len();
+        let mut y = vec![0f32; x.len() / self.inputs * outputs];
+        product(x, &self.weight, self.inputs, &mut y);
+        for row in y.chunks_exact_mut(outputs) {
+            row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
+        }
+        y
+    }
+}
+
+/// Layer normalisation over each position's vector, with a learned scale and shift.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    /// `x = layer_norm(x + residual)`, position by position.
+    fn forward(&self, x: &mut [f32], residual: Option<&[f32]>) {
+        let dim = self.weight.len();
+        if let Some(r) = residual {
+            x.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+        }
+        for row in x.chunks_exact_mut(dim) {
+            let mean = sum(row) / dim as f32;
+            row.iter_mut().for_each(|v| *v -= mean);
+            let variance = vecmath::dot(row, row) / dim as f32;
+            let scale = 1.0 / (variance + self.eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *v = *v * scale * w + b;
+            }
+        }
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    attention_norm: Norm,
+    up: Linear,
+    down: Linear,
+    output_norm: Norm,
+}
+
+pub struct Bert {
+    shape: BertShape,
+    /// Rows of `hidden` numbers: one per word piece, one per position.
+    words: Vec<f32>,
+    positions: Vec<f32>,
+    /// The first token type's row: every position of a single text has type 0.
+    token_type: Vec<f32>,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    /// The weights from the model's safetensors bytes (f32, as shipped; names without a `bert.`
+    /// prefix, as sentence-transformers saves them).
+    pub fn from_safetensors(bytes: &[u8], shape: BertShape) -> Result<Bert> {
+        let bad = |what: String| Error::model("embedder model.safetensors", what);
+        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        // A tensor's numbers, after checking its type and, where given, its shape.
+        let read = |name: &str, dims: &[usize]| -> Result<(Vec<f32>, Vec<usize>)> {
+            let t = file.tensor(name).map_err(|e| bad(format!("{name}: {e} (does the file match config.json?)")))?;
+            let ok_dims = dims.is_empty() || t.shape() == dims;
+            if t.dtype() != safetensors::Dtype::F32 || !ok_dims {
+                return Err(bad(format!("{name} is {:?} {:?}, not F32 {dims:?} as config.json says", t.dtype(), t.shape())));
+            }
+            let numbers = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok((numbers, t.shape().to_vec()))
+        };
+        let (dim, inter) = (shape.hidden, shape.intermediate);
+        let linear = |name: &str, outputs: usize, inputs: usize| -> Result<Linear> {
+            Ok(Linear {
+                weight: read(&format!("{name}.weight"), &[outputs, inputs])?.0,
+                bias: read(&format!("{name}.bias"), &[outputs])?.0,
+                inputs,
+            })
+        };
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm { weight: read(&format!("{name}.weight"), &[dim])?.0, bias: read(&format!("{name}.bias"), &[dim])?.0, eps: shape.eps })
+        };
+        // A table of `dim`-long rows whose count the file decides.
+        let table = |name: &str| -> Result<Vec<f32>> {
+            let (numbers, dims) = read(name, &[])?;
+            if dims.len() != 2 || dims[1] != dim {
+                return Err(bad(format!("{name} is {dims:?}, not rows of {dim} as config.json says")));
+            }
+            Ok(numbers)
+        };
+        if dim == 0 || shape.heads == 0 || dim % shape.heads != 0 {
+            return Err(Error::model("embedder config.json", format!("{dim} values do not split into {} heads", shape.heads)));
+        }
+        let mut layers = Vec::with_capacity(shape.layers);
+        for i in 0..shape.layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: linear(&format!("{p}.attention.self.query"), dim, dim)?,
+                key: linear(&format!("{p}.attention.self.key"), dim, dim)?,
+                value: linear(&format!("{p}.attention.self.value"), dim, dim)?,
+                output: linear(&format!("{p}.attention.output.dense"), dim, dim)?,
+                attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                up: linear(&format!("{p}.intermediate.dense"), inter, dim)?,
+                down: linear(&format!("{p}.output.dense"), dim, inter)?,
+                output_norm: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        let mut token_type = table("embeddings.token_type_embeddings.weight")?;
+        token_type.truncate(dim);
+        Ok(Bert {
+            shape,
+            words: table("embeddings.word_embeddings.weight")?,
+            positions: table("embeddings.position_embeddings.weight")?,
+            token_type,
+            embedding_norm: norm("embeddings.LayerNorm")?,
+            layers,
+        })
+    }
+
+    pub fn shape(&self) -> BertShape {
+        self.shape
+    }
+
+    /// The most tokens one text may have (the position table's length).
+    pub fn max_len(&self) -> usize {
+        self.positions.len() / self.shape.hidden
+    }
+
+    /// One unit vector per text, each given as its token ids ([CLS] … [SEP], no padding).
+    pub fn forward(&self, texts: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let dim = self.shape.hidden;
+        let lens: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+        if let Some(&len) = lens.iter().find(|&&l| l == 0 || l > self.max_len()) {
+            return Err(Error::Input(format!("the embedder takes 1 to {} tokens per text, not {len}", self.max_len())));
+        }
+        let mut x = Vec::with_capacity(lens.iter().sum::<usize>() * dim);
+        for ids in texts {
+            for (p, &id) in ids.iter().enumerate() {
+                let at = id as usize * dim;
+                let word = self.words.get(at..at + dim).ok_or_else(|| {
+                    Error::Input(format!("token id {id} is outside the embedder's vocabulary"))
+                })?;
+                let position = &self.positions[p * dim..][..dim];
+                x.extend(word.iter().zip(&self.token_type).zip(position).map(|((w, t), p)| w + t + p));
+            }
+        }
+        self.embedding_norm.forward(&mut x, None);
+        for layer in &self.layers {
+            let (q, k, v) = (layer.query.forward(&x), layer.key.forward(&x), layer.value.forward(&x));
+            let attended = attention(&q, &k, &v, &lens, dim, self.shape.heads);
+            layer.attention_norm.forward(&mut x, Some(&layer.output.forward(&attended)));
+            let mut h = layer.up.forward(&x);
+            vecmath::gelu_in_place(&mut h);
+            layer.output_norm.forward(&mut x, Some(&layer.down.forward(&h)));
+        }
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut rows = x.chunks_exact(dim);
+        for &len in &lens {
+            let mut mean = vec![0f32; dim];
+            for row in rows.by_ref().take(len) {
+                mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+            }
+            let norm = vecmath::dot(&mean, &mean).sqrt().max(1e-12);
+            vectors.push(mean.iter().map(|m| m / norm).collect());
+        }
+        Ok(vectors)
+    }
+}
+
+/// Self-attention within each text (`lens`: the texts' lengths, packed end to end in q, k, v),
+/// head by head: softmax(q kᵀ / √d) v.
+fn attention(q: &[f32], k: &[f32], v: &[f32], lens: &[usize], dim: usize, heads: usize) -> Vec<f32> {
+    let d = dim / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; q.len()];
+    let mut start = 0;
+    for &len in lens {
+        // The weights' rows are padded with zeros to a multiple of four, the product kernel's
+        // step; the zeros add nothing to the weighted sum of values.
+        let wide = len.next_multiple_of(4);
+        // This text's rows of one head's columns, one after another.
+        let head = |t: &[f32], h: usize| -> Vec<f32> {
+            let mut rows = Vec::with_capacity(len * d);
+            for p in start..start + len {
+                rows.extend_from_slice(&t[p * dim + h * d..][..d]);
+            }
+            rows
+        };
+        for h in 0..heads {
+            let mut scores = vec![0f32; len * len];
+            product(&head(q, h), &head(k, h), d, &mut scores);
+            let mut weights = vec![0f32; len * wide];
+            for (w, s) in weights.chunks_exact_mut(wide).zip(scores.chunks_exact(len)) {
+                w[..len].iter_mut().zip(s).for_each(|(w, s)| *w = s * scale);
+                vecmath::softmax_in_place(&mut w[..len]);
+            }
+            // vᵀ: the values of each of the head's d columns along the positions.
+            let mut values = vec![0f32; d * wide];
+            for (i, row) in head(v, h).chunks_exact(d).enumerate() {
+                row.iter().enumerate().for_each(|(c, &x)| values[c * wide + i] = x);
+            }
+            let mut y = vec![0f32; len * d];
+            product(&weights, &values, wide, &mut y);
+            for (p, row) in y.chunks_exact(d).enumerate() {
+                out[(start + p) * dim + h * d..][..d].copy_from_slice(row);
+            }
+        }
+        start += len;
+    }
+    out
+}
+
+fn sum(x: &[f32]) -> f32 {
+    let (wide, tail) = x.as_chunks::<8>();
+    let sums = wide.iter().fold([0f32; 8], |s, v| std::array::from_fn(|i| s[i] + v[i]));
+    sums.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// `out = x Wᵀ` (x: positions × k, W: outputs × k, out: positions × outputs). In wasm our
+/// kernel, on at most `SLICE` positions at a time: it walks every position for each block of
+/// W's rows, so the positions should stay in cache (128 × 1536 numbers is 786 KB).
+#[cfg(target_arch = "wasm32")]
+fn product(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    const SLICE: usize = 128;
+    let outputs = w.len() / k;
+    for (xs, ys) in x.chunks(SLICE * k).zip(out.chunks_mut(SLICE * outputs)) {
+        crate::llm::dense::matmul_t(xs, w, k, ys);
+    }
+}
+
+/// Natively: the `gemm` crate's kernels (AVX2 and FMA where the CPU has them, every core), which
+/// read Wᵀ through strides.
+#[cfg(not(target_arch = "wasm32"))]
+fn product(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    let (n, m) = (x.len() / k, w.len() / k);
+    assert!(x.len() == n * k && w.len() == m * k && out.len() == n * m, "product shapes");
+    // SAFETY: the assert above: x is n × k and W m × k (both row-major), out n × m; the strides
+    // below stay inside them. Wᵀ's element (row c, column j) is w[j k + c].
+    unsafe {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            out.as_mut_ptr(),
+            1,
+            m as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
