@@ -101,7 +101,7 @@ async function run() {
     const { chunks } = await w.request({ type: 'chunks', n: 64 });
     result.embed_chunks_s_1t = await embedOne(w, chunks);
     w.terminate();
-    await sleep(2000);
+    await sleep(5000); // as after `generation`: let the closed worker's memory go first
     result.embed_chunks_s_2t = await embedTwo(chunks);
     return finish({ ...result, only });
   }

@@ -62,7 +62,7 @@ impl Norm {
             x.iter_mut().zip(r).for_each(|(v, r)| *v += r);
         }
         for row in x.chunks_exact_mut(dim) {
-            let mean = sum(row) / dim as f32;
+            let mean = vecmath::sum(row) / dim as f32;
             row.iter_mut().for_each(|v| *v -= mean);
             let variance = vecmath::dot(row, row) / dim as f32;
             let scale = 1.0 / (variance + self.eps).sqrt();
@@ -101,14 +101,18 @@ impl Bert {
     pub fn from_safetensors(bytes: &[u8], shape: BertShape) -> Result<Bert> {
         let bad = |what: String| Error::model("embedder model.safetensors", what);
         let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        // A tensor's numbers, after checking its type and, where given, its shape.
+        // A tensor's numbers as f32 (from f32, f16 or bf16), after checking its shape where given.
         let read = |name: &str, dims: &[usize]| -> Result<(Vec<f32>, Vec<usize>)> {
             let t = file.tensor(name).map_err(|e| bad(format!("{name}: {e} (does the file match config.json?)")))?;
-            let ok_dims = dims.is_empty() || t.shape() == dims;
-            if t.dtype() != safetensors::Dtype::F32 || !ok_dims {
-                return Err(bad(format!("{name} is {:?} {:?}, not F32 {dims:?} as config.json says", t.dtype(), t.shape())));
+            if !dims.is_empty() && t.shape() != dims {
+                return Err(bad(format!("{name} is {:?}, not {dims:?} as config.json says", t.shape())));
             }
-            let numbers = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let numbers = match t.dtype() {
+                safetensors::Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                safetensors::Dtype::F16 => t.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                safetensors::Dtype::BF16 => t.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                other => return Err(bad(format!("{name} holds {other:?} numbers; the embedder reads F32, F16 or BF16"))),
+            };
             Ok((numbers, t.shape().to_vec()))
         };
         let (dim, inter) = (shape.hidden, shape.intermediate);
@@ -122,16 +126,19 @@ impl Bert {
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm { weight: read(&format!("{name}.weight"), &[dim])?.0, bias: read(&format!("{name}.bias"), &[dim])?.0, eps: shape.eps })
         };
-        // A table of `dim`-long rows whose count the file decides.
+        // A table of `dim`-long rows whose count the file decides (at least one).
         let table = |name: &str| -> Result<Vec<f32>> {
             let (numbers, dims) = read(name, &[])?;
-            if dims.len() != 2 || dims[1] != dim {
+            if dims.len() != 2 || dims[0] == 0 || dims[1] != dim {
                 return Err(bad(format!("{name} is {dims:?}, not rows of {dim} as config.json says")));
             }
             Ok(numbers)
         };
-        if dim == 0 || shape.heads == 0 || dim % shape.heads != 0 {
-            return Err(Error::model("embedder config.json", format!("{dim} values do not split into {} heads", shape.heads)));
+        if dim == 0 || inter == 0 || shape.heads == 0 || dim % shape.heads != 0 {
+            return Err(Error::model(
+                "embedder config.json",
+                format!("hidden size {dim} in {} heads, intermediate size {inter}: not a model", shape.heads),
+            ));
         }
         let mut layers = Vec::with_capacity(shape.layers);
         for i in 0..shape.layers {
@@ -178,10 +185,14 @@ impl Bert {
         let mut x = Vec::with_capacity(lens.iter().sum::<usize>() * dim);
         for ids in texts {
             for (p, &id) in ids.iter().enumerate() {
-                let at = id as usize * dim;
-                let word = self.words.get(at..at + dim).ok_or_else(|| {
-                    Error::Input(format!("token id {id} is outside the embedder's vocabulary"))
-                })?;
+                let id = id as usize;
+                if id >= self.words.len() / dim {
+                    return Err(Error::model(
+                        "embedder tokenizer.json",
+                        format!("token id {id} is outside the model's vocabulary of {}", self.words.len() / dim),
+                    ));
+                }
+                let word = &self.words[id * dim..][..dim];
                 let position = &self.positions[p * dim..][..dim];
                 x.extend(word.iter().zip(&self.token_type).zip(position).map(|((w, t), p)| w + t + p));
             }
@@ -252,12 +263,6 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], lens: &[usize], dim: usize, heads:
     out
 }
 
-fn sum(x: &[f32]) -> f32 {
-    let (wide, tail) = x.as_chunks::<8>();
-    let sums = wide.iter().fold([0f32; 8], |s, v| std::array::from_fn(|i| s[i] + v[i]));
-    sums.iter().sum::<f32>() + tail.iter().sum::<f32>()
-}
-
 /// `out = x Wᵀ` (x: positions × k, W: outputs × k, out: positions × outputs). In wasm our
 /// kernel, on at most `SLICE` positions at a time: it walks every position for each block of
 /// W's rows, so the positions should stay in cache (128 × 1536 numbers is 786 KB).
@@ -300,5 +305,93 @@ fn product(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
             false,
             gemm::Parallelism::Rayon(0),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::{serialize, tensor::TensorView, Dtype};
+
+    const SHAPE: BertShape = BertShape { layers: 1, heads: 2, hidden: 8, intermediate: 16, eps: 1e-12 };
+
+    /// A tiny BERT's safetensors file, numbers pseudo-random, every tensor in `dtype`, and
+    /// `skip` left out.
+    fn tiny_model(dtype: Dtype, skip: &str) -> Vec<u8> {
+        let (d, i) = (SHAPE.hidden, SHAPE.intermediate);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![10, d]),
+            ("embeddings.position_embeddings.weight".into(), vec![6, d]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![2, d]),
+        ];
+        let p = "encoder.layer.0";
+        for (name, out, inp) in [
+            ("attention.self.query", d, d),
+            ("attention.self.key", d, d),
+            ("attention.self.value", d, d),
+            ("attention.output.dense", d, d),
+            ("intermediate.dense", i, d),
+            ("output.dense", d, i),
+        ] {
+            shapes.push((format!("{p}.{name}.weight"), vec![out, inp]));
+            shapes.push((format!("{p}.{name}.bias"), vec![out]));
+        }
+        for norm in ["embeddings.LayerNorm".to_string(), format!("{p}.attention.output.LayerNorm"), format!("{p}.output.LayerNorm")] {
+            shapes.push((format!("{norm}.weight"), vec![d]));
+            shapes.push((format!("{norm}.bias"), vec![d]));
+        }
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+            .into_iter()
+            .filter(|(name, _)| name != skip)
+            .enumerate()
+            .map(|(seed, (name, dims))| {
+                let numbers = crate::bench::pseudo_random(dims.iter().product(), seed as u64 + 1);
+                let bytes = match dtype {
+                    Dtype::F16 => numbers.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                    _ => numbers.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                };
+                (name, dims, bytes)
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = data
+            .iter()
+            .map(|(name, dims, bytes)| (name.clone(), TensorView::new(dtype, dims.clone(), bytes).unwrap()))
+            .collect();
+        serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn packed_texts_give_the_vectors_they_give_alone() {
+        let bert = Bert::from_safetensors(&tiny_model(Dtype::F32, ""), SHAPE).unwrap();
+        let texts: [&[u32]; 3] = [&[1, 4, 2], &[1, 7, 9, 3, 5, 2], &[3]];
+        let together = bert.forward(&texts).unwrap();
+        for (text, packed) in texts.iter().zip(&together) {
+            let alone = bert.forward(&[text]).unwrap().remove(0);
+            assert!((vecmath::dot(packed, packed) - 1.0).abs() < 1e-5, "unit length");
+            for (a, b) in packed.iter().zip(&alone) {
+                assert!((a - b).abs() < 1e-6, "{packed:?} vs {alone:?}");
+            }
+        }
+        // Half-precision files load too, to the same model within f16's rounding.
+        let half = Bert::from_safetensors(&tiny_model(Dtype::F16, ""), SHAPE).unwrap();
+        let v = half.forward(&texts[..1]).unwrap().remove(0);
+        assert!(vecmath::dot(&v, &together[0]) > 0.999);
+    }
+
+    #[test]
+    fn bad_files_and_ids_are_errors_that_say_what_is_wrong() {
+        let missing = Bert::from_safetensors(&tiny_model(Dtype::F32, "encoder.layer.0.output.dense.bias"), SHAPE);
+        assert!(missing.err().unwrap().to_string().contains("encoder.layer.0.output.dense.bias"));
+        let wrong = BertShape { intermediate: 12, ..SHAPE };
+        let err = Bert::from_safetensors(&tiny_model(Dtype::F32, ""), wrong).err().unwrap().to_string();
+        assert!(err.contains("intermediate.dense.weight") && err.contains("config.json"), "{err}");
+        let err = Bert::from_safetensors(b"junk", SHAPE).err().unwrap().to_string();
+        assert!(err.contains("not a valid safetensors file"), "{err}");
+        let bert = Bert::from_safetensors(&tiny_model(Dtype::F32, ""), SHAPE).unwrap();
+        let err = bert.forward(&[&[1, 10]]).unwrap_err().to_string();
+        assert!(err.contains("token id 10") && err.contains("vocabulary of 10"), "{err}");
+        let too_long = [1u32; 7];
+        assert!(bert.forward(&[&too_long]).unwrap_err().to_string().contains("1 to 6 tokens"));
+        assert!(bert.forward(&[&[]]).is_err());
     }
 }

@@ -13,8 +13,8 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 /// sentence-transformers' `max_seq_length` for this model; longer inputs are cut there, exactly as
 /// the reference implementation does, so our vectors match its vectors.
 pub const MAX_SEQ_LEN: usize = 256;
-/// How many texts go through the model at once. Larger batches waste work on padding; texts are
-/// sorted by length first so a batch holds similar lengths.
+/// How many texts go through the model at once, and between progress reports. The GPU pads a
+/// batch to its longest text, so texts are sorted by length first; the CPU packs them unpadded.
 const BATCH: usize = 16;
 const _: () = assert!(BATCH * MAX_SEQ_LEN <= crate::gpu::bert::MAX_POSITIONS, "a batch must fit one GPU pass");
 
@@ -117,7 +117,7 @@ impl Embedder {
         self.embed_on(self.gpu.as_ref(), texts, progress).await
     }
 
-    /// Texts sorted by length go through in batches, so each batch pads little.
+    /// Texts sorted by length go through in batches, so each batch pads little on the GPU.
     async fn embed_on(
         &self,
         gpu: Option<&GpuBert>,

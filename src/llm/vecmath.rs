@@ -21,11 +21,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     x.iter_mut().for_each(|v| *v = exp(*v - max));
-    // Four running sums, so the adds need not wait on each other.
+    let inv = 1.0 / sum(x);
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Σ x, with four running sums so that the adds need not wait on each other.
+pub fn sum(x: &[f32]) -> f32 {
     let (wide, tail) = x.as_chunks::<4>();
     let sums = wide.iter().fold([0f32; 4], |s, v| std::array::from_fn(|i| s[i] + v[i]));
-    let inv = 1.0 / ((sums[0] + sums[2]) + (sums[1] + sums[3]) + tail.iter().sum::<f32>());
-    x.iter_mut().for_each(|v| *v *= inv);
+    (sums[0] + sums[2]) + (sums[1] + sums[3]) + tail.iter().sum::<f32>()
 }
 
 /// x · sigmoid(x) · u for each pair: the gated MLP's activation, in place in `gate`.
