@@ -73,15 +73,45 @@ impl Norm {
     }
 }
 
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    attention_norm: Norm,
-    up: Linear,
-    down: Linear,
-    output_norm: Norm,
+/// One encoder layer's parts, whatever holds their weights: `Linear` and `Norm` here, GPU
+/// buffers in `gpu/bert.rs`.
+pub(crate) struct Layer<L, N> {
+    pub query: L,
+    pub key: L,
+    pub value: L,
+    pub output: L,
+    pub attention_norm: N,
+    pub up: L,
+    pub down: L,
+    pub output_norm: N,
+}
+
+impl<L, N> Layer<L, N> {
+    /// Layers `0..shape.layers`, each part made by `linear(name, outputs, inputs)` or
+    /// `norm(name)` from its tensors' name, as sentence-transformers saves them (`name.weight`,
+    /// `name.bias`).
+    pub(crate) fn load_all(
+        shape: BertShape,
+        linear: impl Fn(&str, usize, usize) -> Result<L>,
+        norm: impl Fn(&str) -> Result<N>,
+    ) -> Result<Vec<Self>> {
+        let (dim, inter) = (shape.hidden, shape.intermediate);
+        (0..shape.layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                Ok(Layer {
+                    query: linear(&format!("{p}.attention.self.query"), dim, dim)?,
+                    key: linear(&format!("{p}.attention.self.key"), dim, dim)?,
+                    value: linear(&format!("{p}.attention.self.value"), dim, dim)?,
+                    output: linear(&format!("{p}.attention.output.dense"), dim, dim)?,
+                    attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                    up: linear(&format!("{p}.intermediate.dense"), inter, dim)?,
+                    down: linear(&format!("{p}.output.dense"), dim, inter)?,
+                    output_norm: norm(&format!("{p}.output.LayerNorm"))?,
+                })
+            })
+            .collect()
+    }
 }
 
 pub struct Bert {
@@ -92,7 +122,7 @@ pub struct Bert {
     /// The first token type's row: every position of a single text has type 0.
     token_type: Vec<f32>,
     embedding_norm: Norm,
-    layers: Vec<Layer>,
+    layers: Vec<Layer<Linear, Norm>>,
 }
 
 impl Bert {
@@ -140,20 +170,8 @@ impl Bert {
                 format!("hidden size {dim} in {} heads, intermediate size {inter}: not a model", shape.heads),
             ));
         }
-        let mut layers = Vec::with_capacity(shape.layers);
-        for i in 0..shape.layers {
-            let p = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                query: linear(&format!("{p}.attention.self.query"), dim, dim)?,
-                key: linear(&format!("{p}.attention.self.key"), dim, dim)?,
-                value: linear(&format!("{p}.attention.self.value"), dim, dim)?,
-                output: linear(&format!("{p}.attention.output.dense"), dim, dim)?,
-                attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                up: linear(&format!("{p}.intermediate.dense"), inter, dim)?,
-                down: linear(&format!("{p}.output.dense"), dim, inter)?,
-                output_norm: norm(&format!("{p}.output.LayerNorm"))?,
-            });
-        }
+        let embedding_norm = norm("embeddings.LayerNorm")?;
+        let layers = Layer::load_all(shape, linear, norm)?;
         let mut token_type = table("embeddings.token_type_embeddings.weight")?;
         token_type.truncate(dim);
         Ok(Bert {
@@ -161,7 +179,7 @@ impl Bert {
             words: table("embeddings.word_embeddings.weight")?,
             positions: table("embeddings.position_embeddings.weight")?,
             token_type,
-            embedding_norm: norm("embeddings.LayerNorm")?,
+            embedding_norm,
             layers,
         })
     }

@@ -11,7 +11,7 @@
 //! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
 
 use super::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
-use crate::embed::bert::BertShape;
+use crate::embed::bert::{BertShape, Layer};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -28,17 +28,6 @@ struct Linear {
 struct Norm {
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
-}
-
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
-    attention_norm: Norm,
-    up: Linear,
-    down: Linear,
-    output_norm: Norm,
 }
 
 pub struct GpuBert {
@@ -85,20 +74,7 @@ impl GpuBert {
         let positions = upload("embeddings.position_embeddings.weight", &[max_len, dim])?;
         let types = upload("embeddings.token_type_embeddings.weight", &[2, dim])?;
         let embedding_norm = norm("embeddings.LayerNorm")?;
-        let mut layers = Vec::with_capacity(shape.layers);
-        for i in 0..shape.layers {
-            let p = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                query: linear(&format!("{p}.attention.self.query"), dim, dim)?,
-                key: linear(&format!("{p}.attention.self.key"), dim, dim)?,
-                value: linear(&format!("{p}.attention.self.value"), dim, dim)?,
-                output: linear(&format!("{p}.attention.output.dense"), dim, dim)?,
-                attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                up: linear(&format!("{p}.intermediate.dense"), inter, dim)?,
-                down: linear(&format!("{p}.output.dense"), dim, inter)?,
-                output_norm: norm(&format!("{p}.output.LayerNorm"))?,
-            });
-        }
+        let layers = Layer::load_all(shape, linear, norm)?;
         if dim % shape.heads != 0 || dim / shape.heads > 64 {
             return Err(Error::Gpu(format!("the GPU attention kernel takes heads of at most 64 values, not {dim}/{}", shape.heads)));
         }
