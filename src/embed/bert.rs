@@ -126,8 +126,8 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// The weights from the model's safetensors bytes (f32, as shipped; names without a `bert.`
-    /// prefix, as sentence-transformers saves them).
+    /// The weights from the model's safetensors bytes (f32 as shipped, or f16 / bf16, read into
+    /// f32; names without a `bert.` prefix, as sentence-transformers saves them).
     pub fn from_safetensors(bytes: &[u8], shape: BertShape) -> Result<Bert> {
         let bad = |what: String| Error::model("embedder model.safetensors", what);
         let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
