@@ -130,7 +130,8 @@ impl Bert {
     /// f32; names without a `bert.` prefix, as sentence-transformers saves them).
     pub fn from_safetensors(bytes: &[u8], shape: BertShape) -> Result<Bert> {
         let bad = |what: String| Error::model("embedder model.safetensors", what);
-        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
         // A tensor's numbers as f32 (from f32, f16 or bf16), after checking its shape where given.
         let read = |name: &str, dims: &[usize]| -> Result<(Vec<f32>, Vec<usize>)> {
             let t = file.tensor(name).map_err(|e| bad(format!("{name}: {e} (does the file match config.json?)")))?;
@@ -138,10 +139,18 @@ impl Bert {
                 return Err(bad(format!("{name} is {:?}, not {dims:?} as config.json says", t.shape())));
             }
             let numbers = match t.dtype() {
-                safetensors::Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                safetensors::Dtype::F16 => t.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                safetensors::Dtype::BF16 => t.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                other => return Err(bad(format!("{name} holds {other:?} numbers; the embedder reads F32, F16 or BF16"))),
+                safetensors::Dtype::F32 => {
+                    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                safetensors::Dtype::F16 => {
+                    t.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                safetensors::Dtype::BF16 => {
+                    t.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                other => {
+                    return Err(bad(format!("{name} holds {other:?} numbers; the embedder reads F32, F16 or BF16")))
+                }
             };
             Ok((numbers, t.shape().to_vec()))
         };
@@ -154,7 +163,11 @@ impl Bert {
             })
         };
         let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { weight: read(&format!("{name}.weight"), &[dim])?.0, bias: read(&format!("{name}.bias"), &[dim])?.0, eps: shape.eps })
+            Ok(Norm {
+                weight: read(&format!("{name}.weight"), &[dim])?.0,
+                bias: read(&format!("{name}.bias"), &[dim])?.0,
+                eps: shape.eps,
+            })
         };
         // A table of `dim`-long rows whose count the file decides (at least one).
         let table = |name: &str| -> Result<Vec<f32>> {
@@ -224,18 +237,26 @@ impl Bert {
             vecmath::gelu_in_place(&mut h);
             layer.output_norm.forward(&mut x, Some(&layer.down.forward(&h)));
         }
-        let mut vectors = Vec::with_capacity(texts.len());
         let mut rows = x.chunks_exact(dim);
-        for &len in &lens {
-            let mut mean = vec![0f32; dim];
-            for row in rows.by_ref().take(len) {
-                mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-            }
-            let norm = vecmath::dot(&mean, &mean).sqrt().max(1e-12);
-            vectors.push(mean.iter().map(|m| m / norm).collect());
-        }
-        Ok(vectors)
+        Ok(lens
+            .iter()
+            .map(|&len| {
+                let mut sum = vec![0f32; dim];
+                for row in rows.by_ref().take(len) {
+                    sum.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+                }
+                // The mean's direction is the sum's.
+                unit_length(&sum)
+            })
+            .collect())
     }
+}
+
+/// `v` scaled to length 1, so that a dot product of two is their cosine (the zero vector stays
+/// zero). Both the CPU's and the GPU's pooled vectors end here.
+pub(crate) fn unit_length(v: &[f32]) -> Vec<f32> {
+    let norm = vecmath::dot(v, v).sqrt().max(1e-12);
+    v.iter().map(|x| x / norm).collect()
 }
 
 /// Self-attention within each text (`lens`: the texts' lengths, packed end to end in q, k, v),
@@ -354,7 +375,11 @@ mod tests {
             shapes.push((format!("{p}.{name}.weight"), vec![out, inp]));
             shapes.push((format!("{p}.{name}.bias"), vec![out]));
         }
-        for norm in ["embeddings.LayerNorm".to_string(), format!("{p}.attention.output.LayerNorm"), format!("{p}.output.LayerNorm")] {
+        for norm in [
+            "embeddings.LayerNorm".to_string(),
+            format!("{p}.attention.output.LayerNorm"),
+            format!("{p}.output.LayerNorm"),
+        ] {
             shapes.push((format!("{norm}.weight"), vec![d]));
             shapes.push((format!("{norm}.bias"), vec![d]));
         }

@@ -23,7 +23,6 @@ pub struct Embedder {
     tokenizer: Tokenizer,
     /// A second tokenizer without truncation or padding, for counting tokens while chunking.
     counter: Tokenizer,
-    dim: usize,
     /// The model on the GPU, when embedding runs there (`use_gpu`).
     gpu: Option<GpuBert>,
 }
@@ -47,7 +46,10 @@ impl Embedder {
             .map_err(|e| Error::model("embedder tokenizer.json", e))?;
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
         if config.hidden_act != "gelu" {
-            return Err(Error::model("embedder config.json", format!("activation {:?}; the embedder runs \"gelu\"", config.hidden_act)));
+            return Err(Error::model(
+                "embedder config.json",
+                format!("activation {:?}; the embedder runs \"gelu\"", config.hidden_act),
+            ));
         }
         let shape = BertShape {
             layers: config.num_hidden_layers,
@@ -57,11 +59,11 @@ impl Embedder {
             eps: config.layer_norm_eps as f32,
         };
         let model = Bert::from_safetensors(weights, shape)?;
-        Ok(Embedder { model, tokenizer, counter, dim: config.hidden_size, gpu: None })
+        Ok(Embedder { model, tokenizer, counter, gpu: None })
     }
 
     pub fn dim(&self) -> usize {
-        self.dim
+        self.model.shape().hidden
     }
 
     /// Embed on `gpu` from now on (`weights`: the same safetensors bytes the embedder was loaded
@@ -75,7 +77,7 @@ impl Embedder {
         let (ids, mask, len) = self.tokenize(&texts)?;
         let gpu = on_gpu.embed(&ids, &mask, len).await?;
         for (c, g) in cpu.iter().zip(&gpu) {
-            let cosine: f32 = c.iter().zip(g).map(|(a, b)| a * b).sum();
+            let cosine = crate::llm::vecmath::dot(c, g);
             if !(cosine >= GPU_MIN_COSINE) {
                 return Err(Error::Gpu(format!("embedder self-test failed: cosine {cosine} to the CPU's vector")));
             }

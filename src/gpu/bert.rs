@@ -11,7 +11,7 @@
 //! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
 
 use super::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
-use crate::embed::bert::{BertShape, Layer};
+use crate::embed::bert::{unit_length, BertShape, Layer};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -163,12 +163,6 @@ impl GpuBert {
         encoder.copy_buffer_to_buffer(&self.pooled, 0, &self.staging, 0, (texts * dim * 4) as u64);
         self.gpu.queue.submit([encoder.finish()]);
         let pooled = self.gpu.read(&self.staging, texts * dim).await?;
-        Ok(pooled
-            .chunks_exact(dim)
-            .map(|v| {
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                v.iter().map(|x| x / norm).collect()
-            })
-            .collect())
+        Ok(pooled.chunks_exact(dim).map(unit_length).collect())
     }
 }
