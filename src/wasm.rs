@@ -280,7 +280,8 @@ impl WasmEngine {
         }
         let gpu = std::sync::Arc::new(gpu);
         let generator = self.inner.generator_mut().ok_or_else(|| JsError::new("no language model is loaded"))?;
-        generator.use_gpu(gpu.clone()).await.map_err(js_err)?;
+        let test = generator.use_gpu(gpu.clone()).await.map_err(js_err)?;
+        description.push_str(&format!("; {test}"));
         if let Some(weights) = embedder_weights {
             if let Err(e) = self.inner.embedder_mut().use_gpu(gpu, &weights).await {
                 description.push_str(&format!("; documents are embedded on the CPU: {e}"));

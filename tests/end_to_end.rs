@@ -19,12 +19,13 @@ fn library_engine() -> Engine {
     engine
 }
 
-// The base model's exact greedy text differs between CPUs: the f32 matrix products dispatch at
-// run time to AVX-512, AVX2 or SSE kernels that round differently, and a 135M model amplifies a
-// last-bit difference into a different sentence. So this test asks what holds on every CPU (the
-// right source comes first and is in the prompt, nothing is cited wrongly), and the next test
-// checks attribution on fixed answers. The wasm build, whose arithmetic is the same everywhere,
-// is held to a citation on a generated answer in tests/wasm and tests/web.
+// The base model's exact greedy text can differ between CPUs: the embedder's f32 matrix products
+// dispatch at run time to AVX-512, AVX2 or SSE kernels that round differently, which can reorder
+// near-tied sources in the prompt, and a 135M model turns a different prompt into a different
+// sentence. So this test asks what holds on every CPU (the right source comes first and is in the
+// prompt, nothing is cited wrongly), and the next test checks attribution on fixed answers. The
+// wasm build, whose arithmetic is the same everywhere, is held to a citation on a generated answer
+// in tests/wasm and tests/web.
 #[test]
 fn answers_come_from_the_document_that_holds_the_answer() {
     let mut engine = library_engine();

@@ -2,14 +2,14 @@
 //! adapter this machine has: in CI and on machines without a GPU, Mesa's lavapipe (software
 //! Vulkan, Debian's `mesa-vulkan-drivers`, which `make test` installs).
 //!
-//! Both paths round activations to 8 bits before every product (Q8_0, as ggml does), so a
-//! last-bit difference (the GPU's `exp`, the order of a sum) that moves one value across a rounding
-//! step grows through 30 blocks, as between our CPU kernel and candle's (`tests/llama_parity.rs`).
-//! Bit-identical logits are therefore not the contract; this is, measured here with the GPU fed the
-//! CPU's tokens so that every step compares like with like:
-//! - every logit of every step within `LOGIT_TOLERANCE` of the CPU's;
-//! - the same greedy token at every step where the CPU's choice is not a near-tie (its top two
-//!   logits more than `TIE` apart): a near-tie can go either way on either path.
+//! The GPU kernels do the CPU path's arithmetic in the CPU path's order, so on an adapter whose f32
+//! arithmetic is the CPU's (IEEE rounding, no fused multiply-adds: `Gpu::arithmetic_is_exact`,
+//! true of lavapipe) the generator's logits are the same bits at every step, and free-running
+//! greedy generation gives the same tokens. Hardware GPUs commonly fuse multiply-adds; there a
+//! last-bit difference can move an activation across one of the 8-bit rounding steps taken before
+//! every product, and grow from there through 30 blocks (as between our CPU kernel and candle's,
+//! `tests/llama_parity.rs`). There the contract is every logit within `LOGIT_TOLERANCE` and the
+//! same tokens up to the first near-tie (the CPU's top two logits within `TIE`).
 
 mod common;
 
@@ -18,8 +18,10 @@ use pocketrag::llm::Message;
 use std::sync::Arc;
 
 
+/// Measured on lavapipe before the kernels followed the CPU's order: at most 1.41, on logits up
+/// to ~30.
 const LOGIT_TOLERANCE: f32 = 2.0;
-/// Measured on lavapipe: the gap between the CPU's top two tokens moved by at most 0.66 on the GPU.
+/// Measured then: the gap between the CPU's top two tokens moved by at most 0.66 on the GPU.
 const TIE: f32 = 1.0;
 const STEPS: usize = 64;
 
@@ -43,60 +45,80 @@ fn gpu() -> Arc<Gpu> {
     Arc::new(gpu)
 }
 
+/// Whether the adapter computes the CPU's bits. In CI (lavapipe) it must: that is what makes the
+/// exact comparisons below run there.
+fn exact(gpu: &Gpu) -> bool {
+    let exact = gpu::now(gpu.arithmetic_is_exact()).unwrap().unwrap();
+    eprintln!("the adapter's arithmetic is the CPU's: {exact}");
+    if gpu.describe().starts_with("llvmpipe") {
+        assert!(exact, "lavapipe's arithmetic was measured to be the CPU's");
+    }
+    exact
+}
+
 /// Logits at each step: the prompt in two slices (so the second attends to cached positions),
-/// then one token at a time: `follow`'s tokens, or, without it, each step's own greedy choice.
-/// Returns the logits and the tokens fed.
-fn run(
-    forward: &mut dyn FnMut(&[u32], usize) -> Vec<f32>,
-    ids: &[u32],
-    follow: Option<&[u32]>,
-) -> (Vec<Vec<f32>>, Vec<u32>) {
+/// then `STEPS` tokens, each step's own greedy choice. Returns the logits and the tokens chosen.
+fn greedy(forward: &mut dyn FnMut(&[u32], usize) -> Vec<f32>, ids: &[u32]) -> (Vec<Vec<f32>>, Vec<u32>) {
     let cut = ids.len() / 2;
     forward(&ids[..cut], 0);
     let mut logits = vec![forward(&ids[cut..], cut)];
     let mut tokens = Vec::new();
     for i in 0..STEPS {
-        let next = follow.map_or_else(|| argmax(logits.last().unwrap()) as u32, |f| f[i]);
+        let next = argmax(logits.last().unwrap()) as u32;
         tokens.push(next);
         logits.push(forward(&[next], ids.len() + i));
     }
     (logits, tokens)
 }
 
+/// The issue's contract: for a fixed set of prompts, the GPU's free-running greedy tokens are the
+/// CPU's for 64 steps, and its logits are within a stated tolerance (here: the same bits, on an
+/// adapter with the CPU's arithmetic).
 #[test]
 fn gpu_llama_matches_the_cpu() {
     let gpu = gpu();
+    let exact = exact(&gpu);
     let mut generator = common::generator();
     let mut on_gpu = GpuLlama::new(gpu, generator.model(), 1024).unwrap();
-    for prompt in ["Why do lighthouses flash in patterns? Explain briefly.", "Write a haiku about the sea."] {
+    let prompts = [
+        "Why do lighthouses flash in patterns? Explain briefly.",
+        "Write a haiku about the sea.",
+        "List three uses of copper.",
+    ];
+    for prompt in prompts {
         let chat = generator.render_chat(&[Message::new("user", prompt)]).unwrap();
         let ids = generator.encode(&chat).unwrap();
-        let (cpu, tokens) = run(
+        let (cpu, cpu_tokens) = greedy(
             &mut |ids, pos| {
                 let t = candle_core::Tensor::new(ids, &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
                 generator.model_mut().forward(&t, pos).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
             },
             &ids,
-            None,
         );
-        let (gpu, _) = run(&mut |ids, pos| gpu::now(on_gpu.forward(ids, pos)).unwrap().unwrap(), &ids, Some(&tokens));
-        let (mut worst, mut gap_moved, mut checked) = (0f32, 0f32, 0);
+        let (gpu, gpu_tokens) = greedy(&mut |ids, pos| gpu::now(on_gpu.forward(ids, pos)).unwrap().unwrap(), &ids);
+        if exact {
+            assert_eq!(gpu_tokens, cpu_tokens, "{prompt:?}: the GPU chose other tokens");
+            for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+                let same = c.iter().zip(g).all(|(c, g)| c.to_bits() == g.to_bits());
+                assert!(same, "{prompt:?} step {step}: logits differ by up to {}", max_abs_diff(c, g));
+            }
+            eprintln!("{prompt:?}: the same {STEPS} tokens, every logit the same bits");
+            continue;
+        }
+        // Up to the first step where the two chose differently, which must be a near-tie.
+        let mut worst = 0f32;
         for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
             let d = max_abs_diff(c, g);
             assert!(d <= LOGIT_TOLERANCE, "{prompt:?} step {step}: logits differ by {d}");
             worst = worst.max(d);
-            let (first, second) = top_two(c);
-            gap_moved = gap_moved.max(((c[first] - c[second]) - (g[first] - g[second])).abs());
-            if c[first] - c[second] > TIE {
-                checked += 1;
-                assert_eq!(argmax(g), first, "{prompt:?} step {step}: the GPU chose another token");
+            if step < STEPS && gpu_tokens[step] != cpu_tokens[step] {
+                let (first, second) = top_two(c);
+                assert!(c[first] - c[second] <= TIE, "{prompt:?} step {step}: the GPU chose another token");
+                eprintln!("{prompt:?}: same tokens for {step} steps, then a near-tie went the other way");
+                break;
             }
         }
-        eprintln!(
-            "{prompt:?}: largest logit difference {worst}, top-two gap moved by at most {gap_moved}; \
-             same token at all {checked} of {} steps without a near-tie",
-            cpu.len()
-        );
+        eprintln!("{prompt:?}: largest logit difference {worst}");
     }
 }
 
@@ -105,9 +127,10 @@ fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Our fine-tune on the GPU: its low-rank updates (two small f32 products per adapted matrix) are
-/// applied there too. The tuned GPU logits must match the tuned CPU ones, and be nearer to them
-/// than to the base model's (measured: 0.11 against 0.75 on average), so the test fails if the
-/// GPU ignores the adapter; switched off, the GPU computes exactly what a fresh base model does.
+/// applied there too, in the CPU's order. The tuned GPU logits (the prompt in one pass) must
+/// match the tuned CPU ones (the prompt a token at a time: the two CPU paths give the same bits),
+/// and be nearer to them than to the base model's, so the test fails if the GPU ignores the
+/// adapter; switched off, the GPU computes exactly what a fresh base model does.
 #[test]
 fn gpu_applies_the_adapter() {
     let gpu = gpu();
@@ -129,9 +152,14 @@ fn gpu_applies_the_adapter() {
     generator.set_adapter(Some(&adapter)).unwrap();
     let cpu_tuned = cpu_logits(&mut generator);
 
+    let exact = exact(&gpu);
+    let same = |a: &[f32], b: &[f32]| match exact {
+        true => a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+        false => max_abs_diff(a, b) <= LOGIT_TOLERANCE,
+    };
     let mut on_gpu = GpuLlama::new(gpu.clone(), generator.model(), 256).unwrap();
     let gpu_tuned = gpu::now(on_gpu.forward(&ids, 0)).unwrap().unwrap();
-    assert!(max_abs_diff(&gpu_tuned, &cpu_tuned) <= LOGIT_TOLERANCE);
+    assert!(same(&gpu_tuned, &cpu_tuned), "tuned: logits differ by up to {}", max_abs_diff(&gpu_tuned, &cpu_tuned));
     let (near, far) = (mean_abs_diff(&gpu_tuned, &cpu_tuned), mean_abs_diff(&gpu_tuned, &cpu_base));
     eprintln!("tuned GPU logits: {near} from the tuned CPU's on average, {far} from the base model's");
     assert!(near * 2.0 < far, "the GPU's tuned logits are {near} from the CPU's, {far} from the base model's");
@@ -142,7 +170,7 @@ fn gpu_applies_the_adapter() {
     let gpu_base = gpu::now(on_gpu.forward(&ids, 0)).unwrap().unwrap();
     let mut fresh = GpuLlama::new(gpu, generator.model(), 256).unwrap();
     assert_eq!(gpu_base, gpu::now(fresh.forward(&ids, 0)).unwrap().unwrap());
-    assert!(max_abs_diff(&gpu_base, &cpu_base) <= LOGIT_TOLERANCE);
+    assert!(same(&gpu_base, &cpu_base), "base: logits differ by up to {}", max_abs_diff(&gpu_base, &cpu_base));
 
 }
 

@@ -247,8 +247,8 @@ fn run(cli: Cli) -> Result<()> {
                 let gpu = pocketrag::gpu::now(pocketrag::gpu::Gpu::new())??;
                 let description = gpu.describe();
                 let generator = engine.generator_mut().context("no language model is loaded")?;
-                pocketrag::gpu::now(generator.use_gpu(std::sync::Arc::new(gpu)))??;
-                eprintln!("generating on the GPU: {description}");
+                let test = pocketrag::gpu::now(generator.use_gpu(std::sync::Arc::new(gpu)))??;
+                eprintln!("generating on the GPU: {description}; {test}");
             }
             let g = &mut engine.settings.generate;
             g.temperature = temperature;

@@ -43,7 +43,8 @@ struct Kernels {
 impl Kernels {
     fn new(gpu: &Gpu) -> Kernels {
         let k = |name: &str, source: &str, entry: &str| Kernel::new(gpu, name, source, entry);
-        let elementwise = include_str!("shaders/elementwise.wgsl");
+        // exp.wgsl is a function, not a kernel: prepended to the kernels that call it.
+        let elementwise = concat!(include_str!("shaders/exp.wgsl"), include_str!("shaders/elementwise.wgsl"));
         Kernels {
             embed: k("embed", include_str!("shaders/embed.wgsl"), "main"),
             rms_norm: k("rms_norm", include_str!("shaders/rms_norm.wgsl"), "main"),
@@ -53,7 +54,11 @@ impl Kernels {
             rope: k("rope", include_str!("shaders/rope.wgsl"), "main"),
             store: k("store", include_str!("shaders/store.wgsl"), "main"),
             scores: k("attn_scores", include_str!("shaders/attn_scores.wgsl"), "main"),
-            softmax: k("attn_softmax", include_str!("shaders/attn_softmax.wgsl"), "main"),
+            softmax: k(
+                "attn_softmax",
+                concat!(include_str!("shaders/exp.wgsl"), include_str!("shaders/attn_softmax.wgsl")),
+                "main",
+            ),
             values: k("attn_values", include_str!("shaders/attn_values.wgsl"), "main"),
             silu_mul: k("silu_mul", elementwise, "silu_mul"),
             add: k("add", elementwise, "add"),
@@ -169,6 +174,9 @@ impl GpuLlama {
         let (n_head, n_kv_head, head_dim) = (parts.n_head, parts.n_kv_head, parts.head_dim);
         if parts.cos.len() != MAX_SEQ_LEN * head_dim / 2 {
             return Err(Error::Gpu("the GPU path needs rotary positions over whole heads".into()));
+        }
+        if head_dim % 4 != 0 {
+            return Err(Error::Gpu(format!("the GPU path needs heads of a multiple of 4 values, not {head_dim}")));
         }
         let dim = n_head * head_dim;
         let kv_dim = n_kv_head * head_dim;

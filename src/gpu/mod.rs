@@ -292,3 +292,37 @@ pub fn now<F: Future>(future: F) -> Result<F::Output> {
         Poll::Pending => Err(Error::Gpu("a GPU operation did not complete at once; await it instead".into())),
     }
 }
+
+
+impl Gpu {
+    /// Whether this adapter's f32 arithmetic gives the CPU's bits for what our kernels do: a
+    /// multiply then an add, each rounded (not fused into one multiply-add), division and square
+    /// root correctly rounded, and `exp.wgsl`'s eˣ. WGSL promises none of this (a compiler may fuse,
+    /// and `/`, `sqrt` need only be within a few units in the last place), and hardware GPUs
+    /// commonly fuse; Mesa's lavapipe does all of it (measured). Where it holds, the GPU's forward
+    /// passes give exactly the CPU's numbers (`tests/gpu.rs` asserts it); elsewhere the logits
+    /// differ within the 8-bit rounding of activations.
+    pub async fn arithmetic_is_exact(&self) -> Result<bool> {
+        let n = 4096;
+        let inputs: Vec<Vec<f32>> =
+            (1..=3).map(|seed| crate::bench::pseudo_random(n, seed).iter().map(|v| 4.0 * v).collect()).collect();
+        let source = concat!(include_str!("shaders/exp.wgsl"), include_str!("shaders/arithmetic.wgsl"));
+        let kernel = Kernel::new(self, "arithmetic", source, "main");
+        let buffers: Vec<_> = inputs.iter().map(|v| self.storage("arithmetic input", &bytes_f32(v))).collect();
+        let out = self.zeros("arithmetic output", 4 * n);
+        let op = Op::new(self, &kernel, &[&buffers[0], &buffers[1], &buffers[2], &out], per_element(n as u32));
+        let staging = self.staging("arithmetic read-back", 4 * n);
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        op.record(&mut encoder.begin_compute_pass(&Default::default()), 1, 0);
+        encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, (4 * n * 4) as u64);
+        self.queue.submit([encoder.finish()]);
+        let got = self.read(&staging, 4 * n).await?;
+        let (a, b, c) = (&inputs[0], &inputs[1], &inputs[2]);
+        let want = (0..n)
+            .map(|i| a[i] * b[i] + c[i])
+            .chain((0..n).map(|i| a[i] / b[i]))
+            .chain((0..n).map(|i| 1.0 / a[i].abs().sqrt()))
+            .chain((0..n).map(|i| crate::llm::vecmath::exp(48.0 * a[i])));
+        Ok(got.len() == 4 * n && got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits()))
+    }
+}

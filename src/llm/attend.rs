@@ -1,5 +1,5 @@
-//! One new position's attention over the cached keys and values: the part of a decode step that
-//! grows with the context. After a RAG prompt (~500 to 750 cached positions) it was almost half of
+//! One position's attention over the cached keys and values (a decode step's new position, or each
+//! of a prompt's in turn): the part of a decode step that grows with the context. After a RAG prompt (~500 to 750 cached positions) it was almost half of
 //! a decode step in wasm (profiled under Node: the dot products, the weighted sum and `expf`), so
 //! it is written here on four-lane vectors.
 //!
@@ -9,24 +9,30 @@
 //! values in columns of eight numbers that sweep the same few hundred KB.
 
 use super::f4::F4;
-use super::vecmath::{dot, softmax_in_place};
+use super::vecmath::{dot_lanes, softmax_in_place};
 
-/// `q`: the new position's query heads, `n_head × head_dim`; `keys[h]`, `values[h]`: key/value
-/// head `h` at every cached position (the new one included), `positions × head_dim`, so one
-/// head's keys are read front to back; `out`: `n_head × head_dim`. `scores` is scratch space,
-/// kept by the caller so a decode step allocates nothing here.
+/// `q`: one position's query heads, `n_head × head_dim`; `keys[h]`, `values[h]`: key/value head
+/// `h` at every cached position, `cached × head_dim`, so one head's keys are read front to back,
+/// of which the first `positions` are seen (a prompt's position sees itself and those before it);
+/// `out`: `n_head × head_dim`. `scores` is scratch space, kept by the caller so a decode step
+/// allocates nothing here.
+///
+/// Every shape computes the same numbers in the same order (each score a four-lane dot product,
+/// `vecmath::dot_lanes`), which the GPU's attention kernels repeat (src/gpu/shaders/attn_*.wgsl).
 pub fn attend(
     q: &[f32],
     keys: &[Vec<f32>],
     values: &[Vec<f32>],
     head_dim: usize,
+    positions: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    if keys.first().is_none_or(|k| k.is_empty()) {
+    if positions == 0 || keys.is_empty() {
         out.fill(0.0);
         return;
     }
+    assert!(keys[0].len() >= positions * head_dim, "attending to {positions} positions of a shorter cache");
     let group = q.len() / (keys.len() * head_dim);
     // The head size and group are constants inside the kernel, so its loops unroll into straight
     // vector code without bounds checks (about 1.3x faster in wasm than the same loops over
@@ -34,8 +40,8 @@ pub fn attend(
     macro_rules! shapes {
         ($(($hd:literal, $g:literal)),*) => {
             match (head_dim, group) {
-                $(($hd, $g) => attend_heads::<$hd, $g>(q, keys, values, scores, out),)*
-                _ => attend_plain(q, keys, values, head_dim, scores, out),
+                $(($hd, $g) => attend_heads::<$hd, $g>(q, keys, values, positions, scores, out),)*
+                _ => attend_plain(q, keys, values, head_dim, positions, scores, out),
             }
         };
     }
@@ -47,10 +53,10 @@ fn attend_heads<const HD: usize, const G: usize>(
     q: &[f32],
     keys: &[Vec<f32>],
     values: &[Vec<f32>],
+    positions: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let positions = keys[0].len() / HD;
     let scale = 1.0 / (HD as f32).sqrt();
     scores.resize(G * positions, 0.0);
     for (kv, (keys, values)) in keys.iter().zip(values).enumerate() {
@@ -60,7 +66,7 @@ fn attend_heads<const HD: usize, const G: usize>(
             std::array::from_fn(|_| rows.next().expect("G rows of scores"))
         };
         // Scores: each key is read once and met by the group's G queries.
-        for (t, key) in keys.chunks_exact(HD).enumerate() {
+        for (t, key) in keys[..positions * HD].chunks_exact(HD).enumerate() {
             let mut acc = [F4::ZERO; G];
             for (c, k) in key.as_chunks::<4>().0.iter().enumerate() {
                 let k = F4::from(k);
@@ -77,7 +83,7 @@ fn attend_heads<const HD: usize, const G: usize>(
         // registers across every position.
         for c in (0..HD).step_by(8) {
             let mut acc = [[F4::ZERO; 2]; G];
-            for (t, value) in values.chunks_exact(HD).enumerate() {
+            for (t, value) in values[..positions * HD].chunks_exact(HD).enumerate() {
                 let value = value[c..c + 8].as_chunks::<4>().0;
                 let (v0, v1) = (F4::from(&value[0]), F4::from(&value[1]));
                 for (acc, row) in acc.iter_mut().zip(&weights) {
@@ -101,17 +107,17 @@ fn attend_plain(
     keys: &[Vec<f32>],
     values: &[Vec<f32>],
     head_dim: usize,
+    positions: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let positions = keys[0].len() / head_dim;
     let group = q.len() / (keys.len() * head_dim);
     let scale = 1.0 / (head_dim as f32).sqrt();
     scores.resize(positions, 0.0);
     for (head, (query, out)) in q.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
         let (keys, values) = (&keys[head / group], &values[head / group]);
         for (s, key) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
-            *s = dot(query, key) * scale;
+            *s = dot_lanes(query, key) * scale;
         }
         softmax_in_place(scores);
         out.fill(0.0);
@@ -167,7 +173,7 @@ mod tests {
                     .collect()
             };
             let (mut scores, mut out) = (Vec::new(), vec![0f32; n_head * head_dim]);
-            attend(&q, &by_head(&keys), &by_head(&values), head_dim, &mut scores, &mut out);
+            attend(&q, &by_head(&keys), &by_head(&values), head_dim, positions, &mut scores, &mut out);
             let want = reference(&q, &keys, &values, n_kv_head, head_dim);
             let off = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(off < 1e-5, "{n_head}/{n_kv_head} heads of {head_dim}, {positions} positions: off by {off}");

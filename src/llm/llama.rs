@@ -8,12 +8,14 @@
 //!       x += mlp(rms_norm(x))         (silu(x W1) * (x W3), then W2)
 //!   → rms_norm → logits for the last position, against the (tied) token embedding table.
 //!
-//! Two ways through it compute the same thing: `forward` with candle tensor operations (and, in
-//! wasm, our f32 products, `dense.rs`), for prompts (many positions at once) and for any weight
-//! format; and `forward_one`, one token on plain f32 buffers with our own Q8_0 kernel (`q8.rs`)
-//! and attention (`attend.rs`), the path every generated token takes when the weights are Q8_0,
-//! because a tensor operation per step of the way cost a third of a step. Both take softmax and
-//! SiLU from `vecmath.rs`.
+//! Two ways through it compute the same thing: `forward`, for prompts (many positions at once)
+//! and for any weight format, with candle tensors between the steps; and `forward_one`, one token
+//! on plain f32 buffers, the path every generated token takes when the weights are Q8_0, because
+//! a tensor operation per step of the way cost a third of a step. Both use our own Q8_0 kernel
+//! (`q8.rs`), attention (`attend.rs`, position by position), RMSNorm, softmax and SiLU
+//! (`vecmath.rs`), so with 8-bit weights they give the same bits, on every build and on a GPU
+//! with IEEE arithmetic (`crate::gpu`); a prompt may instead take f32 weights (`dense.rs` in
+//! wasm, gemm natively), and `Weights::CandleKernels` takes candle's operations throughout.
 //!
 //! We own this file, rather than using candle-transformers' `quantized_llama`, because the app
 //! needs to change what happens inside: weights kept twice for prompt processing (below), our own
@@ -27,7 +29,7 @@
 use super::attend::attend;
 use super::lora::{Adapter, LoraPair};
 use super::q8::Q8Matrix;
-use super::vecmath::{dot, silu_mul, softmax_in_place};
+use super::vecmath::{dot, silu_mul};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QMatMul;
@@ -49,9 +51,9 @@ pub enum Weights {
     /// thread, 117-token prompt, with candle's gemm): 109 vs 59 tok/s prompt processing, for ~4x
     /// the weight memory (about +425 MB for SmolLM2-135M).
     QuantizedAndDense,
-    /// As stored, multiplied by candle's quantized kernels instead of ours, with candle's softmax
-    /// and SiLU instead of `vecmath`'s: the reference that `tests/llama_parity.rs` and
-    /// `make bench` hold our Q8_0 kernel (`q8.rs`) and our element-wise functions to.
+    /// As stored, multiplied by candle's quantized kernels instead of ours, with candle's RMSNorm,
+    /// batched attention, softmax, SiLU and f32 rotary tables: candle-transformers' computation,
+    /// the reference that `tests/llama_parity.rs` and `make bench` hold ours to.
     CandleKernels,
 }
 
@@ -156,7 +158,7 @@ impl Linear {
         };
         let y = x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?;
         match &self.lora {
-            Some(lora) => Ok((y + lora.forward(x)?)?),
+            Some(lora) => Ok((y + lora.forward_train(x)?)?),
             None => Ok(y),
         }
     }
@@ -252,8 +254,20 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    /// Each position of `x` (..., dim): with `candle_ops` by candle's operation, otherwise as
+    /// `forward_slice` does it, so that a prompt's positions get the numbers a decode step (and
+    /// the GPU's rms_norm.wgsl) would give them.
+    fn forward(&self, x: &Tensor, candle_ops: bool) -> Result<Tensor> {
+        if candle_ops {
+            return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?);
+        }
+        let dim = self.values.len();
+        let input = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; input.len()];
+        for (x, out) in input.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            self.forward_slice(x, out)?;
+        }
+        Ok(Tensor::from_vec(out, x.shape(), x.device())?)
     }
 
     /// One position, on plain buffers.
@@ -274,9 +288,9 @@ impl RmsNorm {
 }
 
 /// Keys and values of every position seen so far, one block's: one vector per key/value head,
-/// holding that head's keys (or values) position after position. Plain vectors, so that the decode
-/// path reads them in place, one head's front to back (`attend`), and the prompt path copies them
-/// into (heads, positions, head_dim) tensors without reordering.
+/// holding that head's keys (or values) position after position. Plain vectors, so that `attend`
+/// reads them in place, one head's front to back, and candle's attention (`Weights::CandleKernels`)
+/// copies them into (heads, positions, head_dim) tensors without reordering.
 struct Cache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
@@ -409,7 +423,10 @@ impl Llama {
                 cache: Cache::new(n_kv_head, dim / n_head),
             });
         }
-        let (cos, sin) = rotary_tables(rope_dim, rope_base, device)?;
+        let (cos, sin) = match weights {
+            Weights::CandleKernels => rotary_tables_as_candle(rope_dim, rope_base, device)?,
+            _ => rotary_tables(rope_dim, rope_base, device)?,
+        };
         Ok(Llama {
             embeddings,
             blocks,
@@ -512,23 +529,30 @@ impl Llama {
             return self.forward_one(tokens.flatten_all()?.to_vec1::<u32>()?[0], pos);
         }
         let group = self.n_head / self.n_kv_head;
-        let mask = if n > 1 { Some(causal_mask(n, pos, group, &self.device)?) } else { None };
+        let mask = match n > 1 && self.candle_ops {
+            true => Some(causal_mask(n, pos, group, &self.device)?),
+            false => None,
+        };
         let mut x = self.embeddings.embedding(&tokens.flatten_all()?)?.unsqueeze(0)?;
         let (cos, sin) = (self.cos.narrow(0, pos, n)?, self.sin.narrow(0, pos, n)?);
+        let shape = (self.n_head, self.n_kv_head, self.head_dim);
+        let candle_ops = self.candle_ops;
         for b in &mut self.blocks {
-            let h = b.attn_norm.forward(&x)?;
-            let shape = (self.n_head, self.n_kv_head, self.head_dim);
-            let h = attention(b, &h, mask.as_ref(), &cos, &sin, pos, shape, self.candle_ops)?;
+            let h = b.attn_norm.forward(&x, candle_ops)?;
+            let h = match candle_ops {
+                true => attention(b, &h, mask.as_ref(), &cos, &sin, pos, shape)?,
+                false => attention_by_position(b, &h, &cos, &sin, pos, shape)?,
+            };
             x = (x + h)?;
-            let h = b.ffn_norm.forward(&x)?;
+            let h = b.ffn_norm.forward(&x, candle_ops)?;
             let (gate, up) = (b.w1.forward(&h)?, b.w3.forward(&h)?);
-            let h = match self.candle_ops {
+            let h = match candle_ops {
                 true => b.w2.forward(&(candle_nn::ops::silu(&gate)? * up)?)?,
                 false => b.w2.forward(&silu_times(&gate, &up)?)?,
             };
             x = (x + h)?;
         }
-        let x = self.norm.forward(&x)?.i((.., n - 1, ..))?;
+        let x = self.norm.forward(&x.i((.., n - 1.., ..))?, candle_ops)?.squeeze(1)?;
         self.output.forward(&x)
     }
 }
@@ -572,7 +596,7 @@ impl Llama {
             rotate_pairs(&mut q, &cos, &sin);
             rotate_pairs(&mut k, &cos, &sin);
             b.cache.push(&k, &v);
-            attend(&q, &b.cache.keys, &b.cache.values, head_dim, &mut scores, &mut att);
+            attend(&q, &b.cache.keys, &b.cache.values, head_dim, pos + 1, &mut scores, &mut att);
             b.wo.matvec(&att, &mut h)?;
             x.iter_mut().zip(&h).for_each(|(x, h)| *x += h);
             // MLP: silu(x W1) * (x W3), then W2.
@@ -667,7 +691,52 @@ fn rotate_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Self-attention of `x` (1, n, dim) over the cached positions and itself.
+/// Self-attention of `x` (1, n, dim) over the cached positions and itself, position by position
+/// as a decode step does it (`rotate_pairs`, then `attend` over the positions up to its own), so a
+/// prompt gets the very numbers that feeding it one token at a time would give, and that the
+/// GPU's kernels repeat. The attention itself is a small part of a prompt's work (under 1% for a
+/// 500-token prompt, next to the weight products), so nothing is lost to candle's batched
+/// products here.
+fn attention_by_position(
+    b: &mut Block,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    pos: usize,
+    (_, n_kv_head, head_dim): (usize, usize, usize),
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (batch, n, dim) = x.dims3()?;
+    if batch != 1 {
+        return Err(Error::Input(format!("a batch of {batch} sequences; the model takes one")));
+    }
+    let kv_dim = n_kv_head * head_dim;
+    let rows = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    let (mut q, mut k, v) = (rows(b.wq.forward(x)?)?, rows(b.wk.forward(x)?)?, rows(b.wv.forward(x)?)?);
+    let (cos, sin) = (rows(cos.clone())?, rows(sin.clone())?);
+    let half = head_dim / 2;
+    if pos == 0 {
+        b.cache.clear();
+    }
+    if b.cache.len() != pos {
+        return Err(Error::Input(format!("position {pos} after {} cached positions", b.cache.len())));
+    }
+    for i in 0..n {
+        let (c, s) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+        rotate_pairs(&mut q[i * dim..][..dim], c, s);
+        rotate_pairs(&mut k[i * kv_dim..][..kv_dim], c, s);
+        b.cache.push(&k[i * kv_dim..][..kv_dim], &v[i * kv_dim..][..kv_dim]);
+    }
+    let (keys, values) = (&b.cache.keys, &b.cache.values);
+    let mut y = vec![0f32; n * dim];
+    y.par_chunks_mut(dim).zip(q.par_chunks(dim)).enumerate().for_each_init(Vec::new, |scores, (i, (y, q))| {
+        attend(q, keys, values, head_dim, pos + i + 1, scores, y);
+    });
+    b.wo.forward(&Tensor::from_vec(y, (batch, n, dim), x.device())?)
+}
+
+/// Self-attention of `x` (1, n, dim) over the cached positions and itself, from candle's
+/// operations (`Weights::CandleKernels`, the reference `tests/llama_parity.rs` holds us to).
 fn attention(
     b: &mut Block,
     x: &Tensor,
@@ -676,7 +745,6 @@ fn attention(
     sin: &Tensor,
     pos: usize,
     (n_head, n_kv_head, head_dim): (usize, usize, usize),
-    candle_ops: bool,
 ) -> Result<Tensor> {
     let (batch, n, dim) = x.dims3()?;
     let heads = |t: Tensor, count: usize| t.reshape((batch, n, count, head_dim))?.transpose(1, 2);
@@ -712,11 +780,7 @@ fn attention(
             }
             None => scores,
         };
-        let weights = match candle_ops {
-            true => candle_nn::ops::softmax_last_dim(&scores)?,
-            false => softmax_rows(&scores)?,
-        };
-        Ok(weights.matmul(&v)?)
+        Ok(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?)
     })?;
     let y = y.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
     b.wo.forward(&y)
@@ -728,13 +792,6 @@ fn silu_times(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     let u = up.flatten_all()?.to_vec1::<f32>()?;
     through_vec(gate, |g| g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| silu_mul(g, u)))
-}
-
-/// Softmax over the last dimension through `vecmath` (see `silu_times`).
-fn softmax_rows(x: &Tensor) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let last = x.dim(D::Minus1)?;
-    through_vec(x, |v| v.par_chunks_mut(last).for_each(softmax_in_place))
 }
 
 /// `f` applied to a copy of `t`'s numbers, returned as a tensor of `t`'s shape.
@@ -822,8 +879,26 @@ fn causal_mask(n: usize, pos: usize, group: usize, device: &Device) -> Result<Te
     Ok(Tensor::from_slice(&mask, (group * n, pos + n), device)?)
 }
 
-/// cos and sin of position × frequency, for frequencies base^(-2i / dim).
+/// The rotary angles' cosines and sines, MAX_SEQ_LEN × dim / 2 each: angle = position ·
+/// base^(-2i / dim), in f32 as the reference implementations take it. The powers, cosines and
+/// sines are computed in f64 and rounded once: f32's `powf`, `cos` and `sin` come from the
+/// platform's maths library (glibc natively, a port of musl's in wasm), which differed in last
+/// bits, and one such difference grows through the layers (see tests/gpu.rs). f64's functions
+/// come from the same libraries, but their last-bit differences survive rounding to f32 only for
+/// values within about 2⁻²⁹ of a rounding boundary, so the CLI, the page and the GPU (which is
+/// given these tables) start from the same numbers (`tests/wasm` checks the CLI and the page
+/// agree).
 fn rotary_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let freqs: Vec<f32> = (0..dim).step_by(2).map(|i| (1.0 / (base as f64).powf(i as f64 / dim as f64)) as f32).collect();
+    let angles = (0..MAX_SEQ_LEN).flat_map(|p| freqs.iter().map(move |&f| (p as f32 * f) as f64));
+    let (cos, sin): (Vec<f32>, Vec<f32>) = angles.map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
+    let shape = (MAX_SEQ_LEN, dim / 2);
+    Ok((Tensor::from_vec(cos, shape, device)?, Tensor::from_vec(sin, shape, device)?))
+}
+
+/// The same tables as candle-transformers computes them (f32 throughout, so the platform's
+/// maths library decides their last bits): for `Weights::CandleKernels`, the reference.
+fn rotary_tables_as_candle(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
     let freqs: Vec<f32> = (0..dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / dim as f32)).collect();
     let freqs = Tensor::new(freqs.as_slice(), device)?.reshape((1, dim / 2))?;
     let positions = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?.to_dtype(DType::F32)?.reshape((MAX_SEQ_LEN, 1))?;

@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// What to adapt and how strongly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,14 +60,78 @@ pub struct LoraPair {
     /// (out, rank)
     pub b: Tensor,
     pub scale: f64,
+    /// For an adapter read from a file: the two matrices transposed once, for `forward`. Such a
+    /// pair is never changed afterwards (`a`, `b` and `scale` are read, not written, outside
+    /// training, whose pairs have none of this). A pair being trained is transposed at each call.
+    fixed: Option<Arc<Transposed>>,
+}
+
+/// Aᵀ (in, rank) and Bᵀ (rank, out): each loop of `LoraPair::forward` then runs along a row.
+#[derive(Debug)]
+struct Transposed {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rank: usize,
+}
+
+impl Transposed {
+    fn of(a: &Tensor, b: &Tensor) -> Result<Transposed> {
+        let transposed = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.t()?.flatten_all()?.to_vec1::<f32>()?) };
+        Ok(Transposed { a: transposed(a)?, b: transposed(b)?, rank: a.dim(0)? })
+    }
 }
 
 impl LoraPair {
+    /// A pair that will not change, as read from a file.
+    fn fixed(a: Tensor, b: Tensor, scale: f64) -> Result<LoraPair> {
+        let fixed = Transposed::of(&a, &b)?;
+        Ok(LoraPair { a, b, scale, fixed: Some(Arc::new(fixed)) })
+    }
+
     /// The update's contribution to `x W^T`: scale · (x A^T) B^T, never forming B A.
+    ///
+    /// Each number is a plain sum taken in order (over `in`, then over the rank), as the GPU's
+    /// matmul_f32.wgsl takes it, so that the tuned model gives the same bits on both
+    /// (`tests/gpu.rs`); candle's products would leave the order to gemm. The loops run along
+    /// rows of Aᵀ and Bᵀ, so they vectorise across the rank and the outputs.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let transposed;
+        let t = match &self.fixed {
+            Some(t) => t.as_ref(),
+            None => {
+                transposed = Transposed::of(&self.a, &self.b)?;
+                &transposed
+            }
+        };
+        let (inner, rank, scale) = (t.a.len() / t.rank, t.rank, self.scale as f32);
+        let out = t.b.len() / rank;
+        let input = x.flatten_all()?.to_vec1::<f32>()?;
+        if x.dims().last() != Some(&inner) {
+            return Err(Error::Input(format!("input of shape {:?} for an adapter of {inner} inputs", x.dims())));
+        }
+        let mut y = vec![0f32; input.len() / inner * out];
+        let mut h = vec![0f32; rank];
+        for (x, y) in input.chunks_exact(inner).zip(y.chunks_exact_mut(out)) {
+            h.fill(0.0);
+            for (&v, a) in x.iter().zip(t.a.chunks_exact(rank)) {
+                h.iter_mut().zip(a).for_each(|(h, a)| *h += v * a);
+            }
+            for (&h, b) in h.iter().zip(t.b.chunks_exact(out)) {
+                let h = scale * h;
+                y.iter_mut().zip(b).for_each(|(y, b)| *y += h * b);
+            }
+        }
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out;
+        }
+        Ok(Tensor::from_vec(y, dims, x.device())?)
+    }
+
+    /// The same update from candle's differentiable operations, for training.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         // As 2-D products: broadcast_matmul on (batch, seq, in) would first broadcast A and B to
-        // 3-D, which costs more than the product itself when decoding one token. The scale goes
-        // on the rank-wide middle result, the smallest tensor.
+        // 3-D. The scale goes on the rank-wide middle result, the smallest tensor.
         let mut dims = x.dims().to_vec();
         let inner = dims.pop().unwrap_or(1);
         let rows: usize = dims.iter().product();
@@ -121,7 +186,7 @@ impl Adapter {
             let b = Var::zeros((*out, config.rank), DType::F32, device)?;
             pairs.insert(
                 name.clone(),
-                LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: config.scale() },
+                LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: config.scale(), fixed: None },
             );
             vars.push((name.clone(), a, b));
         }
@@ -187,7 +252,7 @@ impl Adapter {
                     format!("{name}: shapes {:?} and {:?} do not match rank {}", a.dims(), b.dims(), config.rank),
                 ));
             }
-            pairs.insert(name, LoraPair { a, b, scale: config.scale() });
+            pairs.insert(name, LoraPair::fixed(a, b, config.scale())?);
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(Error::model(file, format!("unexpected tensor {extra}")));

@@ -24,10 +24,28 @@ use std::io::Cursor;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 
-/// How far the GPU's logits may be from the CPU's in the start-up self-test. Both paths round
-/// activations to 8 bits, which amplifies last-bit differences: `tests/gpu.rs` measured at most
-/// 1.41 on lavapipe over 130 steps, with logits up to ~30; a wrong kernel is off by far more.
+/// How far the GPU's logits may be from the CPU's in the start-up self-test. The GPU's kernels
+/// do the CPU's arithmetic in the CPU's order, so on an adapter with the CPU's f32 arithmetic
+/// (lavapipe) they are the same bits. Adapters that fuse multiply-adds differ in last bits, which
+/// the 8-bit rounding of activations amplifies: before the kernels followed the CPU's order,
+/// lavapipe's logits were up to 1.41 off over 130 steps (`tests/gpu.rs`), on logits up to ~30;
+/// a wrong kernel is off by far more.
 pub const GPU_TOLERANCE: f32 = 2.0;
+
+/// What the GPU self-test measured: the largest difference between the two paths' logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelfTest {
+    pub worst: f32,
+}
+
+impl std::fmt::Display for SelfTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.worst {
+            0.0 => write!(f, "self-test: the CPU's logits exactly"),
+            w => write!(f, "self-test: logits within {w:.3} of the CPU's"),
+        }
+    }
+}
 
 /// Prompts are fed to the model in slices of this many tokens: it bounds the attention matrix
 /// (and so peak memory) and is how long Stop may wait during prefill. Measured natively on a
@@ -168,7 +186,7 @@ impl Generator {
     /// tokens run on both paths, the logits compared. On any failure the generator stays on the
     /// CPU and the error says why. Natively this completes at once (`crate::gpu::now`); in the
     /// browser, await it.
-    pub async fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
+    pub async fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<SelfTest> {
         let mut on_gpu = GpuLlama::new(gpu, &self.model, self.context)?;
         let chat = self.render_chat(&[Message::new("user", "Say hello.")])?;
         let ids = self.encode(&chat)?;
@@ -189,7 +207,7 @@ impl Generator {
             return Err(Error::Gpu(format!("self-test failed: logits differ from the CPU's by {worst}")));
         }
         self.gpu = Some(on_gpu);
-        Ok(())
+        Ok(SelfTest { worst })
     }
 
     /// Generate on the CPU (again).

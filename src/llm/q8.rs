@@ -231,18 +231,28 @@ fn round_half_away(r: f32) -> f32 {
 
 type Group<'a> = (&'a [i8], &'a [f32]);
 
+/// A block's 32 products as four partial sums, lane k holding products 2k and 2k + 1 of each
+/// eight: the lanes wasm's `i32x4_dot_i16x8` gives (see `simd128::dot4`).
 #[inline(always)]
-fn block_sum(w: &[i8], x: &[i8]) -> i32 {
-    w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+fn lane_sums(w: &[i8], x: &[i8]) -> [i32; 4] {
+    let mut lanes = [0i32; 4];
+    for (w, x) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            *lane += w[2 * k] as i32 * x[2 * k] as i32 + w[2 * k + 1] as i32 * x[2 * k + 1] as i32;
+        }
+    }
+    lanes
 }
 
 /// A group's four dot products with one quantized vector.
 #[inline]
 fn dot4(group: Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    // The unsafe kernels below read by pointer: these bounds make that sound.
+    assert!(group.0.len() >= GROUP * BLOCK * xs.len() && group.1.len() >= GROUP * xs.len() && xq.len() >= BLOCK * xs.len());
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
         // SAFETY: simd128 is enabled for this build; the group holds 4 × xs.len() blocks and the
-        // vector xs.len() (both sliced to that by the caller).
+        // vector xs.len() (asserted above).
         unsafe { simd128::dot4(group, xq, xs) }
     }
     #[cfg(target_arch = "x86_64")]
@@ -257,26 +267,57 @@ fn dot4(group: Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
     dot4_portable(group, xq, xs)
 }
 
-/// Plain Rust that the compiler vectorises well: the 32 products of a block as one integer sum.
+/// Plain Rust that the compiler vectorises. Each row keeps four running sums, one per lane of
+/// `lane_sums`, added up at the end as ((l0 + l1) + l2) + l3: the order in which wasm's
+/// vectors (`simd128::dot4`) and the GPU (matmul_q8.wgsl) add the same numbers, so that all
+/// three give the same bits. A different order of the f32 additions would move an activation
+/// across an 8-bit rounding step now and then, and the difference would grow from there
+/// (`tests/gpu.rs`).
 #[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
 #[inline(always)]
 fn dot4_portable((wq, ws): Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
-    let mut acc = [0f32; 4];
+    let mut acc = [[0f32; 4]; GROUP];
     for (b, (x, sx)) in xq.chunks_exact(BLOCK).zip(xs).enumerate() {
-        for (j, a) in acc.iter_mut().enumerate() {
+        for (j, acc) in acc.iter_mut().enumerate() {
             let at = b * GROUP + j;
-            *a += block_sum(&wq[at * BLOCK..][..BLOCK], x) as f32 * (ws[at] * sx);
+            let (lanes, scale) = (lane_sums(&wq[at * BLOCK..][..BLOCK], x), ws[at] * sx);
+            for (a, lane) in acc.iter_mut().zip(lanes) {
+                *a += lane as f32 * scale;
+            }
         }
     }
-    acc
+    acc.map(|[l0, l1, l2, l3]| ((l0 + l1) + l2) + l3)
 }
 
-/// The same code compiled for AVX2 (decided at run time, as candle does, so one binary runs on
-/// any x86-64).
+/// `dot4_portable` in AVX2 (chosen at run time, as candle does, so one binary runs on any
+/// x86-64), which the compiler does not find by itself from `lane_sums`: 16-bit products added
+/// in pairs (`madd`), whose eight 32-bit lanes fold onto `lane_sums`' four, then scaled as there.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot4_avx2(group: Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
-    dot4_portable(group, xq, xs)
+unsafe fn dot4_avx2((wq, ws): Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let widen = |p: *const i8| _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
+    let mut acc = [_mm_setzero_ps(); GROUP];
+    let mut wp = wq.as_ptr();
+    for (b, &sx) in xs.iter().enumerate() {
+        let xp = xq.as_ptr().add(b * BLOCK);
+        let (x0, x1) = (widen(xp), widen(xp.add(16)));
+        for (j, a) in acc.iter_mut().enumerate() {
+            let (w0, w1) = (widen(wp), widen(wp.add(16)));
+            wp = wp.add(BLOCK);
+            // Lane m: products 2m and 2m + 1 of each half, so lanes m and m + 4 are lane m of
+            // `lane_sums`.
+            let pairs = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+            let lanes = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256::<1>(pairs));
+            let scale = _mm_set1_ps(ws[b * GROUP + j] * sx);
+            *a = _mm_add_ps(*a, _mm_mul_ps(_mm_cvtepi32_ps(lanes), scale));
+        }
+    }
+    acc.map(|a| {
+        let mut l = [0f32; 4];
+        _mm_storeu_ps(l.as_mut_ptr(), a);
+        ((l[0] + l[1]) + l[2]) + l[3]
+    })
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -292,7 +333,7 @@ mod simd128 {
 
     /// The vector's 32 bytes are widened to 16 bits once per block and used for four rows; each
     /// row then costs two loads, four widenings and four 8-lane multiply-adds per block, and its
-    /// sum stays in a vector register until the end.
+    /// sum stays in a vector register until the end. `dot4_portable` adds in the same order.
     #[inline(always)]
     pub unsafe fn dot4((wq, ws): Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
         let mut acc = [f32x4_splat(0.0); 4];
@@ -367,6 +408,42 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// One order of additions, to the bit, whatever the build: each row's block products in four
+    /// lanes by position (products 2k and 2k + 1 of every eight in lane k), each lane scaled and
+    /// summed over the blocks, then ((l0 + l1) + l2) + l3. Written out plainly here; this build's
+    /// kernel (AVX2 where the CPU has it) and the portable one must give these bits. wasm's
+    /// (`tests/wasm`, against the CLI) and the GPU's (`tests/gpu.rs`) are held to the same order
+    /// end to end.
+    #[test]
+    fn every_kernel_adds_in_one_order() {
+        let (rows, cols) = (8, 576);
+        let m = Q8Matrix::quantize(&pseudo_random(rows * cols, 7), rows, cols);
+        let x = quantize_rows(&pseudo_random(cols, 8));
+        let blocks = cols / BLOCK;
+        for g in 0..rows / GROUP {
+            let group = (&m.quants[g * GROUP * cols..][..GROUP * cols], &m.scales[g * GROUP * blocks..][..GROUP * blocks]);
+            let want: Vec<f32> = (0..GROUP)
+                .map(|j| {
+                    let mut lanes = [0f32; 4];
+                    for b in 0..blocks {
+                        let at = b * GROUP + j;
+                        let mut sums = [0i32; 4];
+                        for i in 0..BLOCK {
+                            sums[(i / 2) % 4] += group.0[at * BLOCK + i] as i32 * x.quants[b * BLOCK + i] as i32;
+                        }
+                        for k in 0..4 {
+                            lanes[k] += sums[k] as f32 * (group.1[at] * x.scales[b]);
+                        }
+                    }
+                    ((lanes[0] + lanes[1]) + lanes[2]) + lanes[3]
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dot4(group, &x.quants, &x.scales)), bits(&want), "group {g}");
+            assert_eq!(bits(&dot4_portable(group, &x.quants, &x.scales)), bits(&want), "group {g}, portable");
         }
     }
 

@@ -17,6 +17,17 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Σ a·b in four lanes, lane i summing products i, i + 4, i + 8, ..., then (l0 + l2) + (l1 + l3)
+/// and the products past the last four: the order of `attend`'s scores on four-lane vectors,
+/// which the GPU's attn_scores.wgsl repeats.
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let (ca, ta) = a.as_chunks::<4>();
+    let (cb, tb) = b.as_chunks::<4>();
+    let lanes = ca.iter().zip(cb).fold([0f32; 4], |s, (x, y)| std::array::from_fn(|i| s[i] + x[i] * y[i]));
+    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
+    (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]) + tail
+}
+
 /// Softmax of one row, in place.
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });

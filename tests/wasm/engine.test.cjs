@@ -217,3 +217,39 @@ test('our fine-tuned adapter loads, switches on and off, and a damaged one is re
   engine.useAdapter(false);
   assert.equal(engine.answer(Object.keys(questions)[0], true, 4, null, null).answer, base[0].answer);
 });
+
+// One pipeline, two front ends: the wasm engine and the native CLI compute the same numbers in the
+// same order (our kernels fix the order of every f32 addition, and the rotary tables are computed
+// without the platform's f32 maths library), so a greedy answer is the same text to the last
+// token, from the base model and with our adapter applied at load time.
+test('the wasm engine and the native CLI give the same answers, token for token', () => {
+  const { spawnSync } = require('node:child_process');
+  const engine = new Engine(
+    model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'),
+    model('smollm2/SmolLM2-135M-Instruct.Q8_0.gguf'), false);
+  const adapter = path.join(root, 'models', 'adapters', 'pubmedqa-lora.safetensors');
+  const native = (question, extra) => {
+    const cli = spawnSync(path.join(root, 'target', 'release', 'pocketrag'),
+      ['--models', path.join(root, 'models'), 'ask', '--no-rag', '--low-memory', '--json', ...extra, question],
+      { encoding: 'utf8', maxBuffer: 1 << 24 });
+    assert.equal(cli.status, 0, cli.stderr);
+    return JSON.parse(cli.stdout);
+  };
+  const asked = [
+    ['Why is the sky blue?', []],
+    ['What does a lighthouse keeper do?', []],
+    ['Does regular exercise lower blood pressure?', ['--adapter', adapter]],
+  ];
+  for (const [question, extra] of asked) {
+    if (extra.length) {
+      engine.loadAdapter(fs.readFileSync(adapter));
+      engine.useAdapter(true);
+    }
+    const ours = engine.answer(question, false, 4, null, null);
+    const theirs = native(question, extra);
+    assert.equal(ours.tuned, extra.length > 0);
+    assert.ok(ours.generated_tokens >= 16, ours.answer);
+    assert.equal(ours.answer, theirs.answer, question);
+    assert.equal(ours.generated_tokens, theirs.generated_tokens, question);
+  }
+});

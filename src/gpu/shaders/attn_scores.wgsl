@@ -1,7 +1,9 @@
 // Attention scores: for query position i (at pos + i) and head h, q·k / sqrt(head_dim) against
 // every cached position t ≤ pos + i (the causal mask: later positions are never computed). Heads
 // share key heads in groups (grouped-query attention). scores: heads × n × context.
-// The dot product keeps eight running sums, in the CPU path's order (see rms_norm.wgsl for why).
+// The dot product is taken in the CPU path's order (`llm::attend`: four lanes, each summing every
+// fourth product, then (l0 + l2) + (l1 + l3); see rms_norm.wgsl for why the order matters).
+// head_dim is a multiple of 4, as `GpuLlama::new` checks.
 
 struct Step { n: u32, pos: u32 }
 struct Shape { heads: u32, kv_heads: u32, head_dim: u32, context: u32 }
@@ -22,16 +24,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let kv = h / (shape.heads / shape.kv_heads);
     let qa = (i * shape.heads + h) * hd;
     let ka = (t * shape.kv_heads + kv) * hd;
-    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let whole = hd / 8u * 8u;
-    for (var d = 0u; d < whole; d += 8u) {
-        for (var k = 0u; k < 8u; k++) {
-            acc[k] += q[qa + d + k] * keys[ka + d + k];
-        }
+    var acc = vec4<f32>(0.0);
+    for (var d = 0u; d < hd; d += 4u) {
+        let qv = vec4<f32>(q[qa + d], q[qa + d + 1u], q[qa + d + 2u], q[qa + d + 3u]);
+        let kv4 = vec4<f32>(keys[ka + d], keys[ka + d + 1u], keys[ka + d + 2u], keys[ka + d + 3u]);
+        acc += qv * kv4;
     }
-    var tail = 0.0;
-    for (var d = whole; d < hd; d++) { tail += q[qa + d] * keys[ka + d]; }
-    var sum = 0.0;
-    for (var k = 0u; k < 8u; k++) { sum += acc[k]; }
-    scores[(h * step.n + i) * shape.context + t] = (sum + tail) * (1.0 / sqrt(f32(hd)));
+    scores[(h * step.n + i) * shape.context + t] = ((acc.x + acc.z) + (acc.y + acc.w)) * (1.0 / sqrt(f32(hd)));
 }

@@ -1,7 +1,7 @@
 // Round activations to Q8_0 before a product with Q8_0 weights, exactly as the CPU kernel (and
 // ggml) do: each block of 32 values maps its largest magnitude to 127, the scale is kept at f16
 // precision, values round half away from zero. The products are then exact integer sums, as on
-// the CPU, so both paths differ only in the order of a few f32 additions. One thread per block.
+// the CPU. One thread per block.
 
 struct Step { n: u32, pos: u32 }
 struct Shape { cols: u32, _a: u32, _b: u32, _c: u32 }

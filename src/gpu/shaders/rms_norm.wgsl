@@ -1,10 +1,11 @@
 // RMSNorm of each position: out = x / sqrt(mean(x²) + eps) * weight.
 //
 // The sum of squares is taken in exactly the CPU path's order (eight running sums over the
-// vector, then added in turn; `dot` in llm/llama.rs), by one thread per position. A tree sum over
-// a workgroup would be faster on a large GPU, but activations are rounded to 8 bits right after
-// this, where a last-bit difference can move a value across a rounding step and grow from there:
-// measured, the two paths' logits came closer when their sums matched.
+// vector, then added in turn: `vecmath::dot`, then `RmsNorm::forward_slice` in llm/llama.rs), by
+// one thread per position. A tree sum over a workgroup would be faster on a large GPU, but
+// activations are rounded to 8 bits right after this, where a last-bit difference can move a
+// value across a rounding step and grow from there (tests/gpu.rs): every kernel that sums keeps
+// the CPU's order, so that the two paths give the same bits.
 
 struct Step { n: u32, pos: u32 }
 struct Shape { dim: u32, eps: f32, _b: u32, _c: u32 }
