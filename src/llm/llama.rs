@@ -694,9 +694,9 @@ fn rotate_pairs(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// Self-attention of `x` (1, n, dim) over the cached positions and itself, position by position
 /// as a decode step does it (`rotate_pairs`, then `attend` over the positions up to its own), so a
 /// prompt gets the very numbers that feeding it one token at a time would give, and that the
-/// GPU's kernels repeat. The attention itself is a small part of a prompt's work (under 1% for a
-/// 500-token prompt, next to the weight products), so nothing is lost to candle's batched
-/// products here.
+/// GPU's kernels repeat. The attention is a small part of a prompt's work (about 0.2% of the
+/// multiply-adds of a 500-token prompt), and reading a 301-token prompt in wasm was as fast this
+/// way as with candle's batched products (three alternating runs each, under Node).
 fn attention_by_position(
     b: &mut Block,
     x: &Tensor,
