@@ -273,9 +273,9 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
 // WebGPU: Chromium's SwiftShader adapter (software) with --enable-unsafe-webgpu. By itself the page
 // keeps a software adapter's answers on the CPU (faster) and says why; ?backend=webgpu takes it,
 // and the answer streams from our WGSL kernels. They do the CPU's arithmetic in the CPU's order,
-// and SwiftShader's f32 arithmetic is the CPU's (no fused multiply-adds), so the self-test finds
-// the CPU's logits exactly and the answer is the CPU's, token for token (on a hardware GPU that
-// fuses, logits differ in last bits and a long answer can part at a near-tie: tests/gpu.rs).
+// and SwiftShader computes f32 as the CPU does (its self-test, asserted below, finds the CPU's
+// logits exactly), so the answer is the CPU's, token for token (on a hardware GPU that fuses
+// multiply-adds, logits differ in last bits and a long answer can part at a near-tie: tests/gpu.rs).
 // SwiftShader reads the prompt at ~1 token/s, so the question is asked without retrieval (a
 // ~34-token prompt) and the GPU answer is stopped after 100 characters.
 test('the page answers on WebGPU, as on the CPU', async (t) => {
