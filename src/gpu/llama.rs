@@ -15,7 +15,7 @@
 //!   x += (silu(h W_gate) * h W_up) W_down   quantize + matmul_q8 × 2, silu_mul, quantize + matmul_q8, add
 //! then rms_norm and the output projection for the last position only.
 
-use super::{bytes_f32, bytes_u32, groups, per_element, per_position, per_value, Gpu, Grid, Kernel, Op, Shapes};
+use super::{bytes_f32, bytes_u32, groups, per_element, per_position, per_value, Gpu, Grid, Kernel, Op, Shapes, with_exp};
 use crate::error::{Error, Result};
 use crate::llm::llama::{Llama, Parts, MAX_SEQ_LEN};
 use crate::llm::lora::LoraPair;
@@ -43,8 +43,7 @@ struct Kernels {
 impl Kernels {
     fn new(gpu: &Gpu) -> Kernels {
         let k = |name: &str, source: &str, entry: &str| Kernel::new(gpu, name, source, entry);
-        // exp.wgsl is a function, not a kernel: prepended to the kernels that call it.
-        let elementwise = concat!(include_str!("shaders/exp.wgsl"), include_str!("shaders/elementwise.wgsl"));
+        let elementwise = with_exp!("shaders/elementwise.wgsl");
         Kernels {
             embed: k("embed", include_str!("shaders/embed.wgsl"), "main"),
             rms_norm: k("rms_norm", include_str!("shaders/rms_norm.wgsl"), "main"),
@@ -54,11 +53,7 @@ impl Kernels {
             rope: k("rope", include_str!("shaders/rope.wgsl"), "main"),
             store: k("store", include_str!("shaders/store.wgsl"), "main"),
             scores: k("attn_scores", include_str!("shaders/attn_scores.wgsl"), "main"),
-            softmax: k(
-                "attn_softmax",
-                concat!(include_str!("shaders/exp.wgsl"), include_str!("shaders/attn_softmax.wgsl")),
-                "main",
-            ),
+            softmax: k("attn_softmax", with_exp!("shaders/attn_softmax.wgsl"), "main"),
             values: k("attn_values", include_str!("shaders/attn_values.wgsl"), "main"),
             silu_mul: k("silu_mul", elementwise, "silu_mul"),
             add: k("add", elementwise, "add"),

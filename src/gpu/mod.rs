@@ -11,6 +11,15 @@
 pub mod bert;
 pub mod llama;
 
+/// A kernel's source with `exp.wgsl` (a function the CPU's `exp` is copied into, not a kernel)
+/// prepended, for the kernels that call it.
+macro_rules! with_exp {
+    ($file:literal) => {
+        concat!(include_str!("shaders/exp.wgsl"), include_str!($file))
+    };
+}
+pub(crate) use with_exp;
+
 use crate::error::{Error, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -293,7 +302,6 @@ pub fn now<F: Future>(future: F) -> Result<F::Output> {
     }
 }
 
-
 impl Gpu {
     /// Whether this adapter's f32 arithmetic gives the CPU's bits for what our kernels do: a
     /// multiply then an add, each rounded (not fused into one multiply-add), division and square
@@ -306,7 +314,7 @@ impl Gpu {
         let n = 4096;
         let inputs: Vec<Vec<f32>> =
             (1..=3).map(|seed| crate::bench::pseudo_random(n, seed).iter().map(|v| 4.0 * v).collect()).collect();
-        let source = concat!(include_str!("shaders/exp.wgsl"), include_str!("shaders/arithmetic.wgsl"));
+        let source = with_exp!("shaders/arithmetic.wgsl");
         let kernel = Kernel::new(self, "arithmetic", source, "main");
         let buffers: Vec<_> = inputs.iter().map(|v| self.storage("arithmetic input", &bytes_f32(v))).collect();
         let out = self.zeros("arithmetic output", 4 * n);

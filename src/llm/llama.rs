@@ -142,10 +142,7 @@ impl Linear {
         };
         m.matmul(x, out);
         if let Some(lora) = &self.lora {
-            let x = Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?;
-            for (o, d) in out.iter_mut().zip(lora.forward(&x)?.flatten_all()?.to_vec1::<f32>()?) {
-                *o += d;
-            }
+            out.iter_mut().zip(lora.update(x)?).for_each(|(o, d)| *o += d);
         }
         Ok(())
     }

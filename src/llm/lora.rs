@@ -95,6 +95,19 @@ impl LoraPair {
     /// (`tests/gpu.rs`); candle's products would leave the order to gemm. The loops run along
     /// rows of Aᵀ and Bᵀ, so they vectorise across the rank and the outputs.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if dims.last() != Some(&self.a.dim(1)?) {
+            return Err(Error::Input(format!("input of shape {dims:?} for an adapter of {} inputs", self.a.dim(1)?)));
+        }
+        let y = self.update(&x.flatten_all()?.to_vec1::<f32>()?)?;
+        if let Some(last) = dims.last_mut() {
+            *last = self.b.dim(0)?;
+        }
+        Ok(Tensor::from_vec(y, dims, x.device())?)
+    }
+
+    /// `forward` on plain rows (`input`: positions × in), for the decode path's buffers.
+    pub(crate) fn update(&self, input: &[f32]) -> Result<Vec<f32>> {
         let transposed;
         let t = match &self.fixed {
             Some(t) => t.as_ref(),
@@ -105,9 +118,8 @@ impl LoraPair {
         };
         let (inner, rank, scale) = (t.a.len() / t.rank, t.rank, self.scale as f32);
         let out = t.b.len() / rank;
-        let input = x.flatten_all()?.to_vec1::<f32>()?;
-        if x.dims().last() != Some(&inner) {
-            return Err(Error::Input(format!("input of shape {:?} for an adapter of {inner} inputs", x.dims())));
+        if input.is_empty() || input.len() % inner != 0 {
+            return Err(Error::Input(format!("{} numbers for an adapter of {inner} inputs", input.len())));
         }
         let mut y = vec![0f32; input.len() / inner * out];
         let mut h = vec![0f32; rank];
@@ -121,11 +133,7 @@ impl LoraPair {
                 y.iter_mut().zip(b).for_each(|(y, b)| *y += h * b);
             }
         }
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out;
-        }
-        Ok(Tensor::from_vec(y, dims, x.device())?)
+        Ok(y)
     }
 
     /// The same update from candle's differentiable operations, for training.
