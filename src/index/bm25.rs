@@ -77,6 +77,19 @@ impl Bm25 {
         }
     }
 
+    /// How rare `term` (one of [`terms`]' output) is across the indexed chunks, on BM25's scale:
+    /// from about 0.1 for a term in every chunk up to [`Bm25::max_idf`] for one in none.
+    pub fn idf(&self, term: &str) -> f32 {
+        let n = self.live as f32;
+        let df = self.postings.get(term).map_or(0, Vec::len) as f32;
+        ((n - df + 0.5) / (df + 0.5) + 1.0).ln()
+    }
+
+    /// The IDF of a term no chunk contains.
+    pub fn max_idf(&self) -> f32 {
+        self.idf("")
+    }
+
     /// The `k` best-scoring slots for `query`, best first.
     pub fn search(&self, query: &str, k: usize) -> Vec<(u32, f32)> {
         if self.live == 0 {

@@ -3,6 +3,7 @@
 //! the scores, the prompt and the timings that the teaching view shows.
 
 pub mod cite;
+pub mod evidence;
 pub mod prompt;
 
 use crate::chunk::{self, ChunkConfig};
@@ -330,6 +331,11 @@ impl Engine {
     }
 
     pub fn search(&self, query: &str, k: usize) -> Result<SearchResult> {
+        Ok(self.search_with_vector(query, k)?.0)
+    }
+
+    /// [`Engine::search`], also returning the query's embedding for reuse.
+    pub fn search_with_vector(&self, query: &str, k: usize) -> Result<(SearchResult, Vec<f32>)> {
         let query = query.trim();
         if query.is_empty() {
             return Err(Error::Input("the question is empty".into()));
@@ -363,7 +369,27 @@ impl Engine {
                 })
             })
             .collect();
-        Ok(SearchResult { hits, timings_ms: Timings { embed, search, ..Default::default() } })
+        Ok((SearchResult { hits, timings_ms: Timings { embed, search, ..Default::default() } }, qv))
+    }
+
+    /// The sentences of `hits`, scored as answers to `question` (whose embedding is
+    /// `question_vector`), best first. Each sentence's `source` indexes `hits`.
+    pub fn evidence(&self, question: &str, question_vector: &[f32], hits: &[Source]) -> Result<Vec<evidence::Scored>> {
+        let docs = self.library.documents();
+        let passages: Vec<_> = hits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some((i, docs.iter().find(|d| d.name == h.doc)?, h.start, h.end)))
+            .collect();
+        let sentences = evidence::sentences(&passages);
+        if sentences.is_empty() {
+            return Ok(vec![]);
+        }
+        let texts: Vec<&str> = sentences.iter().map(|s| s.text.as_str()).collect();
+        let vectors = self.embedder.embed(&texts)?;
+        let similarity: Vec<f32> = vectors.iter().map(|v| crate::index::vector::dot(v, question_vector)).collect();
+        let passage_scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+        Ok(evidence::rank(question, sentences, &similarity, &passage_scores, &self.library.index().keywords))
     }
 
     /// Answer a question. Text is streamed to `on_token` as it is generated; `cancel` is polled
