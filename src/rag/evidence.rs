@@ -252,22 +252,19 @@ enum Wants {
 
 fn wants(question: &str) -> Wants {
     let q = question.trim().to_lowercase();
-    let starts = |p: &[&str]| p.iter().any(|w| q.starts_with(w) || q.contains(&format!(" {w}")));
-    if starts(&["how many", "how much", "how long", "how old", "how far", "what year", "which year", "in what year", "what percentage", "when "]) {
+    let asks = |p: &[&str]| p.iter().any(|w| q.starts_with(w) || q.contains(&format!(" {w}")));
+    if asks(&["how many", "how much", "how long", "how old", "how far", "what year", "which year", "in what year", "what percentage", "when "]) {
         Wants::Number
-    } else if starts(&["who ", "whom ", "whose "]) {
+    } else if asks(&["who ", "whom ", "whose "]) {
         Wants::Name
     } else {
         Wants::Other
     }
 }
 
-/// Rarity of `term` in 0..1, from the index's document frequencies. The raw and the normalised
-/// (plural-less) spelling may differ; the rarer reading counts.
+/// Rarity of `term` in 0..1, from the index's document frequencies.
 fn rarity(index: &Bm25, term: &str) -> f32 {
-    let max = index.max_idf().max(1e-6);
-    let raw = index.idf(term).max(index.idf(&format!("{term}s")).min(index.idf(term)));
-    (raw / max).clamp(0.0, 1.0)
+    (index.idf(term) / index.max_idf().max(1e-6)).clamp(0.0, 1.0)
 }
 
 /// Score `sentences` for `question`. `similarity[i]` is the cosine between the question and
@@ -296,24 +293,25 @@ pub fn rank(
     let q_weight: f32 = q_terms.iter().map(|(_, w)| w).sum::<f32>().max(1e-6);
     let q_set: HashSet<&str> = q_terms.iter().map(|(t, _)| t.as_str()).collect();
     let wanted = wants(question);
+    let q_lower = question.to_lowercase();
     let term_sets: Vec<HashSet<String>> = sentences.iter().map(|s| content_terms(&s.text)).collect();
     let mut scored: Vec<Scored> = Vec::with_capacity(sentences.len());
     for (i, sentence) in sentences.into_iter().enumerate() {
         let own = &term_sets[i];
-        let mut near: HashSet<&String> = own.iter().collect();
+        let mut near: HashSet<&str> = own.iter().map(String::as_str).collect();
         for j in [i.wrapping_sub(1), i + 1] {
             if let Some(other) = term_sets.get(j) {
-                near.extend(other.iter());
+                near.extend(other.iter().map(String::as_str));
             }
         }
         let covered = |set: &dyn Fn(&str) -> bool| {
             q_terms.iter().filter(|(t, _)| set(t)).map(|(_, w)| w).sum::<f32>() / q_weight
         };
         let overlap = covered(&|t| own.contains(t));
-        let context_overlap = covered(&|t| near.iter().any(|n| n.as_str() == t));
+        let context_overlap = covered(&|t| near.contains(t));
         let missing = q_terms
             .iter()
-            .filter(|(t, _)| !near.iter().any(|n| n.as_str() == t))
+            .filter(|(t, _)| !near.contains(t.as_str()))
             .map(|(_, w)| *w)
             .fold(0.0, f32::max);
         let new_words: Vec<&String> = own.iter().filter(|t| !q_set.contains(t.as_str())).collect();
@@ -327,7 +325,6 @@ pub fn rank(
                 }
             }
             Wants::Name => {
-                let q_lower = question.to_lowercase();
                 let has_name = sentence.text.split_whitespace().skip(1).any(|w| {
                     w.starts_with(char::is_uppercase) && !q_lower.contains(&w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
                 });
