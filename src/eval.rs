@@ -16,6 +16,9 @@ use crate::tune::data::{self, QaEntry};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+pub mod calibrate;
+pub mod squad;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RetrievalScores {
     #[serde(rename = "recall@1")]

@@ -257,7 +257,14 @@ mod tests {
             .scan(0, |at, part| {
                 let start = *at;
                 *at += part.len() + 2;
-                Some(Chunk { start, end: start + part.len(), text: part.to_string(), heading: None, page: None, tokens: 3 })
+                Some(Chunk {
+                    start,
+                    end: start + part.len(),
+                    text: part.to_string(),
+                    heading: None,
+                    page: None,
+                    tokens: 3,
+                })
             })
             .collect();
         let vectors = (0..chunks.len()).map(|i| vec![i as f32, 1.0, -0.5, 0.25]).collect();

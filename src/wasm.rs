@@ -269,7 +269,11 @@ impl WasmEngine {
     /// embedded on the same GPU too (`embedAsync`), after their own self-test; if that fails the
     /// embedder stays on the CPU and the description ends with why.
     #[wasm_bindgen(js_name = useGpu)]
-    pub async fn use_gpu(&mut self, allow_software: bool, embedder_weights: Option<Vec<u8>>) -> Result<String, JsError> {
+    pub async fn use_gpu(
+        &mut self,
+        allow_software: bool,
+        embedder_weights: Option<Vec<u8>>,
+    ) -> Result<String, JsError> {
         if self.pending.is_some() {
             return Err(JsError::new("an answer is pending; finish it before switching to the GPU"));
         }
@@ -382,7 +386,9 @@ impl WasmEngine {
     /// synchronous calls would give up on the read-back half-way and leave its buffer mapped.
     fn refuse_on_gpu(&self, call: &str) -> Result<(), JsError> {
         match self.inner.generator() {
-            Some(g) if g.backend() == "gpu" => Err(JsError::new(&format!("{call}() cannot wait for the GPU; use stepAsync()"))),
+            Some(g) if g.backend() == "gpu" => {
+                Err(JsError::new(&format!("{call}() cannot wait for the GPU; use stepAsync()")))
+            }
             _ => Ok(()),
         }
     }

@@ -165,6 +165,29 @@ enum Command {
         #[arg(long, value_parser = parse_shard)]
         shard: Option<(usize, usize)>,
     },
+    /// Fit the evidence ranker and the support gate on SQuAD articles (never ones you report on)
+    /// and print the constants for `rag::evidence`.
+    Calibrate {
+        /// A SQuAD 2.0 file (it needs unanswerable questions to fit the gate).
+        file: PathBuf,
+        /// Titles of the articles to use; they are indexed together as one collection.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "Computational_complexity_theory,1973_oil_crisis,Yuan_dynasty,Islamism"
+        )]
+        articles: Vec<String>,
+        /// Ask every N-th question only.
+        #[arg(long, default_value_t = 1)]
+        every: usize,
+        #[arg(long, default_value_t = 4)]
+        k: usize,
+        /// The gate's threshold abstains on at most this share of answerable questions.
+        #[arg(long, default_value_t = 0.15)]
+        max_wrong_abstain: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrite a GGUF model's tensors from one quantization to another.
     Requantize {
         #[arg(long, default_value = "q4_1")]
@@ -286,6 +309,9 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Calibrate { file, articles, every, k, max_wrong_abstain, json } => {
+            calibrate(&cli.models, &file, &articles, every, k, max_wrong_abstain, json)
         }
         Command::Requantize { from, to, input, output } => {
             let bytes = models::read(&input)?;
@@ -527,6 +553,61 @@ fn evaluate(
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", pocketrag::eval::table(&report));
+    }
+    Ok(())
+}
+
+fn calibrate(
+    models_dir: &Path,
+    file: &Path,
+    titles: &[String],
+    every: usize,
+    k: usize,
+    max_wrong_abstain: f64,
+    json: bool,
+) -> Result<()> {
+    use pocketrag::eval::{calibrate as cal, squad};
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let all = squad::read(&bytes, &file.display().to_string())?;
+    let articles: Vec<&squad::Article> = titles
+        .iter()
+        .map(|t| all.iter().find(|a| &a.title == t).with_context(|| format!("{}: no article {t:?}", file.display())))
+        .collect::<Result<_>>()?;
+    let mut engine = open(models_dir, None, None)?;
+    for a in &articles {
+        let (name, text) = squad::document(a);
+        engine.add_document(&name, text.as_bytes(), &mut |_, _| {})?;
+    }
+    let qas: Vec<&squad::Qa> =
+        articles.iter().flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas)).step_by(every.max(1)).collect();
+    let bar = counting_bar(qas.len(), "questions");
+    let mut obs = Vec::with_capacity(qas.len());
+    for qa in qas {
+        obs.push(cal::observe(&engine, qa, k)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let c = cal::calibrate(obs, max_wrong_abstain);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        println!(
+            "{} questions ({} answerable) from {}\n\
+             best sentence holds a gold answer: {:.3} before fitting, {:.3} after (top 2: {:.3}, top 3: {:.3})\n\
+             gate at {:.3}: abstains on {:.3} of unanswerable questions (precision {:.3}), wrongly on {:.3} of answerable\n",
+            c.questions,
+            c.answerable,
+            titles.join(", "),
+            c.top1_before,
+            c.top1,
+            c.top2,
+            c.top3,
+            c.gate_threshold,
+            c.abstain_recall,
+            c.abstain_precision,
+            c.wrongly_abstained
+        );
+        print!("{}", cal::constants(&c));
     }
     Ok(())
 }

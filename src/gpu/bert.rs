@@ -50,22 +50,35 @@ impl GpuBert {
         let g = &gpu;
         // A tensor's f32 bytes, uploaded as they are, after checking its type and size.
         let upload = |name: &str, dims: &[usize]| -> Result<wgpu::Buffer> {
-            let t = file.tensor(name).map_err(|e| Error::model("embedder model.safetensors", format!("{name}: {e}")))?;
+            let t =
+                file.tensor(name).map_err(|e| Error::model("embedder model.safetensors", format!("{name}: {e}")))?;
             if t.dtype() != safetensors::Dtype::F32 || t.shape() != dims {
-                return Err(Error::model("embedder model.safetensors", format!("{name} is {:?} {:?}, not F32 {dims:?}", t.dtype(), t.shape())));
+                return Err(Error::model(
+                    "embedder model.safetensors",
+                    format!("{name} is {:?} {:?}, not F32 {dims:?}", t.dtype(), t.shape()),
+                ));
             }
             Ok(g.storage(name, t.data()))
         };
         let (dim, inter) = (shape.hidden, shape.intermediate);
         let linear = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
-            Ok(Linear { weight: upload(&format!("{name}.weight"), &[rows, cols])?, bias: upload(&format!("{name}.bias"), &[rows])?, rows, cols })
+            Ok(Linear {
+                weight: upload(&format!("{name}.weight"), &[rows, cols])?,
+                bias: upload(&format!("{name}.bias"), &[rows])?,
+                rows,
+                cols,
+            })
         };
         let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { weight: upload(&format!("{name}.weight"), &[dim])?, bias: upload(&format!("{name}.bias"), &[dim])? })
+            Ok(Norm {
+                weight: upload(&format!("{name}.weight"), &[dim])?,
+                bias: upload(&format!("{name}.bias"), &[dim])?,
+            })
         };
         // Rows of a table: its first dimension (the upload then checks the whole shape).
         let rows = |name: &str| -> Result<usize> {
-            let t = file.tensor(name).map_err(|e| Error::model("embedder model.safetensors", format!("{name}: {e}")))?;
+            let t =
+                file.tensor(name).map_err(|e| Error::model("embedder model.safetensors", format!("{name}: {e}")))?;
             Ok(t.shape().first().copied().unwrap_or(0))
         };
         let vocabulary = rows("embeddings.word_embeddings.weight")?;
@@ -76,7 +89,10 @@ impl GpuBert {
         let embedding_norm = norm("embeddings.LayerNorm")?;
         let layers = Layer::load_all(shape, linear, norm)?;
         if dim % shape.heads != 0 || dim / shape.heads > 64 {
-            return Err(Error::Gpu(format!("the GPU attention kernel takes heads of at most 64 values, not {dim}/{}", shape.heads)));
+            return Err(Error::Gpu(format!(
+                "the GPU attention kernel takes heads of at most 64 values, not {dim}/{}",
+                shape.heads
+            )));
         }
 
         let p = MAX_POSITIONS;
@@ -144,7 +160,12 @@ impl GpuBert {
     /// is 1 for real tokens). Natively it completes at once (`super::now`); in the browser, await.
     pub async fn embed(&self, ids: &[u32], mask: &[u32], len: usize) -> Result<Vec<Vec<f32>>> {
         let positions = ids.len();
-        if len == 0 || positions % len != 0 || mask.len() != positions || positions > MAX_POSITIONS || len > self.max_len {
+        if len == 0
+            || positions % len != 0
+            || mask.len() != positions
+            || positions > MAX_POSITIONS
+            || len > self.max_len
+        {
             return Err(Error::Input(format!("a GPU batch of {positions} positions in texts of {len}")));
         }
         let texts = positions / len;

@@ -15,7 +15,9 @@
 //!   x += (silu(h W_gate) * h W_up) W_down   quantize + matmul_q8 × 2, silu_mul, quantize + matmul_q8, add
 //! then rms_norm and the output projection for the last position only.
 
-use super::{bytes_f32, bytes_u32, groups, per_element, per_position, per_value, Gpu, Grid, Kernel, Op, Shapes, with_exp};
+use super::{
+    bytes_f32, bytes_u32, groups, per_element, per_position, per_value, with_exp, Gpu, Grid, Kernel, Op, Shapes,
+};
 use crate::error::{Error, Result};
 use crate::llm::llama::{Llama, Parts, MAX_SEQ_LEN};
 use crate::llm::lora::LoraPair;
@@ -74,12 +76,7 @@ impl Matrix {
         let (rows, cols) = m.shape();
         let (quants, scales) = m.row_major();
         let quants: Vec<u8> = quants.into_iter().map(|q| q as u8).collect();
-        Matrix {
-            quants: gpu.storage(name, &quants),
-            scales: gpu.storage(name, &bytes_f32(&scales)),
-            rows,
-            cols,
-        }
+        Matrix { quants: gpu.storage(name, &quants), scales: gpu.storage(name, &bytes_f32(&scales)), rows, cols }
     }
 }
 
@@ -96,7 +93,12 @@ impl Lora {
         let rank = pair.a.dim(0)?;
         let a: Vec<f32> = pair.a.flatten_all()?.to_vec1()?;
         let b: Vec<f32> = pair.b.flatten_all()?.to_vec1()?;
-        Ok(Lora { a: gpu.storage("lora a", &bytes_f32(&a)), b: gpu.storage("lora b", &bytes_f32(&b)), rank, scale: pair.scale as f32 })
+        Ok(Lora {
+            a: gpu.storage("lora a", &bytes_f32(&a)),
+            b: gpu.storage("lora b", &bytes_f32(&b)),
+            rank,
+            scale: pair.scale as f32,
+        })
     }
 }
 
@@ -283,12 +285,20 @@ impl GpuLlama {
         let (step, step_last) = (self.step.clone(), self.step_last.clone());
 
         let shape = self.shape([dim, 0, 0, 0]);
-        ops.push(self.op(&self.kernels.embed, &[&step, &shape, &b.tokens, &self.table.quants, &self.table.scales, &b.x], per_value(dim)));
+        ops.push(self.op(
+            &self.kernels.embed,
+            &[&step, &shape, &b.tokens, &self.table.quants, &self.table.scales, &b.x],
+            per_value(dim),
+        ));
         let norm_shape = self.shape([dim, self.eps.to_bits(), 0, 0]);
         for l in 0..self.blocks.len() {
             let blk = &self.blocks[l];
             let b = &self.buffers;
-            ops.push(self.op(&self.kernels.rms_norm, &[&step, &norm_shape, &b.x, &blk.attn_norm, &b.h], per_position()));
+            ops.push(self.op(
+                &self.kernels.rms_norm,
+                &[&step, &norm_shape, &b.x, &blk.attn_norm, &b.h],
+                per_position(),
+            ));
             ops.extend(self.quantize(&step, &b.h, dim));
             for (j, out) in [(0, &b.q), (1, &b.k), (2, &b.v)] {
                 ops.extend(self.linear(&step, l, j, &b.h, out));
@@ -299,8 +309,16 @@ impl GpuLlama {
             let attention = self.shape([n_head, n_kv_head, hd, context]);
             let softmax = self.shape([n_head, context, 0, 0]);
             let (b, blk) = (&self.buffers, &self.blocks[l]);
-            ops.push(self.op(&self.kernels.rope, &[&step, &rope_q, &b.q, &self.cos, &self.sin, &b.q_rotated], per_value(dim / 2)));
-            ops.push(self.op(&self.kernels.rope, &[&step, &rope_k, &b.k, &self.cos, &self.sin, &blk.keys], per_value(kv_dim / 2)));
+            ops.push(self.op(
+                &self.kernels.rope,
+                &[&step, &rope_q, &b.q, &self.cos, &self.sin, &b.q_rotated],
+                per_value(dim / 2),
+            ));
+            ops.push(self.op(
+                &self.kernels.rope,
+                &[&step, &rope_k, &b.k, &self.cos, &self.sin, &blk.keys],
+                per_value(kv_dim / 2),
+            ));
             ops.push(self.op(&self.kernels.store, &[&step, &store, &b.v, &blk.values], per_value(kv_dim)));
             let heads = n_head;
             ops.push(self.op(
@@ -308,7 +326,11 @@ impl GpuLlama {
                 &[&step, &attention, &b.q_rotated, &blk.keys, &b.scores],
                 Box::new(move |n, pos| [groups(pos + n), heads, n]),
             ));
-            ops.push(self.op(&self.kernels.softmax, &[&step, &softmax, &b.scores], Box::new(move |n, _| [groups(n * heads), 1, 1])));
+            ops.push(self.op(
+                &self.kernels.softmax,
+                &[&step, &softmax, &b.scores],
+                Box::new(move |n, _| [groups(n * heads), 1, 1]),
+            ));
             ops.push(self.op(
                 &self.kernels.values,
                 &[&step, &attention, &b.scores, &blk.values, &b.att],
@@ -357,7 +379,11 @@ impl GpuLlama {
     fn quantize(&self, step: &wgpu::Buffer, input: &wgpu::Buffer, cols: u32) -> Vec<Op> {
         let shape = self.shape([cols, 0, 0, 0]);
         let b = &self.buffers;
-        vec![self.op(&self.kernels.quantize, &[step, &shape, input, &b.xq, &b.xs], Box::new(move |n, _| [groups(n * cols / 32), 1, 1]))]
+        vec![self.op(
+            &self.kernels.quantize,
+            &[step, &shape, input, &b.xq, &b.xs],
+            Box::new(move |n, _| [groups(n * cols / 32), 1, 1]),
+        )]
     }
 
     /// out = input · W_jᵀ of block l (+ its adapter's update); `input` already rounded into xq/xs.
@@ -369,7 +395,11 @@ impl GpuLlama {
         let down = lora.map(|(rank, scale)| self.shape([rank, cols, 0, scale.to_bits()]));
         let up = lora.map(|(rank, _)| self.shape([rows, rank, 1, 1f32.to_bits()]));
         let (m, b) = (&self.blocks[l].linears[j], &self.buffers);
-        let mut ops = vec![self.op(&self.kernels.matmul_q8, &[step, &shape, &b.xq, &b.xs, &m.quants, &m.scales, out], per_value(rows))];
+        let mut ops = vec![self.op(
+            &self.kernels.matmul_q8,
+            &[step, &shape, &b.xq, &b.xs, &m.quants, &m.scales, out],
+            per_value(rows),
+        )];
         if let (Some(a), Some(down), Some(up)) = (&self.blocks[l].adapters[j], down, up) {
             let rank = a.rank as u32;
             ops.push(self.op(&self.kernels.matmul_f32, &[step, &down, input, &a.a, &b.low_rank], per_value(rank)));

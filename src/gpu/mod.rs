@@ -45,14 +45,17 @@ impl Gpu {
     /// larger model's embedding table.
     pub async fn new() -> Result<Gpu> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let options =
-            wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() };
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        };
         // wgpu's own message lists every backend it was built without, which means nothing to
         // someone reading the page's backend label.
         #[cfg(target_arch = "wasm32")]
         let no_adapter = |_| Error::Gpu("the browser offers no WebGPU adapter".into());
         #[cfg(not(target_arch = "wasm32"))]
-        let no_adapter = |e| Error::Gpu(format!("no GPU adapter ({e}); a Vulkan driver such as Mesa's lavapipe provides one"));
+        let no_adapter =
+            |e| Error::Gpu(format!("no GPU adapter ({e}); a Vulkan driver such as Mesa's lavapipe provides one"));
         let adapter = instance.request_adapter(&options).await.map_err(no_adapter)?;
         let available = adapter.limits();
         let required_limits = wgpu::Limits {

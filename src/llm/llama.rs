@@ -886,7 +886,8 @@ fn causal_mask(n: usize, pos: usize, group: usize, device: &Device) -> Result<Te
 /// given these tables) start from the same numbers (`tests/wasm` checks the CLI and the page
 /// agree).
 fn rotary_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let freqs: Vec<f32> = (0..dim).step_by(2).map(|i| (1.0 / (base as f64).powf(i as f64 / dim as f64)) as f32).collect();
+    let freqs: Vec<f32> =
+        (0..dim).step_by(2).map(|i| (1.0 / (base as f64).powf(i as f64 / dim as f64)) as f32).collect();
     let angles = (0..MAX_SEQ_LEN).flat_map(|p| freqs.iter().map(move |&f| (p as f32 * f) as f64));
     let (cos, sin): (Vec<f32>, Vec<f32>) = angles.map(|a| (a.cos() as f32, a.sin() as f32)).unzip();
     let shape = (MAX_SEQ_LEN, dim / 2);

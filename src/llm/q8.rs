@@ -248,7 +248,9 @@ fn lane_sums(w: &[i8], x: &[i8]) -> [i32; 4] {
 #[inline]
 fn dot4(group: Group, xq: &[i8], xs: &[f32]) -> [f32; 4] {
     // The unsafe kernels below read by pointer: these bounds make that sound.
-    assert!(group.0.len() >= GROUP * BLOCK * xs.len() && group.1.len() >= GROUP * xs.len() && xq.len() >= BLOCK * xs.len());
+    assert!(
+        group.0.len() >= GROUP * BLOCK * xs.len() && group.1.len() >= GROUP * xs.len() && xq.len() >= BLOCK * xs.len()
+    );
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
         // SAFETY: simd128 is enabled for this build; the group holds 4 × xs.len() blocks and the
@@ -424,7 +426,8 @@ mod tests {
         let x = quantize_rows(&pseudo_random(cols, 8));
         let blocks = cols / BLOCK;
         for g in 0..rows / GROUP {
-            let group = (&m.quants[g * GROUP * cols..][..GROUP * cols], &m.scales[g * GROUP * blocks..][..GROUP * blocks]);
+            let group =
+                (&m.quants[g * GROUP * cols..][..GROUP * cols], &m.scales[g * GROUP * blocks..][..GROUP * blocks]);
             let want: Vec<f32> = (0..GROUP)
                 .map(|j| {
                     let mut lanes = [0f32; 4];
