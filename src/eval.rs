@@ -167,7 +167,7 @@ pub fn evaluate_one(engine: &mut Engine, entry: &QaEntry, adapter: &Adapter, k: 
         let mode = if rag { Mode::Rag } else { Mode::NoRag };
         let a = engine.answer(&data::asked(entry), mode, k, &mut |_| {}, &|| false)?;
         let cites = |by_model: bool| {
-            a.citations.iter().any(|c| c.source.doc == gold && (!by_model || c.by == crate::rag::CitedBy::Model))
+            a.citations.iter().any(|c| c.doc == gold && (!by_model || c.by == crate::rag::CitedBy::Model))
         };
         answers.insert(
             config.to_string(),

@@ -70,8 +70,29 @@ fn index_search_ask_json() {
     let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
     assert!(scores[0] > 0.3);
 
+    // The default mode quotes the document.
     let o =
         run(bin().args(["ask", "--json", "--index"]).arg(&idx).arg("When was the Harrow Point lighthouse first lit?"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["mode"], "quote", "{a}");
+    assert_eq!(a["abstained"], false, "{a}");
+    assert!(a["answer"].as_str().unwrap().contains("1871"), "{a}");
+    let c = &a["citations"][0];
+    assert_eq!(c["by"], "quote", "{a}");
+    // Markdown's line breaks are spaces in the extracted text.
+    let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let file = words(&std::fs::read_to_string(library().join("lighthouse.md")).unwrap());
+    let quote = c["quote"].as_str().unwrap();
+    assert!(quote.contains("1871") && file.contains(&words(quote)), "{a}");
+    assert!(c["start"].as_u64().unwrap() < c["end"].as_u64().unwrap(), "{a}");
+    assert!(a["support"].as_f64().unwrap() > 0.0 && a["evidence"].as_array().is_some_and(|e| !e.is_empty()), "{a}");
+
+    // Free mode: the model writes, every sentence gets a support mark.
+    let o = run(bin()
+        .args(["ask", "--free", "--json", "--index"])
+        .arg(&idx)
+        .arg("When was the Harrow Point lighthouse first lit?"));
     assert!(o.status.success(), "{}", stderr(&o));
     let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!a["answer"].as_str().unwrap().is_empty());
@@ -84,7 +105,10 @@ fn index_search_ask_json() {
         assert!(c["doc"].as_str().unwrap().ends_with("lighthouse.md"), "{a}");
         assert!(c["n"].as_u64().unwrap() >= 1 && c["text"].is_string() && c["score"].is_number());
         assert!(matches!(c["by"].as_str(), Some("model" | "match")), "{a}");
+        assert!(c["quote"].is_string() && c["start"].is_number() && c["passage_start"].is_number(), "{a}");
     }
+    assert_eq!(a["mode"], "rag", "{a}");
+    assert!(a["sentences"].as_array().is_some_and(|s| !s.is_empty()), "{a}");
     assert!(a["prompt_tokens"].as_u64().unwrap() > 0 && a["generated_tokens"].as_u64().unwrap() > 0);
     for t in ["embed", "search", "prefill", "decode"] {
         assert!(a["timings_ms"][t].is_number(), "timings_ms.{t} missing: {a}");

@@ -43,42 +43,111 @@ fn answers_come_from_the_document_that_holds_the_answer() {
         assert_eq!(a.sources[0].doc, doc, "{question}: best source");
         assert!(a.prompt.contains(&format!("[1] {doc}")), "{question}: prompt lacks source [1]");
         for c in &a.citations {
-            assert_eq!(
-                c.source.doc, doc,
-                "{question}: cited {:?} ({:?}) for answer {:?}",
-                c.source.doc, c.by, a.answer
-            );
-            assert!(a.prompt.contains(&format!("[{}] {}", c.n, c.source.doc)), "prompt lacks source [{}]", c.n);
+            assert_eq!(c.doc, doc, "{question}: cited {:?} ({:?}) for answer {:?}", c.doc, c.by, a.answer);
+            assert!(a.prompt.contains(&format!("[{}] {}", c.n, c.doc)), "prompt lacks source [{}]", c.n);
+            assert_verbatim(&engine, c);
         }
+        assert_eq!(a.sentences.iter().filter(|s| s.cited.is_some()).count() > 0, !a.citations.is_empty());
         assert!(a.prompt_tokens > 50 && a.generated_tokens > 0);
         assert!(a.timings_ms.prefill > 0.0 && a.timings_ms.decode > 0.0 && a.timings_ms.embed > 0.0);
     }
 }
 
+/// A citation's quote is the document's own text at its offsets, inside its passage.
+fn assert_verbatim(engine: &Engine, c: &pocketrag::rag::Citation) {
+    let doc = engine.library().documents().iter().find(|d| d.name == c.doc).expect("cited document is indexed");
+    assert_eq!(&doc.text[c.start..c.end], c.quote, "quote of [{}] is not the document's text", c.n);
+    assert!(c.start < c.passage_end && c.end > c.passage_start, "quote of [{}] lies outside its passage", c.n);
+}
+
 #[test]
-fn answers_are_attributed_to_the_sources_they_restate() {
+fn written_sentences_are_cited_only_where_a_source_sentence_supports_them() {
     let engine = library_engine();
     let sources = engine.search("When was the Harrow Point lighthouse first lit?", 4).unwrap().hits;
     let lighthouse = sources.iter().position(|s| s.text.contains("1871")).expect("the answer is retrieved") + 1;
-    let cite = |answer: &str| engine.citations(answer, &sources).unwrap();
+    let check = |answer: &str| engine.check(answer, &sources).unwrap();
     let ns = |cs: &[pocketrag::rag::Citation]| cs.iter().map(|c| (c.n, c.by)).collect::<Vec<_>>();
 
-    // Markers the model wrote win, in order, and numbers outside the prompt are ignored.
-    let c = cite(&format!("It was first lit in 1871 [{lighthouse}]. It has a museum [9]."));
-    assert_eq!(ns(&c), [(lighthouse, CitedBy::Model)]);
-    // No marker: the answer is matched to the source it restates.
-    let c = cite("The Harrow Point lighthouse was first lit in 1871.");
+    // The model's own marker on a supported sentence; a marker outside the prompt is ignored and
+    // the unsupported sentence it sits on is marked so.
+    let (marks, c) = check(&format!(
+        "The Harrow Point lighthouse was first lit in 1871 [{lighthouse}]. It has a gift shop and a cafe [9]."
+    ));
+    assert_eq!(ns(&c), [(lighthouse, CitedBy::Model)], "{marks:?}");
+    assert!(c[0].quote.contains("1871") && c[0].doc == "lighthouse.md", "{c:?}");
+    assert_verbatim(&engine, &c[0]);
+    assert_eq!(marks.iter().map(|m| m.cited).collect::<Vec<_>>(), [Some(lighthouse), None]);
+    // No marker: the sentence is matched to the source sentence it restates.
+    let (_, c) = check("The Harrow Point lighthouse was lit for the first time in 1871.");
     assert_eq!(ns(&c), [(lighthouse, CitedBy::Match)]);
-    assert!(c[0].source.text.contains("1871") && c[0].source.doc == "lighthouse.md");
+    // A changed number keeps every other word and is still not supported.
+    let (marks, c) = check(&format!("The Harrow Point lighthouse was first lit in 1923 [{lighthouse}]."));
+    assert!(c.is_empty(), "{c:?}");
+    assert_eq!(marks[0].cited, None);
     // A correct first sentence still counts when the model rambles on after it.
-    let c = cite(
+    let (marks, c) = check(
         "The lighthouse on Kessel Island was lit for the first time in 1871. I hope this helps you with your \
          homework, and please let me know if there is anything else you would like to ask me about today!",
     );
     assert_eq!(ns(&c), [(lighthouse, CitedBy::Match)]);
+    assert_eq!(marks.len(), 2);
+    assert_eq!(marks[1].cited, None);
     // Unrelated text, and the refusal, cite nothing.
-    assert!(cite("Bananas are yellow and rich in potassium, which keeps muscles working.").is_empty());
-    assert!(cite(NOT_FOUND).is_empty());
+    assert!(check("Bananas are yellow and rich in potassium, which keeps muscles working.").1.is_empty());
+    assert!(check(NOT_FOUND).1.is_empty());
+}
+
+#[test]
+fn the_default_mode_quotes_the_answering_sentence_without_a_language_model() {
+    let mut engine = Engine::new(common::embedder(), None);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/library");
+    for name in ["lighthouse.md", "sourdough.txt", "bicycle.html"] {
+        engine.add_document(name, &std::fs::read(dir.join(name)).unwrap(), &mut |_, _| {}).unwrap();
+    }
+    let cases = [
+        ("When was the Harrow Point lighthouse first lit?", "lighthouse.md", "1871"),
+        ("Who was the last resident keeper of the lighthouse?", "lighthouse.md", "Marta Lindqvist"),
+        ("How do I find the hole in an inner tube?", "bicycle.html", "hiss"),
+    ];
+    for (question, doc, gold) in cases {
+        let mut streamed = String::new();
+        let a = engine.answer(question, Mode::Quote, 4, &mut |t| streamed.push_str(t), &|| false).unwrap();
+        assert!(!a.abstained, "{question}: abstained (support {:?})", a.support);
+        assert_eq!(streamed, a.answer);
+        assert!(a.answer.contains(gold), "{question}: {:?}", a.answer);
+        assert!(!a.citations.is_empty() && a.citations.len() <= 3);
+        for c in &a.citations {
+            assert_eq!(c.doc, doc);
+            assert_eq!(c.by, CitedBy::Quote);
+            assert_verbatim(&engine, c);
+            // The answer is made of the quotes and their marks, nothing else.
+            assert!(a.answer.contains(&format!("{} [{}]", c.quote, c.n)), "{:?}", a.answer);
+        }
+        assert_eq!(a.generated_tokens, 0);
+        assert!(a.support.unwrap() >= pocketrag::rag::evidence::GATE_THRESHOLD);
+    }
+    let a = engine.answer("What is the capital of France?", Mode::Quote, 4, &mut |_| {}, &|| false).unwrap();
+    assert!(a.abstained && a.answer == NOT_FOUND && a.citations.is_empty());
+    // The modes that write need the model.
+    assert!(engine.answer("When was it lit?", Mode::Rag, 4, &mut |_| {}, &|| false).is_err());
+}
+
+#[test]
+fn questions_that_cannot_be_asked_get_a_clear_error() {
+    let mut engine = Engine::new(common::embedder(), None);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/library");
+    engine.add_document("lighthouse.md", &std::fs::read(dir.join("lighthouse.md")).unwrap(), &mut |_, _| {}).unwrap();
+    let long = "why ".repeat(2500);
+    for (question, says) in [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        (long.as_str(), "characters long"),
+        ("when\u{7}was it lit?", "control character"),
+    ] {
+        let e = engine.answer(question, Mode::Quote, 4, &mut |_| {}, &|| false).unwrap_err().to_string();
+        assert!(e.contains(says), "{question:?}: {e}");
+        assert!(engine.search(question, 4).is_err());
+    }
 }
 
 #[test]

@@ -17,7 +17,6 @@ use pocketrag::gpu::{self, llama::GpuLlama, Gpu};
 use pocketrag::llm::Message;
 use std::sync::Arc;
 
-
 /// Measured on lavapipe before the kernels followed the CPU's order: at most 1.41, on logits up
 /// to ~30.
 const LOGIT_TOLERANCE: f32 = 2.0;
@@ -171,7 +170,6 @@ fn gpu_applies_the_adapter() {
     let mut fresh = GpuLlama::new(gpu, generator.model(), 256).unwrap();
     assert_eq!(gpu_base, gpu::now(fresh.forward(&ids, 0)).unwrap().unwrap());
     assert!(same(&gpu_base, &cpu_base), "base: logits differ by up to {}", max_abs_diff(&gpu_base, &cpu_base));
-
 }
 
 /// The generator's own switch: a self-test, then generation through the same stepping API the

@@ -64,8 +64,12 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         k: usize,
         /// Ask the model alone, without retrieval.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "free")]
         no_rag: bool,
+        /// Let the model write the answer from the retrieved passages (each sentence is then
+        /// checked against them), instead of quoting the passages' answering sentences.
+        #[arg(long)]
+        free: bool,
         #[arg(long)]
         json: bool,
         /// 0 = greedy decoding.
@@ -239,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
             index,
             k,
             no_rag,
+            free,
             json,
             temperature,
             top_p,
@@ -259,14 +264,21 @@ fn run(cli: Cli) -> Result<()> {
             if !no_rag && index.is_none() {
                 bail!("--index is required unless --no-rag is given");
             }
+            let mode = match (no_rag, free) {
+                (true, _) => Mode::NoRag,
+                (false, true) => Mode::Rag,
+                (false, false) => Mode::Quote,
+            };
             let weights = if low_memory { Weights::Quantized } else { Weights::QuantizedAndDense };
-            let mut engine = open(&cli.models, index.as_deref(), Some((&model, weights)))?;
-            if let Some(path) = adapter {
+            // The default mode quotes the documents and needs no language model.
+            let generator = mode.uses_model().then_some((model.as_path(), weights));
+            let mut engine = open(&cli.models, index.as_deref(), generator)?;
+            if let Some(path) = adapter.filter(|_| mode.uses_model()) {
                 let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
                 engine.load_adapter(pocketrag::llm::lora::Adapter::from_bytes(&bytes, &path.display().to_string())?)?;
                 engine.use_adapter(true)?;
             }
-            if backend == Backend::Gpu {
+            if backend == Backend::Gpu && mode.uses_model() {
                 let gpu = pocketrag::gpu::now(pocketrag::gpu::Gpu::new())??;
                 let description = gpu.describe();
                 let generator = engine.generator_mut().context("no language model is loaded")?;
@@ -278,7 +290,6 @@ fn run(cli: Cli) -> Result<()> {
             g.top_p = top_p;
             g.seed = seed;
             g.max_tokens = max_tokens;
-            let mode = if no_rag { Mode::NoRag } else { Mode::Rag };
             let mut stdout = std::io::stdout();
             let mut stream = |piece: &str| {
                 if !json {
@@ -293,13 +304,35 @@ fn run(cli: Cli) -> Result<()> {
                 println!();
                 for c in &answer.citations {
                     println!(
-                        "[{}] {}{}  (score {:.3})",
+                        "[{}] {}{}  (bytes {}..{}, passage score {:.3}{})",
                         c.n,
-                        c.source.doc,
-                        location(c.source.page, c.source.heading.as_deref()),
-                        c.source.score
+                        c.doc,
+                        location(c.page, c.heading.as_deref()),
+                        c.start,
+                        c.end,
+                        c.score,
+                        if c.by == pocketrag::rag::CitedBy::Match { ", matched by the check" } else { "" }
                     );
-                    println!("    {}", one_line(&c.source.text, 200));
+                    println!("    \"{}\"", one_line(&c.quote, 300));
+                }
+                let unsupported: Vec<_> = answer.sentences.iter().filter(|s| s.cited.is_none()).collect();
+                if !unsupported.is_empty() {
+                    println!("not found in your documents:");
+                    for s in unsupported {
+                        println!("    {}", one_line(&s.text, 300));
+                    }
+                }
+                if answer.abstained && !answer.sources.is_empty() {
+                    println!("closest passages:");
+                    for (i, s) in answer.sources.iter().enumerate() {
+                        println!(
+                            "  {}. {}{}: {}",
+                            i + 1,
+                            s.doc,
+                            location(s.page, s.heading.as_deref()),
+                            one_line(&s.text, 160)
+                        );
+                    }
                 }
                 let t = &answer.timings_ms;
                 let tps = if t.decode > 0.0 { answer.generated_tokens as f64 / (t.decode / 1000.0) } else { 0.0 };
@@ -607,6 +640,10 @@ fn calibrate(
             c.abstain_precision,
             c.wrongly_abstained
         );
+        println!("quoted answers (after fitting): relative bar, answers holding a gold answer, sentences quoted");
+        for (r, hit, quoted) in &c.selection {
+            println!("  {r:.1}  {hit:.3}  {quoted:.2}");
+        }
         print!("{}", cal::constants(&c));
     }
     Ok(())

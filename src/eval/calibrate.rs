@@ -167,6 +167,9 @@ pub struct Calibration {
     pub abstain_precision: f64,
     pub abstain_recall: f64,
     pub wrongly_abstained: f64,
+    /// For each tried [`evidence::QUOTE_RELATIVE`]: the share of answerable questions with
+    /// evidence whose quoted answer holds a gold answer, and the mean number of sentences quoted.
+    pub selection: Vec<(f32, f64, f64)>,
 }
 
 fn share(n: usize, of: usize) -> f64 {
@@ -218,6 +221,19 @@ pub fn calibrate(mut obs: Vec<Observation>, max_wrong_abstain: f64) -> Calibrati
     }
     let (top1, top2, top3) = (top_share(&obs, 1), top_share(&obs, 2), top_share(&obs, 3));
 
+    let selection = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+        .iter()
+        .map(|&r| {
+            let (mut hit, mut quoted) = (0, 0);
+            for &i in &answerable {
+                let picked = evidence::select(&obs[i].sentences, r);
+                quoted += picked.len();
+                hit += usize::from(obs[i].holds.iter().take(picked.len()).any(|&h| h));
+            }
+            (r, share(hit, answerable.len()), share(quoted, answerable.len()))
+        })
+        .collect();
+
     let scored: Vec<usize> =
         (0..obs.len()).filter(|&i| !obs[i].below_relevance && !obs[i].sentences.is_empty()).collect();
     let gx: Vec<Vec<f64>> = scored
@@ -256,6 +272,7 @@ pub fn calibrate(mut obs: Vec<Observation>, max_wrong_abstain: f64) -> Calibrati
         abstain_precision: share(right, abstained),
         abstain_recall: share(right, unanswerable),
         wrongly_abstained: share(abstained - right, n_answerable),
+        selection,
     }
 }
 

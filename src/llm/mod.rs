@@ -99,6 +99,8 @@ pub enum StopReason {
     MaxTokens,
     ContextFull,
     Cancelled,
+    /// The answer began to repeat a sentence it had already written (the repeat is cut off).
+    Repeated,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -439,6 +441,11 @@ impl Run {
         self.unprinted.clear();
         self.text.push_str(&text);
         Ok(text)
+    }
+
+    /// The text generated so far.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     pub fn finish(self) -> Generation {

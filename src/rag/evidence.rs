@@ -23,6 +23,9 @@ pub struct Sentence {
     pub start: usize,
     pub end: usize,
     pub text: String,
+    /// The heading above it, if its document has headings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<String>,
 }
 
 /// A sentence with what the scorer saw and concluded.
@@ -86,15 +89,15 @@ impl Features {
 /// Logistic weights (bias first, then one per [`Features::NAMES`]) for "this sentence contains
 /// the answer". Fitted by `pocketrag calibrate` on the SQuAD 2.0 calibration articles (never on
 /// the articles we report); the command prints this table.
-pub const RANK_WEIGHTS: [f32; 10] = [-5.139, 2.303, 2.577, 1.526, 0.687, -1.375, 0.610, 0.959, 0.795, -0.033];
+pub const RANK_WEIGHTS: [f32; 10] = [-5.790, 2.794, 2.533, 1.316, 0.874, -1.632, 1.033, 0.558, 0.690, 0.350];
 
 /// Logistic weights (bias first, then one per [`GateFeatures::NAMES`]) for "the best sentence
 /// answers the question". Fitted like [`RANK_WEIGHTS`], on the answerable and unanswerable
 /// questions of the calibration articles.
-pub const GATE_WEIGHTS: [f32; 11] = [-0.268, -0.045, 0.045, 0.096, -0.957, 0.206, 1.212, 0.106, -0.407, 0.496, -0.357];
+pub const GATE_WEIGHTS: [f32; 11] = [-0.511, 0.255, 0.107, -0.178, -0.508, -0.103, 1.425, 0.146, -0.684, 0.397, 0.074];
 
 /// The gate answers when its probability reaches this; chosen on the calibration articles.
-pub const GATE_THRESHOLD: f32 = 0.413;
+pub const GATE_THRESHOLD: f32 = 0.411;
 
 /// What the gate looks at: the best sentence, and how far it stands out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -183,6 +186,23 @@ pub fn support(ranked: &[Scored]) -> f32 {
     logistic(&GATE_WEIGHTS, &GateFeatures::of(ranked).values())
 }
 
+/// At most this many sentences make a quoted answer: one usually answers, a second often holds
+/// what the first leaves out (the question took its words from one sentence, the answer stands
+/// in the next), and past three a user is reading the passage, not an answer.
+pub const QUOTE_MAX: usize = 3;
+
+/// A further sentence joins the answer when its score is at least this share of the best one's.
+/// Chosen on the calibration articles (`pocketrag calibrate` prints the trade-off).
+pub const QUOTE_RELATIVE: f32 = 0.7;
+
+/// The sentences a quoted answer is made of, best first: the best, and those close behind it.
+pub fn select(ranked: &[Scored], relative: f32) -> Vec<&Scored> {
+    let Some(top) = ranked.first() else { return vec![] };
+    let mut out = vec![top];
+    out.extend(ranked[1..].iter().filter(|s| s.score >= relative * top.score).take(QUOTE_MAX - 1));
+    out
+}
+
 /// Sentences are cut at this many bytes (at a word boundary): a quote is something to read in
 /// one go, and code blocks or tables extracted as one "sentence" are not.
 const MAX_SENTENCE_BYTES: usize = 400;
@@ -202,12 +222,17 @@ pub fn sentences(passages: &[(usize, &StoredDocument, usize, usize)]) -> Vec<Sen
                 if e <= start || s >= end || !seen.insert((doc.id, s)) {
                     continue;
                 }
+                // A heading names a topic; it answers nothing.
+                if block.heading.as_deref().is_some_and(|h| h.trim() == doc.text[s..e].trim()) {
+                    continue;
+                }
                 out.push(Sentence {
                     source,
                     doc: doc.name.clone(),
                     start: s,
                     end: e,
                     text: doc.text[s..e].to_string(),
+                    heading: block.heading.clone(),
                 });
             }
         }
@@ -281,18 +306,32 @@ const STOPWORDS: &[&str] = &[
     "whom", "whose", "why", "will", "with", "would", "you", "your",
 ];
 
-/// A word as the scorer compares it: lower case, a plural "s" dropped, so that "threads" meets
-/// "thread".
+/// A word as the scorer compares it: lower case, with a plural "s", then an "ing" or "ed", then
+/// a final "e" dropped, so that "threads" meets "thread" and "trained", "training" and "trains"
+/// meet "train". Crude next to a real stemmer, and enough: both sides are cut the same way.
 fn normal(term: &str) -> String {
-    let t = term.to_lowercase();
-    if t.len() > 3 && t.ends_with('s') && !t.ends_with("ss") {
-        t[..t.len() - 1].to_string()
-    } else {
-        t
+    let mut t = term.to_lowercase();
+    if !t.chars().all(|c| c.is_alphabetic()) {
+        return t;
     }
+    let keeps = |t: &str, suffix: &str| t.ends_with(suffix) && t.chars().count() >= suffix.len() + 3;
+    if keeps(&t, "s") && !t.ends_with("ss") {
+        t.pop();
+    }
+    for suffix in ["ing", "ed"] {
+        if keeps(&t, suffix) {
+            t.truncate(t.len() - suffix.len());
+            break;
+        }
+    }
+    if t.ends_with('e') && t.chars().count() > 3 {
+        t.pop();
+    }
+    t
 }
 
-fn content_terms(text: &str) -> HashSet<String> {
+/// The words of `text` that carry meaning, normalised as the scorer compares them.
+pub fn content_terms(text: &str) -> HashSet<String> {
     bm25::terms(text).filter(|t| !STOPWORDS.contains(&t.as_ref())).map(|t| normal(&t)).collect()
 }
 
@@ -360,15 +399,29 @@ pub fn rank(
     let wanted = wants(question);
     let q_lower = question.to_lowercase();
     let term_sets: Vec<HashSet<String>> = sentences.iter().map(|s| content_terms(&s.text)).collect();
+    let topic_sets: Vec<HashSet<String>> = sentences
+        .iter()
+        .map(|s| {
+            let name = s.doc.rsplit(['/', '\\']).next().unwrap_or(&s.doc);
+            let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+            content_terms(&format!("{} {}", stem.replace(['_', '-'], " "), s.heading.as_deref().unwrap_or("")))
+        })
+        .collect();
     let mut scored: Vec<Scored> = Vec::with_capacity(sentences.len());
-    for (i, sentence) in sentences.into_iter().enumerate() {
+    for (i, sentence) in sentences.iter().cloned().enumerate() {
         let own = &term_sets[i];
         let mut near: HashSet<&str> = own.iter().map(String::as_str).collect();
         for j in [i.wrapping_sub(1), i + 1] {
-            if let Some(other) = term_sets.get(j) {
-                near.extend(other.iter().map(String::as_str));
+            if let (Some(other), Some(s)) = (term_sets.get(j), sentences.get(j)) {
+                if s.doc == sentence.doc {
+                    near.extend(other.iter().map(String::as_str));
+                }
             }
         }
+        // A question names the topic that the document's name or the heading already names
+        // ("the lighthouse" under "Keepers" in lighthouse.md).
+        let topic = &topic_sets[i];
+        near.extend(topic.iter().map(String::as_str));
         let covered =
             |set: &dyn Fn(&str) -> bool| q_terms.iter().filter(|(t, _)| set(t)).map(|(_, w)| w).sum::<f32>() / q_weight;
         let overlap = covered(&|t| own.contains(t));

@@ -5,6 +5,7 @@
 pub mod cite;
 pub mod evidence;
 pub mod prompt;
+pub mod support;
 
 use crate::chunk::{self, ChunkConfig};
 use crate::embed::Embedder;
@@ -18,7 +19,6 @@ use crate::time::Stopwatch;
 use prompt::PromptSource;
 pub use prompt::NOT_FOUND;
 use serde::{Deserialize, Serialize};
-use unicode_segmentation::UnicodeSegmentation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -69,36 +69,76 @@ pub struct Source {
     pub heading: Option<String>,
 }
 
+/// A quote the answer rests on, and the retrieved passage it stands in. `quote` is always the
+/// document's own text: `quote == documentText(doc)[start..end]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Citation {
-    /// The source's number in the prompt, `[n]`.
+    /// The source's number, `[n]`: its place in `Answer::sources`, from 1.
     pub n: usize,
-    /// Whether the model wrote `[n]` itself, or the engine matched the answer to the source.
+    /// How the quote came to be cited.
     pub by: CitedBy,
-    #[serde(flatten)]
-    pub source: Source,
+    pub doc: String,
+    pub quote: String,
+    /// Byte range of the quote in the document's extracted text.
+    pub start: usize,
+    pub end: usize,
+    /// The whole retrieved passage, and its byte range in the document.
+    pub text: String,
+    pub passage_start: usize,
+    pub passage_end: usize,
+    pub score: f32,
+    pub keyword_score: Option<f32>,
+    pub fused_score: f32,
+    pub page: Option<u32>,
+    pub heading: Option<String>,
+}
+
+impl Citation {
+    fn new(n: usize, by: CitedBy, source: &Source, quote: &evidence::Sentence) -> Citation {
+        Citation {
+            n,
+            by,
+            doc: source.doc.clone(),
+            quote: quote.text.clone(),
+            start: quote.start,
+            end: quote.end,
+            text: source.text.clone(),
+            passage_start: source.start,
+            passage_end: source.end,
+            score: source.score,
+            keyword_score: source.keyword_score,
+            fused_score: source.fused_score,
+            page: source.page,
+            heading: source.heading.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CitedBy {
+    /// The answer is this quote (the default mode).
+    Quote,
+    /// The model wrote `[n]` on a sentence that the check found in this quote.
     Model,
+    /// The model cited nothing (or another source) and the check found the sentence here.
     Match,
 }
 
-/// An answer this similar (cosine) to a source is taken to come from it, when the model cited
-/// nothing itself. Measured: answers restating a source score 0.6-0.9 against it, unrelated
-/// sources stay below 0.3.
-const MATCH_CITATION_MIN: f32 = 0.5;
+/// Shorter sentences ("Yes.", "A: 1871.") carry too little meaning to check on their own.
+const CHECK_SENTENCE_MIN_WORDS: usize = 4;
 
-/// Shorter sentences ("Yes.", "A: 1871.") carry too little meaning to match on their own; they
-/// still count as part of the whole answer.
-const MATCH_SENTENCE_MIN_WORDS: usize = 4;
+/// How many of the best evidence sentences an answer carries for the teaching view.
+const EVIDENCE_SHOWN: usize = 8;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub embed: f64,
     pub search: f64,
+    /// Splitting the passages into sentences, embedding and scoring them (and, in free mode,
+    /// checking the written sentences against them).
+    #[serde(default)]
+    pub evidence: f64,
     pub prefill: f64,
     pub decode: f64,
 }
@@ -109,8 +149,18 @@ pub struct Answer {
     pub citations: Vec<Citation>,
     /// Every source placed in the prompt, numbered from 1 in this order.
     pub sources: Vec<Source>,
-    /// True when the engine answered NOT_FOUND itself because retrieval found nothing relevant.
+    /// True when the engine answered NOT_FOUND itself: retrieval found nothing relevant, or (in
+    /// the default mode) no sentence of what it found answers the question. `sources` are then
+    /// the closest passages.
     pub abstained: bool,
+    pub mode: Mode,
+    /// The support gate's probability that the sources answer the question (modes with
+    /// retrieval; None when retrieval found nothing relevant).
+    pub support: Option<f32>,
+    /// The best-scored sentences of the sources, best first: what the default mode chose from.
+    pub evidence: Vec<evidence::Scored>,
+    /// Free mode: each written sentence and whether the sources support it.
+    pub sentences: Vec<support::SentenceSupport>,
     pub prompt: String,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
@@ -130,17 +180,18 @@ pub struct PreparedDocument {
 
 /// An answer under way: see [`Engine::begin_answer`].
 pub enum PendingAnswer {
-    /// Retrieval found nothing relevant, so the answer is NOT_FOUND without running the model.
-    Abstained {
-        answer: Answer,
-        said: bool,
-    },
+    /// The answer is known without running the model (a quoted answer, or NOT_FOUND); it is
+    /// streamed as one piece.
+    Ready { answer: Answer, said: bool },
     Generating {
         run: Box<Run>,
+        mode: Mode,
         sources: Vec<Source>,
         prompt: String,
         timings: Timings,
         tuned: bool,
+        /// Where the answer began to repeat itself, once it has.
+        repeat: Option<usize>,
     },
 }
 
@@ -167,15 +218,62 @@ pub struct DocReport {
     pub embed_ms: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Retrieve, then answer from the sources.
+    /// Retrieve, then answer with the sentences of the sources that answer the question, quoted
+    /// as they stand, or say that the documents do not contain the answer. The default: nothing
+    /// in the answer can be invented.
+    Quote,
+    /// Retrieve, then let the model write the answer from the sources; each written sentence is
+    /// checked against them and only supported ones are cited.
     Rag,
     /// Ask the model alone.
     NoRag,
 }
 
+impl Mode {
+    /// "quote", "rag" or "no_rag" (the names the JSON output uses).
+    pub fn parse(name: &str) -> Result<Mode> {
+        match name {
+            "quote" => Ok(Mode::Quote),
+            "rag" => Ok(Mode::Rag),
+            "no_rag" => Ok(Mode::NoRag),
+            other => Err(Error::Input(format!("unknown answer mode {other:?}: use quote, rag or no_rag"))),
+        }
+    }
+
+    pub fn uses_model(self) -> bool {
+        self != Mode::Quote
+    }
+}
+
 pub const EMBEDDER_NAME: &str = "all-MiniLM-L6-v2";
+
+/// Longer questions are refused: a question is a sentence or two, and a pasted document would
+/// only crowd the sources out of the prompt.
+pub const MAX_QUESTION_CHARS: usize = 2000;
+
+/// The question, trimmed, or why it cannot be asked.
+pub fn check_question(question: &str) -> Result<&str> {
+    let q = question.trim();
+    if q.is_empty() {
+        return Err(Error::Input("the question is empty".into()));
+    }
+    let chars = q.chars().count();
+    if chars > MAX_QUESTION_CHARS {
+        return Err(Error::Input(format!(
+            "the question is {chars} characters long; ask in at most {MAX_QUESTION_CHARS}"
+        )));
+    }
+    if let Some(c) = q.chars().find(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r')) {
+        return Err(Error::Input(format!(
+            "the question contains a control character (U+{:04X}); type it again without it",
+            c as u32
+        )));
+    }
+    Ok(q)
+}
 
 pub struct Engine {
     embedder: Embedder,
@@ -336,10 +434,7 @@ impl Engine {
 
     /// [`Engine::search`], also returning the query's embedding for reuse.
     pub fn search_with_vector(&self, query: &str, k: usize) -> Result<(SearchResult, Vec<f32>)> {
-        let query = query.trim();
-        if query.is_empty() {
-            return Err(Error::Input("the question is empty".into()));
-        }
+        let query = check_question(query)?;
         if k == 0 {
             return Err(Error::Input("k must be at least 1".into()));
         }
@@ -415,46 +510,38 @@ impl Engine {
         }
     }
 
-    /// Retrieve and build the prompt; the model has not run yet. Drive the answer with
-    /// [`Engine::step_answer`] until it is done, then collect it with [`Engine::finish_answer`].
+    /// Retrieve and, in the default mode, answer; otherwise build the prompt (the model has not
+    /// run yet). Drive the answer with [`Engine::step_answer`] until it is done, then collect it
+    /// with [`Engine::finish_answer`].
     pub fn begin_answer(&mut self, question: &str, mode: Mode, k: usize) -> Result<PendingAnswer> {
-        if question.trim().is_empty() {
-            return Err(Error::Input("the question is empty".into()));
-        }
-        if self.generator.is_none() {
+        let question = check_question(question)?;
+        if mode.uses_model() && self.generator.is_none() {
             return Err(Error::Input("no language model is loaded".into()));
         }
         let mut timings = Timings::default();
+        let ready = |answer: Answer| Ok(PendingAnswer::Ready { answer, said: false });
         let (sources, prompt_text, ids) = match mode {
             Mode::NoRag => {
                 let (text, ids) = self.render(&prompt::plain_messages(question))?;
                 (vec![], text, ids)
             }
-            Mode::Rag => {
-                let found = self.search(question, k)?;
+            Mode::Quote | Mode::Rag => {
+                let (found, qv) = self.search_with_vector(question, k)?;
                 timings.embed = found.timings_ms.embed;
                 timings.search = found.timings_ms.search;
                 let best = found.hits.iter().map(|h| h.score).fold(f32::NEG_INFINITY, f32::max);
                 if found.hits.is_empty() || best < self.settings.min_relevance {
-                    return Ok(PendingAnswer::Abstained {
-                        said: false,
-                        answer: Answer {
-                            answer: NOT_FOUND.to_string(),
-                            citations: vec![],
-                            sources: found.hits,
-                            abstained: true,
-                            prompt: String::new(),
-                            prompt_tokens: 0,
-                            generated_tokens: 0,
-                            stop: None,
-                            timings_ms: timings,
-                            tuned: self.tuned,
-                        },
-                    });
+                    return ready(self.not_found(mode, found.hits, None, vec![], timings));
                 }
-                // Sources far below the relevance bar only distract a small model.
+                // Sources far below the relevance bar only distract.
                 let relevant: Vec<Source> =
                     found.hits.into_iter().filter(|h| h.score >= self.settings.min_relevance).collect();
+                if mode == Mode::Quote {
+                    let clock = Stopwatch::start();
+                    let ranked = self.evidence(question, &qv, &relevant)?;
+                    timings.evidence = clock.ms();
+                    return ready(self.quote(relevant, ranked, timings));
+                }
                 self.fit_sources(question, relevant)?
             }
         };
@@ -462,7 +549,101 @@ impl Engine {
         let mut params = self.settings.generate.clone();
         params.max_tokens = params.max_tokens.min(self.settings.context_budget.saturating_sub(ids.len()).max(1));
         let run = generator.start(&ids, &params)?;
-        Ok(PendingAnswer::Generating { run: Box::new(run), sources, prompt: prompt_text, timings, tuned: self.tuned })
+        Ok(PendingAnswer::Generating {
+            run: Box::new(run),
+            mode,
+            sources,
+            prompt: prompt_text,
+            timings,
+            tuned: self.tuned,
+            repeat: None,
+        })
+    }
+
+    /// An answer saying that the documents do not contain the answer, listing the closest
+    /// passages.
+    fn not_found(
+        &self,
+        mode: Mode,
+        sources: Vec<Source>,
+        support: Option<f32>,
+        ranked: Vec<evidence::Scored>,
+        timings: Timings,
+    ) -> Answer {
+        Answer {
+            answer: NOT_FOUND.to_string(),
+            citations: vec![],
+            sources,
+            abstained: true,
+            mode,
+            support,
+            evidence: ranked.into_iter().take(EVIDENCE_SHOWN).collect(),
+            sentences: vec![],
+            prompt: String::new(),
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            stop: None,
+            timings_ms: timings,
+            tuned: self.tuned,
+        }
+    }
+
+    /// The default mode's answer: the best evidence sentences, quoted and cited, when the gate
+    /// finds that they answer the question; NOT_FOUND otherwise.
+    fn quote(&self, sources: Vec<Source>, ranked: Vec<evidence::Scored>, timings: Timings) -> Answer {
+        let support = evidence::support(&ranked);
+        if ranked.is_empty() || support < evidence::GATE_THRESHOLD {
+            return self.not_found(Mode::Quote, sources, Some(support), ranked, timings);
+        }
+        let chosen: Vec<evidence::Sentence> =
+            evidence::select(&ranked, evidence::QUOTE_RELATIVE).into_iter().map(|s| s.sentence.clone()).collect();
+        let citations: Vec<Citation> = self
+            .join_adjacent(chosen)
+            .iter()
+            .map(|s| Citation::new(s.source + 1, CitedBy::Quote, &sources[s.source], s))
+            .collect();
+        let answer = citations.iter().map(|c| format!("{} [{}]", c.quote, c.n)).collect::<Vec<_>>().join(" ");
+        Answer {
+            answer,
+            citations,
+            sources,
+            abstained: false,
+            mode: Mode::Quote,
+            support: Some(support),
+            evidence: ranked.into_iter().take(EVIDENCE_SHOWN).collect(),
+            sentences: vec![],
+            prompt: String::new(),
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            stop: None,
+            timings_ms: timings,
+            tuned: self.tuned,
+        }
+    }
+
+    /// Quotes that follow each other in a document become one quote, read in the document's
+    /// order; otherwise the best comes first.
+    fn join_adjacent(&self, best_first: Vec<evidence::Sentence>) -> Vec<evidence::Sentence> {
+        let mut out: Vec<evidence::Sentence> = Vec::new();
+        for s in best_first {
+            let doc = self.library.documents().iter().find(|d| d.name == s.doc);
+            let joins = |a: &evidence::Sentence, b: &evidence::Sentence| {
+                a.doc == b.doc
+                    && a.end <= b.start
+                    && doc.is_some_and(|d| d.text.get(a.end..b.start).is_some_and(|gap| gap.trim().is_empty()))
+            };
+            let text = |start: usize, end: usize| doc.map(|d| d.text[start..end].to_string());
+            if let Some(q) = out.iter_mut().find(|q| joins(q, &s) || joins(&s, q)) {
+                let (start, end) = (q.start.min(s.start), q.end.max(s.end));
+                if let Some(t) = text(start, end) {
+                    (q.start, q.end, q.text) = (start, end, t);
+                    q.source = q.source.min(s.source);
+                    continue;
+                }
+            }
+            out.push(s);
+        }
+        out
     }
 
     /// One bounded piece of work on a pending answer: a slice of the prompt, or one token.
@@ -473,15 +654,26 @@ impl Engine {
     /// [`Engine::step_answer`], for callers that can await the GPU (the browser's worker).
     pub async fn step_answer_async(&mut self, pending: &mut PendingAnswer) -> Result<Step> {
         match pending {
-            PendingAnswer::Abstained { said, .. } if !*said => {
+            PendingAnswer::Ready { said, answer } if !*said => {
                 *said = true;
-                Ok(Step::Token { text: NOT_FOUND.to_string() })
+                Ok(Step::Token { text: answer.answer.clone() })
             }
-            PendingAnswer::Abstained { .. } => Ok(Step::Done { stop: StopReason::EndOfText }),
-            PendingAnswer::Generating { run, .. } => {
+            PendingAnswer::Ready { .. } => Ok(Step::Done { stop: StopReason::EndOfText }),
+            PendingAnswer::Generating { repeat: Some(_), .. } => Ok(Step::Done { stop: StopReason::Repeated }),
+            PendingAnswer::Generating { run, repeat, .. } => {
                 let generator =
                     self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
-                generator.step_async(run).await
+                let step = generator.step_async(run).await?;
+                if let Step::Token { text } = &step {
+                    if text.contains(['.', '!', '?', '\n']) {
+                        if let Some(at) = support::repeat_start(run.text()) {
+                            *repeat = Some(at);
+                            run.cancel();
+                            return Ok(Step::Done { stop: StopReason::Repeated });
+                        }
+                    }
+                }
+                Ok(step)
             }
         }
     }
@@ -489,66 +681,126 @@ impl Engine {
     /// The finished answer with its citations. Works on a cancelled answer too: it holds the
     /// text produced before Stop.
     pub fn finish_answer(&self, pending: PendingAnswer) -> Result<Answer> {
-        let (run, sources, prompt, mut timings, tuned) = match pending {
-            PendingAnswer::Abstained { answer, .. } => return Ok(answer),
-            PendingAnswer::Generating { run, sources, prompt, timings, tuned } => {
-                (run.finish(), sources, prompt, timings, tuned)
+        let (run, mode, sources, prompt, mut timings, tuned, repeat) = match pending {
+            PendingAnswer::Ready { answer, .. } => return Ok(answer),
+            PendingAnswer::Generating { run, mode, sources, prompt, timings, tuned, repeat } => {
+                (run.finish(), mode, sources, prompt, timings, tuned, repeat)
             }
         };
         timings.prefill = run.prefill_ms;
         timings.decode = run.decode_ms;
-        let answer = run.text.trim().to_string();
-        let citations = self.citations(&answer, &sources)?;
+        let kept = match repeat {
+            Some(at) => &run.text[..at],
+            None => &run.text[..],
+        };
+        let answer = kept.trim().to_string();
+        let clock = Stopwatch::start();
+        let (sentences, citations) = self.check(&answer, &sources)?;
+        timings.evidence = clock.ms();
         Ok(Answer {
             answer,
             citations,
             sources,
             abstained: false,
+            mode,
+            support: None,
+            evidence: vec![],
+            sentences,
             prompt,
             prompt_tokens: run.prompt_tokens,
             generated_tokens: run.tokens.len(),
-            stop: Some(run.stop),
+            stop: Some(if repeat.is_some() { StopReason::Repeated } else { run.stop }),
             timings_ms: timings,
             tuned,
         })
     }
 
-    /// The sources an answer rests on: those the model cited as `[n]`; failing that (small models
-    /// often forget), the sources that the answer, or one of its sentences, closely restates.
-    /// Sentences are matched one by one because a model that rambles after a correct first
-    /// sentence would otherwise dilute the whole answer's embedding below the bar. Each citation
-    /// says which way it was found.
-    pub fn citations(&self, answer: &str, sources: &[Source]) -> Result<Vec<Citation>> {
-        let by_model: Vec<Citation> = cite::cited(answer, sources.len())
-            .into_iter()
-            .map(|n| Citation { n, by: CitedBy::Model, source: sources[n - 1].clone() })
-            .collect();
-        if !by_model.is_empty() || sources.is_empty() || answer.trim().is_empty() || answer.contains(NOT_FOUND) {
-            return Ok(by_model);
+    /// Free mode's check: each written sentence against the sentences of `sources`. A sentence
+    /// is supported by the source sentence most similar to it when that one is similar enough
+    /// and holds most of its content words (see [`support`]); supported sentences are cited
+    /// with that quote, `Model` when the model's own `[n]` on the sentence names its source.
+    pub fn check(&self, answer: &str, sources: &[Source]) -> Result<(Vec<support::SentenceSupport>, Vec<Citation>)> {
+        let claims = support::claims(answer);
+        if sources.is_empty() || claims.is_empty() || answer.contains(NOT_FOUND) {
+            return Ok((vec![], vec![]));
         }
-        let mut pieces = vec![answer];
-        pieces.extend(
-            answer
-                .unicode_sentences()
-                .map(str::trim)
-                .filter(|s| s.split_whitespace().count() >= MATCH_SENTENCE_MIN_WORDS),
-        );
-        let vectors = self.embedder.embed(&pieces)?;
-        let index = self.library.index();
-        let mut matched = std::collections::BTreeSet::new();
-        for v in &vectors {
-            let best = sources
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| Some((i, crate::index::vector::dot(v, index.vectors.get(s.slot)?))))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            if let Some((i, sim)) = best {
-                if sim >= MATCH_CITATION_MIN {
-                    matched.insert(i);
+        let docs = self.library.documents();
+        let passages: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some((i, docs.iter().find(|d| d.name == h.doc)?, h.start, h.end)))
+            .collect();
+        let quotes = evidence::sentences(&passages);
+        let plain: Vec<String> = claims.iter().map(|&(s, e)| support::without_marks(&answer[s..e])).collect();
+        let checked: Vec<usize> =
+            (0..claims.len()).filter(|&i| plain[i].split_whitespace().count() >= CHECK_SENTENCE_MIN_WORDS).collect();
+        let mut texts: Vec<&str> = checked.iter().map(|&i| plain[i].as_str()).collect();
+        texts.extend(quotes.iter().map(|q| q.text.as_str()));
+        let vectors = if quotes.is_empty() || checked.is_empty() { vec![] } else { self.embedder.embed(&texts)? };
+        let (claim_vecs, quote_vecs) = vectors.split_at(checked.len().min(vectors.len()));
+        let mut citations: Vec<Citation> = Vec::new();
+        let mut out = Vec::new();
+        for (i, &(s, e)) in claims.iter().enumerate() {
+            let mut mark = support::SentenceSupport {
+                text: answer[s..e].to_string(),
+                start: s,
+                end: e,
+                cited: None,
+                similarity: 0.0,
+                covered: 0.0,
+            };
+            if let Some(c) = checked.iter().position(|&j| j == i).and_then(|c| claim_vecs.get(c)) {
+                // Names and words may come from the sentences around a quote ("It was lit in
+                // 1871" follows the sentence naming the lighthouse).
+                let around = |q: usize| {
+                    let quote = &quotes[q];
+                    [q.wrapping_sub(1), q, q + 1]
+                        .iter()
+                        .filter_map(|&j| quotes.get(j))
+                        .filter(|o| o.doc == quote.doc)
+                        .map(|o| o.text.as_str())
+                        .chain(quote.heading.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                // The quote is the passing sentence that holds most of the claim itself, so the
+                // highlight lands on "in 1871" rather than on the sentence before it.
+                let best = quote_vecs
+                    .iter()
+                    .enumerate()
+                    .map(|(q, v)| (q, crate::index::vector::dot(c, v)))
+                    .filter(|&(_, sim)| sim >= support::MIN_SIMILARITY)
+                    .map(|(q, sim)| (q, sim, support::covered(&plain[i], &around(q))))
+                    .max_by(|a, b| {
+                        let key = |&(q, sim, cov): &(usize, f32, f32)| {
+                            (cov >= support::MIN_COVERED, support::shared(&plain[i], &quotes[q].text) + sim)
+                        };
+                        let (ka, kb) = (key(a), key(b));
+                        ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+                    });
+                let closest = quote_vecs.iter().map(|v| crate::index::vector::dot(c, v)).fold(0.0, f32::max);
+                mark.similarity = closest;
+                if let Some((q, sim, cov)) = best {
+                    mark.covered = cov;
+                    if cov >= support::MIN_COVERED {
+                        let quote = &quotes[q];
+                        mark.similarity = sim;
+                        let n = quote.source + 1;
+                        let by = if cite::cited(&mark.text, sources.len()).contains(&n) {
+                            CitedBy::Model
+                        } else {
+                            CitedBy::Match
+                        };
+                        if !citations.iter().any(|c| c.doc == quote.doc && c.start == quote.start) {
+                            citations.push(Citation::new(n, by, &sources[quote.source], quote));
+                        }
+                        mark.cited = Some(n);
+                    }
                 }
             }
+            out.push(mark);
         }
-        Ok(matched.into_iter().map(|i| Citation { n: i + 1, by: CitedBy::Match, source: sources[i].clone() }).collect())
+        Ok((out, citations))
     }
 
     /// A conversation rendered with the model's chat template, and its token ids.
