@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 pub mod calibrate;
+pub mod qa;
 pub mod squad;
 
 #[derive(Debug, Clone, Default, Serialize)]

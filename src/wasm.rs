@@ -28,20 +28,60 @@ export interface Source {
   page: number | null;
   heading: string | null;
 }
-/** A source the answer rests on: cited as [n] by the model, or matched by the engine. */
-export interface Citation extends Source {
+/**
+ * A quote the answer rests on. `quote` is documentText(doc) between the byte offsets
+ * `start`/`end`; `text` is the retrieved passage it stands in (`passage_start`/`passage_end`).
+ * `by`: "quote" (the answer is this quote), "model" (the model cited [n] on a sentence the check
+ * found here) or "match" (the check found the sentence here).
+ */
+export interface Citation {
   n: number;
-  by: "model" | "match";
+  by: "quote" | "model" | "match";
+  doc: string;
+  quote: string;
+  start: number;
+  end: number;
+  text: string;
+  passage_start: number;
+  passage_end: number;
+  score: number;
+  keyword_score: number | null;
+  fused_score: number;
+  page: number | null;
+  heading: string | null;
 }
-export interface Timings { embed: number; search: number; prefill: number; decode: number }
-export type StopReason = "end_of_text" | "max_tokens" | "context_full" | "cancelled";
+/** "quote": the documents' own sentences (the default); "rag": the model writes from the
+ * retrieved passages; "no_rag": the model alone. */
+export type Mode = "quote" | "rag" | "no_rag";
+/** A sentence of a retrieved passage, scored as an answer to the question. */
+export interface Evidence {
+  source: number;
+  doc: string;
+  start: number;
+  end: number;
+  text: string;
+  heading?: string;
+  features: Record<string, number>;
+  score: number;
+}
+/** A written sentence (free mode) and whether the sources support it; `cited` is the n of its citation. */
+export interface SentenceSupport { text: string; start: number; end: number; cited: number | null; similarity: number; covered: number }
+export interface Timings { embed: number; search: number; evidence: number; prefill: number; decode: number }
+export type StopReason = "end_of_text" | "max_tokens" | "context_full" | "cancelled" | "repeated";
 export interface Answer {
   answer: string;
   citations: Citation[];
-  /** Every source placed in the prompt, numbered from 1 in this order. */
+  /** Every source placed in the prompt (or quoted from), numbered from 1 in this order. */
   sources: Source[];
-  /** True when retrieval found nothing relevant and the engine said so without the model. */
+  /** True when the engine said the documents do not contain the answer; `sources` are then the closest passages. */
   abstained: boolean;
+  mode: Mode;
+  /** The support gate's probability that the sources answer the question. */
+  support: number | null;
+  /** The best-scored sentences of the sources, best first. */
+  evidence: Evidence[];
+  /** Free mode: each written sentence with its support mark. */
+  sentences: SentenceSupport[];
   prompt: string;
   prompt_tokens: number;
   generated_tokens: number;
@@ -208,19 +248,20 @@ impl WasmEngine {
         to_js(&self.inner.search(query, k).map_err(js_err)?)
     }
 
-    /// Answer a question. `onToken(text)` receives the answer as it is generated; `shouldCancel()`
-    /// is polled between tokens. Returns the same object as `pocketrag ask --json`.
+    /// Answer a question in `mode` ("quote", "rag" or "no_rag"). `onToken(text)` receives the
+    /// answer as it is generated; `shouldCancel()` is polled between tokens. Returns the same
+    /// object as `pocketrag ask --json`.
     #[wasm_bindgen(unchecked_return_type = "Answer")]
     pub fn answer(
         &mut self,
         question: &str,
-        use_retrieval: bool,
+        #[wasm_bindgen(unchecked_param_type = "Mode")] mode: &str,
         k: usize,
         #[wasm_bindgen(unchecked_param_type = "((text: string) => void) | null")] on_token: Option<Function>,
         #[wasm_bindgen(unchecked_param_type = "(() => boolean) | null")] should_cancel: Option<Function>,
     ) -> Result<JsValue, JsError> {
         self.refuse_on_gpu("answer")?;
-        let mode = if use_retrieval { Mode::Rag } else { Mode::NoRag };
+        let mode = Mode::parse(mode).map_err(js_err)?;
         let mut stream = |piece: &str| {
             if let Some(f) = &on_token {
                 let _ = f.call1(&JsValue::NULL, &JsValue::from_str(piece));
@@ -236,8 +277,13 @@ impl WasmEngine {
     /// and yields to its event loop in between can hear a Stop message, with no shared memory.
     /// Replaces any answer still pending.
     #[wasm_bindgen(js_name = beginAnswer)]
-    pub fn begin_answer(&mut self, question: &str, use_retrieval: bool, k: usize) -> Result<(), JsError> {
-        let mode = if use_retrieval { Mode::Rag } else { Mode::NoRag };
+    pub fn begin_answer(
+        &mut self,
+        question: &str,
+        #[wasm_bindgen(unchecked_param_type = "Mode")] mode: &str,
+        k: usize,
+    ) -> Result<(), JsError> {
+        let mode = Mode::parse(mode).map_err(js_err)?;
         self.pending = None;
         self.pending = Some(self.inner.begin_answer(question, mode, k).map_err(js_err)?);
         Ok(())

@@ -132,16 +132,23 @@ $('ask-form').addEventListener('submit', (e) => {
   setBusy(true);
   $('answer').textContent = '';
   $('answer').dataset.state = 'streaming';
-  $('citations').replaceChildren();
-  $('viewer').hidden = true;
+  clearAnswer();
   $('compare').hidden = true;
-  worker.postMessage({ type: 'ask', question, rag: $('use-rag').checked, k: 4 });
+  worker.postMessage({ type: 'ask', question, mode: $('mode').value, k: 4 });
 });
+
+function clearAnswer() {
+  $('citations').replaceChildren();
+  $('closest').hidden = true;
+  $('closest-list').replaceChildren();
+  $('viewer').hidden = true;
+}
 
 $('model').addEventListener('change', () => worker.postMessage({ type: 'model', tuned: $('model').value === 'tuned' }));
 
 // ---- compare: one question, base and tuned model, without and with retrieval ----
 const CONFIGS = {
+  quote: 'Quoted from your documents (no model)',
   'base-norag': 'Base model, no retrieval',
   'base-rag': 'Base model + retrieval',
   'tuned-norag': 'Tuned model, no retrieval',
@@ -155,8 +162,7 @@ $('compare-button').addEventListener('click', () => {
   setBusy(true);
   $('answer').textContent = '';
   $('answer').dataset.state = 'idle';
-  $('citations').replaceChildren();
-  $('viewer').hidden = true;
+  clearAnswer();
   const grid = $('compare');
   grid.replaceChildren();
   for (const [config, title] of Object.entries(CONFIGS)) {
@@ -179,19 +185,20 @@ function onCompareToken({ config, text }) {
 function onCompareAnswer({ config, answer: a }) {
   const c = card(config);
   c.dataset.state = 'done';
-  c.querySelector('.card-answer').textContent = a.answer;
+  renderAnswerText(c.querySelector('.card-answer'), a);
   const list = c.querySelector('.card-citations');
   list.replaceChildren();
   for (const cit of a.citations) {
     const b = el('button', { type: 'button', 'data-testid': 'compare-citation', 'data-doc': cit.doc },
-      `[${cit.n}] ${cit.doc}${cit.by === 'match' ? ' (matched)' : ''}`);
+      `[${cit.n}] ${cit.doc}${cit.by === 'match' ? ' (matched by the check)' : ''}`);
     b.addEventListener('click', () => showSource(cit));
     const li = el('li');
     li.append(b);
     list.append(li);
   }
   const t = a.timings_ms;
-  c.querySelector('.card-stats').textContent = a.abstained ? 'nothing relevant retrieved; the model was not asked'
+  c.querySelector('.card-stats').textContent = a.abstained ? 'the documents do not answer this; the model was not asked'
+    : a.mode === 'quote' ? `quoted; support ${a.support.toFixed(2)}`
     : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated, ${((t.prefill + t.decode) / 1000).toFixed(1)} s` +
       (a.stop === 'cancelled' ? ' (stopped)' : '');
 }
@@ -200,20 +207,57 @@ function stop() { if (busy) worker.postMessage({ type: 'stop' }); }
 $('stop-button').addEventListener('click', stop);
 document.addEventListener('keydown', (e) => { if (e.key === 'Escape') stop(); });
 
+/// The answer's text; in free mode each written sentence carries its support mark (the source
+/// that holds it, or "not found in your documents").
+function renderAnswerText(box, a) {
+  box.replaceChildren();
+  box.dataset.abstained = String(a.abstained);
+  if (!a.sentences.length) {
+    box.textContent = a.answer;
+    return;
+  }
+  let at = 0;
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  const bytes = enc.encode(a.answer);
+  const part = (s, e) => dec.decode(bytes.subarray(s, e));
+  for (const s of a.sentences) {
+    if (s.start > at) box.append(document.createTextNode(part(at, s.start)));
+    const supported = s.cited !== null;
+    box.append(el('span', { class: 'claim', 'data-testid': 'claim', 'data-supported': supported ? 'yes' : 'no' }, s.text),
+      el('span', { class: 'claim-mark' }, supported ? ` (supported by [${s.cited}])` : ' (not found in your documents)'));
+    at = s.end;
+  }
+  if (at < bytes.length) box.append(document.createTextNode(part(at, bytes.length)));
+}
+
 function onAnswer(a) {
   lastAnswer = a;
-  $('answer').textContent = a.answer;
+  renderAnswerText($('answer'), a);
   $('answer').dataset.state = 'done';
-  $('answer').dataset.stop = a.stop ?? 'abstained';
+  $('answer').dataset.stop = a.stop ?? (a.abstained ? 'abstained' : 'quoted');
   const list = $('citations');
   list.replaceChildren();
   for (const c of a.citations) {
     const li = el('li');
-    const b = el('button', { type: 'button', 'data-testid': 'citation', 'data-doc': c.doc },
-      `[${c.n}] ${c.doc}${c.heading ? ' — ' + c.heading : ''}${c.by === 'match' ? ' (matched)' : ''}`);
+    const b = el('button', { type: 'button', 'data-testid': 'citation', 'data-doc': c.doc, 'data-n': String(c.n) },
+      `[${c.n}] ${c.doc}${c.heading ? ' — ' + c.heading : ''}${c.page ? `, page ${c.page}` : ''}${c.by === 'match' ? ' (matched by the check)' : ''}`);
     b.addEventListener('click', () => showSource(c));
-    li.append(b);
+    li.append(b, el('q', { 'data-testid': 'quote' }, c.quote));
     list.append(li);
+  }
+  // An abstained answer lists what came closest, so the user can judge for themselves.
+  if (a.abstained && a.sources.length) {
+    const closest = $('closest-list');
+    for (const s of a.sources) {
+      const li = el('li');
+      const b = el('button', { type: 'button', 'data-testid': 'closest-passage', 'data-doc': s.doc },
+        `${s.doc}${s.heading ? ' — ' + s.heading : ''}${s.page ? `, page ${s.page}` : ''} (cosine ${s.score.toFixed(2)})`);
+      b.addEventListener('click', () => showSource(s));
+      li.append(b, el('q', {}, s.text.length > 300 ? s.text.slice(0, 300) + '…' : s.text));
+      closest.append(li);
+    }
+    $('closest').hidden = false;
   }
   renderHow(a);
   setStatus('ready');
@@ -230,10 +274,13 @@ function onText({ name, text }) {
   const s = pendingSource;
   if (!s || s.doc !== name) return;
   $('viewer-title').textContent = name + (s.page ? `, page ${s.page}` : '');
-  const before = text.slice(0, s.start);
-  const passage = text.slice(s.start, s.end);
-  const after = text.slice(s.end);
-  const mark = el('mark', {}, passage);
+  // The engine's offsets count UTF-8 bytes; JavaScript strings count UTF-16 units.
+  const bytes = new TextEncoder().encode(text);
+  const dec = new TextDecoder();
+  const before = dec.decode(bytes.subarray(0, s.start));
+  const passage = dec.decode(bytes.subarray(s.start, s.end));
+  const after = dec.decode(bytes.subarray(s.end));
+  const mark = el('mark', { 'data-testid': 'highlight' }, passage);
   $('viewer-text').replaceChildren(document.createTextNode(before), mark, document.createTextNode(after));
   $('viewer').hidden = false;
   mark.scrollIntoView({ block: 'center' });
@@ -242,14 +289,50 @@ function onText({ name, text }) {
 function renderHow(a) {
   const body = $('how-body');
   body.replaceChildren();
-  body.append(el('p', {}, `Model: ${a.tuned ? 'SmolLM2-135M-Instruct with our LoRA fine-tune' : 'SmolLM2-135M-Instruct (base)'}.`));
   const t = a.timings_ms;
   const tps = t.decode > 0 ? (a.generated_tokens / (t.decode / 1000)).toFixed(1) : '–';
-  body.append(el('p', {}, a.abstained
-    ? 'No passage was relevant enough (best cosine below the threshold), so the model was not asked.'
-    : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated. ` +
-      `Embed ${t.embed.toFixed(0)} ms · search ${t.search.toFixed(1)} ms · prefill ${t.prefill.toFixed(0)} ms · ` +
-      `decode ${t.decode.toFixed(0)} ms (${tps} tok/s).`));
+  const support = a.support == null ? '' : ` The support gate gave ${a.support.toFixed(2)}.`;
+  if (a.mode === 'quote') {
+    body.append(el('p', {}, a.abstained
+      ? `No sentence of the retrieved passages answers the question well enough, so the answer says so; no language model was run.${support}`
+      : `Answer quoted from your documents: the best-scored sentences below, word for word; no language model was run.${support}`));
+  } else {
+    body.append(el('p', {}, `Model: ${a.tuned ? 'SmolLM2-135M-Instruct with our LoRA fine-tune' : 'SmolLM2-135M-Instruct (base)'}.`));
+    body.append(el('p', {}, a.abstained
+      ? 'No passage was relevant enough (best cosine below the threshold), so the model was not asked.'
+      : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated${a.stop === 'repeated' ? ' (stopped when it began to repeat itself)' : ''}. `));
+  }
+  body.append(el('p', {}, `Embed ${t.embed.toFixed(0)} ms · search ${t.search.toFixed(1)} ms · evidence ${(t.evidence ?? 0).toFixed(0)} ms` +
+    (a.mode === 'quote' ? '.' : ` · prefill ${t.prefill.toFixed(0)} ms · decode ${t.decode.toFixed(0)} ms (${tps} tok/s).`)));
+  if (a.evidence.length) {
+    const quoted = (e) => a.citations.some((c) => c.doc === e.doc && c.start <= e.start && e.end <= c.end);
+    const table = el('table', { 'data-testid': 'evidence' });
+    const head = el('tr');
+    for (const h of ['source', 'sentence', 'score', 'meaning (cosine)', 'question words', 'with neighbours', 'quoted']) head.append(el('th', {}, h));
+    table.append(head);
+    for (const e of a.evidence) {
+      const row = el('tr', { 'data-chosen': quoted(e) ? 'yes' : 'no' });
+      const f = e.features;
+      row.append(el('td', {}, `[${e.source + 1}]`), el('td', {}, e.text), el('td', {}, e.score.toFixed(3)),
+        el('td', {}, f.similarity.toFixed(2)), el('td', {}, f.overlap.toFixed(2)), el('td', {}, f.context_overlap.toFixed(2)),
+        el('td', {}, quoted(e) ? 'yes' : ''));
+      table.append(row);
+    }
+    body.append(el('h4', {}, 'Evidence: sentences of the retrieved passages, scored as answers'), table);
+  }
+  if (a.sentences.length) {
+    const table = el('table', { 'data-testid': 'support' });
+    const head = el('tr');
+    for (const h of ['written sentence', 'closest source sentence (cosine)', 'its words found', 'verdict']) head.append(el('th', {}, h));
+    table.append(head);
+    for (const s of a.sentences) {
+      const row = el('tr');
+      row.append(el('td', {}, s.text), el('td', {}, s.similarity.toFixed(2)), el('td', {}, s.covered.toFixed(2)),
+        el('td', {}, s.cited === null ? 'not found in your documents' : `supported by [${s.cited}]`));
+      table.append(row);
+    }
+    body.append(el('h4', {}, 'Support check of the written answer'), table);
+  }
   if (a.sources.length) {
     const table = el('table');
     const head = el('tr');

@@ -49,7 +49,7 @@ const handlers = {
     for (const [i, q] of QUESTIONS.entries()) {
       post({ type: 'status', text: `generating ${i + 1}/${QUESTIONS.length}…` });
       const t0 = performance.now();
-      engine.beginAnswer(q, true, 4);
+      engine.beginAnswer(q, 'rag', 4);
       let ttft = null;
       for (;;) {
         // On the CPU stepAsync resolves at once; on the GPU it waits for the read-back.

@@ -413,20 +413,20 @@ const handlers = {
     engine.useAdapter(tuned);
     post({ type: 'model', tuned });
   },
-  async ask({ question, rag, k }) {
+  async ask({ question, mode, k }) {
     stopRequested = false;
-    engine.beginAnswer(question, rag, k);
+    engine.beginAnswer(question, mode, k);
     post({ type: 'answer', answer: await drive('token') });
   },
-  /// One question, four ways: base and tuned model, each without and with retrieval. Stop ends
-  /// the one under way and skips the rest.
+  /// One question, five ways: quoted from the documents, then base and tuned model, each without
+  /// and with retrieval. Stop ends the one under way and skips the rest.
   async compare({ question, k, tuned }) {
     stopRequested = false;
     try {
-      for (const config of ['base-norag', 'base-rag', 'tuned-norag', 'tuned-rag']) {
+      for (const config of ['quote', 'base-norag', 'base-rag', 'tuned-norag', 'tuned-rag']) {
         if (stopRequested) break;
         engine.useAdapter(config.startsWith('tuned'));
-        engine.beginAnswer(question, config.endsWith('-rag'), k);
+        engine.beginAnswer(question, config === 'quote' ? 'quote' : config.endsWith('-rag') ? 'rag' : 'no_rag', k);
         post({ type: 'compare-answer', config, answer: await drive('compare-token', { config }) });
       }
     } finally {

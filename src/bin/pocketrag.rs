@@ -142,8 +142,10 @@ enum Command {
     },
     /// Measure retrieval, and answers of the base and tuned model without and with retrieval.
     Eval {
-        /// Only "pubmedqa": a JSON object keyed by id with QUESTION, CONTEXTS, final_decision and
-        /// LONG_ANSWER.
+        /// "pubmedqa": a JSON object keyed by id with QUESTION, CONTEXTS, final_decision and
+        /// LONG_ANSWER. "squad": a SQuAD 1.1/2.0 file; the --articles are indexed together as
+        /// one collection and their questions asked as `ask` asks them. "rust-docs": our
+        /// question set over the Rust toolchain's HTML books (eval/rust-docs.json).
         #[arg(long, default_value = "pubmedqa")]
         format: String,
         file: PathBuf,
@@ -168,6 +170,21 @@ enum Command {
         /// with the whole file to get the report of all questions.
         #[arg(long, value_parser = parse_shard)]
         shard: Option<(usize, usize)>,
+        /// squad: titles of the articles to index and ask about (never ones trained or
+        /// calibrated on).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "Normans,Steam_engine,Harvard_University,Immune_system,Force"
+        )]
+        articles: Vec<String>,
+        /// squad, rust-docs: ask every N-th question only.
+        #[arg(long, default_value_t = 1)]
+        every: usize,
+        /// squad, rust-docs: answer modes to score (quote, rag, no_rag); "rag" and "no_rag" run
+        /// with the base model, "rag-tuned" and "no_rag-tuned" with the shipped adapter.
+        #[arg(long, value_delimiter = ',', default_value = "quote")]
+        modes: Vec<String>,
     },
     /// Fit the evidence ranker and the support gate on SQuAD articles (never ones you report on)
     /// and print the constants for `rag::evidence`.
@@ -388,11 +405,17 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} bytes, {} matrices adapted)", out.display(), merged.len(), adapter.pairs.len());
             Ok(())
         }
-        Command::Eval { format, file, limit, json, adapter, k, max_tokens, records, shard } => {
-            if format != "pubmedqa" {
-                bail!("unknown --format {format:?} (only pubmedqa is supported)");
+        Command::Eval { format, file, limit, json, adapter, k, max_tokens, records, shard, articles, every, modes } => {
+            match format.as_str() {
+                "pubmedqa" => {
+                    evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref(), shard)
+                }
+                "squad" | "rust-docs" => {
+                    let set = QaSet { format: &format, file: &file, articles: &articles, every, limit };
+                    evaluate_qa(&cli.models, &set, &modes, k, max_tokens, json, records.as_deref())
+                }
+                other => bail!("unknown --format {other:?} (pubmedqa, squad or rust-docs)"),
             }
-            evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref(), shard)
         }
     }
 }
@@ -645,6 +668,156 @@ fn calibrate(
             println!("  {r:.1}  {hit:.3}  {quoted:.2}");
         }
         print!("{}", cal::constants(&c));
+    }
+    Ok(())
+}
+
+/// Which question set `evaluate_qa` reads, and how much of it.
+struct QaSet<'a> {
+    format: &'a str,
+    file: &'a Path,
+    articles: &'a [String],
+    every: usize,
+    limit: Option<usize>,
+}
+
+/// The documents and questions of a question set: (name, bytes) pairs to index, and the
+/// questions.
+fn qa_set(set: &QaSet) -> Result<(Vec<(String, Vec<u8>)>, Vec<pocketrag::eval::qa::Question>)> {
+    use pocketrag::eval::{qa, squad};
+    let bytes = std::fs::read(set.file).with_context(|| format!("cannot read {}", set.file.display()))?;
+    let (docs, mut questions) = if set.format == "squad" {
+        let all = squad::read(&bytes, &set.file.display().to_string())?;
+        let mut picked = Vec::new();
+        for title in set.articles {
+            let a = all.iter().find(|a| &a.title == title);
+            picked.push(a.with_context(|| format!("{}: no article {title:?}", set.file.display()))?.clone());
+        }
+        let docs = picked.iter().map(squad::document).map(|(name, text)| (name, text.into_bytes())).collect();
+        (docs, qa::squad_questions(&picked, set.every))
+    } else {
+        #[derive(serde::Deserialize)]
+        struct Set {
+            books: std::collections::BTreeMap<String, PathBuf>,
+            questions: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            id: String,
+            question: String,
+            answers: Vec<String>,
+            kind: Option<String>,
+        }
+        let s: Set = serde_json::from_slice(&bytes).with_context(|| format!("{}", set.file.display()))?;
+        let mut docs = Vec::new();
+        for (book, dir) in &s.books {
+            let mut pages: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| {
+                    format!("book {book}: cannot read {} (rustup component add rust-docs)", dir.display())
+                })?
+                .collect::<std::io::Result<Vec<_>>>()?
+                .into_iter()
+                .map(|e| e.path())
+                .collect();
+            // Pages in subfolders too (the Edition Guide has one per edition).
+            let mut i = 0;
+            while i < pages.len() {
+                if pages[i].is_dir() {
+                    let dir = pages.remove(i);
+                    for e in std::fs::read_dir(&dir)? {
+                        pages.push(e?.path());
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            pages.retain(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.ends_with(".html") && !["print.html", "toc.html", "404.html"].contains(&name)
+            });
+            pages.sort();
+            for page in pages {
+                let rel = page.strip_prefix(dir).unwrap_or(&page).display().to_string();
+                docs.push((format!("{book}/{rel}"), std::fs::read(&page)?));
+            }
+        }
+        let questions = s
+            .questions
+            .into_iter()
+            .step_by(set.every.max(1))
+            .map(|e| qa::Question { id: e.id, question: e.question, answers: e.answers, kind: e.kind })
+            .collect();
+        (docs, questions)
+    };
+    if let Some(n) = set.limit {
+        questions.truncate(n);
+    }
+    Ok((docs, questions))
+}
+
+fn evaluate_qa(
+    models_dir: &Path,
+    set: &QaSet,
+    modes: &[String],
+    k: usize,
+    max_tokens: usize,
+    json: bool,
+    records: Option<&Path>,
+) -> Result<()> {
+    use pocketrag::eval::qa;
+    let configs: Vec<(Mode, bool, &str)> = modes
+        .iter()
+        .map(|m| {
+            let (name, tuned) = m.strip_suffix("-tuned").map_or((m.as_str(), false), |n| (n, true));
+            Ok((Mode::parse(name)?, tuned, m.as_str()))
+        })
+        .collect::<Result<_>>()?;
+    let wants_model = configs.iter().any(|(m, _, _)| m.uses_model());
+    let generator = models::generator_path(models_dir);
+    let mut engine = open(models_dir, None, wants_model.then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
+    if configs.iter().any(|(_, tuned, _)| *tuned) {
+        let path = models_dir.join(models::ADAPTER_FILE);
+        let bytes = models::read(&path)?;
+        engine.load_adapter(pocketrag::llm::lora::Adapter::from_bytes(&bytes, &path.display().to_string())?)?;
+    }
+    engine.settings.generate.max_tokens = max_tokens;
+    let (docs, questions) = qa_set(set)?;
+    let bar = counting_bar(docs.len(), "documents indexed");
+    for (name, bytes) in &docs {
+        engine.add_document(name, bytes, &mut |_, _| {}).with_context(|| name.clone())?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut out = records.map(std::fs::File::create).transpose()?;
+    let mut rows = Vec::new();
+    for (mode, tuned, name) in &configs {
+        if mode.uses_model() {
+            engine.use_adapter(*tuned)?;
+        }
+        let bar = counting_bar(questions.len(), &format!("questions ({name})"));
+        let mut got = Vec::new();
+        for q in &questions {
+            let r = qa::ask(&mut engine, q, *mode, k).with_context(|| format!("question {}", q.id))?;
+            if let Some(f) = out.as_mut() {
+                writeln!(f, "{}", serde_json::to_string(&r)?)?;
+            }
+            got.push(r);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        rows.push((name.to_string(), qa::score(&got)));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{} documents, {} questions ({} answerable) from {}",
+            docs.len(),
+            questions.len(),
+            questions.iter().filter(|q| q.answerable()).count(),
+            set.file.display()
+        );
+        print!("{}", qa::table(&rows));
     }
     Ok(())
 }

@@ -128,6 +128,9 @@ pub enum CitedBy {
 /// Shorter sentences ("Yes.", "A: 1871.") carry too little meaning to check on their own.
 const CHECK_SENTENCE_MIN_WORDS: usize = 4;
 
+/// A quoted sentence that ends open is carried on into at most this many following sentences.
+const CONTINUE_MAX: usize = 2;
+
 /// How many of the best evidence sentences an answer carries for the teaching view.
 const EVIDENCE_SHOWN: usize = 8;
 
@@ -595,8 +598,7 @@ impl Engine {
         if ranked.is_empty() || support < evidence::GATE_THRESHOLD {
             return self.not_found(Mode::Quote, sources, Some(support), ranked, timings);
         }
-        let chosen: Vec<evidence::Sentence> =
-            evidence::select(&ranked, evidence::QUOTE_RELATIVE).into_iter().map(|s| s.sentence.clone()).collect();
+        let chosen = self.complete(&ranked, evidence::select(&ranked, evidence::QUOTE_RELATIVE));
         let citations: Vec<Citation> = self
             .join_adjacent(chosen)
             .iter()
@@ -621,16 +623,50 @@ impl Engine {
         }
     }
 
+    /// The chosen sentences, each once (the same sentence can stand in two documents), and each
+    /// carried on into the sentences after it while it ends without a full stop: "you can run"
+    /// before a code block, "the options are:" before a list.
+    fn complete(&self, ranked: &[evidence::Scored], chosen: Vec<&evidence::Scored>) -> Vec<evidence::Sentence> {
+        let mut in_order: Vec<&evidence::Sentence> = ranked.iter().map(|s| &s.sentence).collect();
+        in_order.sort_by(|a, b| a.doc.cmp(&b.doc).then(a.start.cmp(&b.start)));
+        let key = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut out: Vec<evidence::Sentence> = Vec::new();
+        for s in chosen {
+            let text = key(&s.sentence.text);
+            if out.iter().any(|o| key(&o.text) == text) {
+                continue;
+            }
+            let mut sentence = s.sentence.clone();
+            let mut at = in_order.iter().position(|o| o.doc == sentence.doc && o.start == sentence.start);
+            for _ in 0..CONTINUE_MAX {
+                let open = !sentence.text.trim_end().ends_with(['.', '!', '?', '"', '\'', '”', '’', ')']);
+                let next = at.and_then(|i| in_order.get(i + 1)).filter(|n| n.doc == sentence.doc);
+                let (true, Some(next)) = (open, next) else { break };
+                let Some(doc) = self.library.documents().iter().find(|d| d.name == sentence.doc) else { break };
+                if !doc.text.get(sentence.end..next.start).is_some_and(|gap| gap.trim().is_empty()) {
+                    break;
+                }
+                sentence.end = next.end;
+                sentence.text = doc.text[sentence.start..sentence.end].to_string();
+                at = at.map(|i| i + 1);
+            }
+            out.push(sentence);
+        }
+        out
+    }
+
     /// Quotes that follow each other in a document become one quote, read in the document's
     /// order; otherwise the best comes first.
     fn join_adjacent(&self, best_first: Vec<evidence::Sentence>) -> Vec<evidence::Sentence> {
         let mut out: Vec<evidence::Sentence> = Vec::new();
         for s in best_first {
             let doc = self.library.documents().iter().find(|d| d.name == s.doc);
+            // b follows a, or overlaps it (a sentence carried on into the next may meet another).
             let joins = |a: &evidence::Sentence, b: &evidence::Sentence| {
                 a.doc == b.doc
-                    && a.end <= b.start
-                    && doc.is_some_and(|d| d.text.get(a.end..b.start).is_some_and(|gap| gap.trim().is_empty()))
+                    && a.start <= b.start
+                    && (b.start <= a.end
+                        || doc.is_some_and(|d| d.text.get(a.end..b.start).is_some_and(|gap| gap.trim().is_empty())))
             };
             let text = |start: usize, end: usize| doc.map(|d| d.text[start..end].to_string());
             if let Some(q) = out.iter_mut().find(|q| joins(q, &s) || joins(&s, q)) {

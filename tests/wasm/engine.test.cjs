@@ -34,20 +34,25 @@ test('wasm engine indexes, searches, answers with a citation, and round-trips it
   assert.ok(found.hits[0].score > 0.3);
 
   let streamed = '';
-  const a = engine.answer('When was the Harrow Point lighthouse first lit?', true, 4, (t) => { streamed += t; }, () => false);
+  const a = engine.answer('When was the Harrow Point lighthouse first lit?', 'rag', 4, (t) => { streamed += t; }, () => false);
   assert.equal(streamed.trim(), a.answer);
-  assert.ok(a.citations.length >= 1, JSON.stringify(a));
+  // The model writes; each of its sentences is checked, and only supported ones are cited (the
+  // base model's answer here adds places and dates that the document does not have).
+  assert.equal(a.mode, 'rag');
+  assert.ok(a.sentences.length >= 1, JSON.stringify(a));
   assert.ok(a.citations.every((c) => c.doc === 'lighthouse.md'), JSON.stringify(a.citations));
+  assert.deepEqual([...new Set(a.sentences.filter((s) => s.cited !== null).map((s) => s.cited))].sort(),
+                   [...new Set(a.citations.map((c) => c.n))].sort());
   assert.ok(a.prompt_tokens > 50 && a.generated_tokens > 0);
 
   // Cancellation from the polled callback.
   let n = 0;
-  const c = engine.answer('How do I patch an inner tube?', true, 4, () => { n++; }, () => n >= 2);
+  const c = engine.answer('How do I patch an inner tube?', 'rag', 4, () => { n++; }, () => n >= 2);
   assert.equal(c.stop, 'cancelled');
 
   // The stepping API the browser worker uses: prefill slices, then tokens, then done; the same
   // greedy answer as answer() gives.
-  engine.beginAnswer('When was the Harrow Point lighthouse first lit?', true, 4);
+  engine.beginAnswer('When was the Harrow Point lighthouse first lit?', 'rag', 4);
   const kinds = [];
   let text = '';
   for (;;) {
@@ -66,7 +71,7 @@ test('wasm engine indexes, searches, answers with a citation, and round-trips it
   assert.throws(() => engine.step(), /no answer is pending/);
 
   // Cancelled between steps: what was said so far is kept.
-  engine.beginAnswer('Write a long story about a lighthouse keeper.', false, 4);
+  engine.beginAnswer('Write a long story about a lighthouse keeper.', 'no_rag', 4);
   let tokens = 0;
   for (;;) {
     const step = engine.step();
@@ -84,6 +89,28 @@ test('wasm engine indexes, searches, answers with a citation, and round-trips it
                    found.hits.map((h) => [h.doc, h.start]));
 });
 
+test('the default mode quotes the document without a language model, offsets and all', () => {
+  const engine = embedderOnly();
+  for (const name of ['lighthouse.md', 'sourdough.txt', 'bicycle.html']) engine.addDocument(name, doc(name), null);
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  const a = engine.answer('When was the Harrow Point lighthouse first lit?', 'quote', 4, null, null);
+  assert.equal(a.mode, 'quote');
+  assert.equal(a.abstained, false, JSON.stringify(a));
+  assert.ok(a.answer.includes('1871'), a.answer);
+  assert.ok(a.citations.length >= 1 && a.citations.every((c) => c.by === 'quote'));
+  for (const c of a.citations) {
+    // Offsets are bytes of the document's UTF-8 text, as documentText returns it.
+    const bytes = enc.encode(engine.documentText(c.doc));
+    assert.equal(dec.decode(bytes.subarray(c.start, c.end)), c.quote);
+    assert.ok(a.answer.includes(c.quote));
+  }
+  const none = engine.answer('What is the capital of France?', 'quote', 4, null, null);
+  assert.equal(none.abstained, true);
+  assert.equal(none.answer, 'The documents do not contain the answer.');
+  assert.equal(none.citations.length, 0);
+});
+
 test('wasm engine reports bad input as exceptions with readable messages', () => {
   const engine = embedderOnly();
   assert.throws(() => engine.addDocument('junk.bin', new Uint8Array([0, 1, 2, 0, 255])), /junk\.bin.*binary/);
@@ -94,7 +121,10 @@ test('wasm engine reports bad input as exceptions with readable messages', () =>
                                  model('minilm/config.json'), gguf.subarray(0, gguf.length >> 1)), /truncated/);
   // Answering needs a generator; this engine has none.
   engine.addDocument('a.txt', Buffer.from('Some text about tides and the moon.'));
-  assert.throws(() => engine.answer('tides?', true, 4), /no language model/);
+  assert.throws(() => engine.answer('tides?', 'rag', 4), /no language model/);
+  assert.throws(() => engine.answer('tides?', 'free', 4), /unknown answer mode/);
+  assert.throws(() => engine.answer('x'.repeat(10000), 'quote', 4), /characters long/);
+  assert.throws(() => engine.answer('tides\u0007?', 'quote', 4), /control character/);
 });
 
 test('the standalone embedder agrees with the engine, and the index benchmark runs', () => {
@@ -195,27 +225,25 @@ test('our fine-tuned adapter loads, switches on and off, and a damaged one is re
     'How often should a sourdough starter be fed?': 'sourdough.txt',
   };
   // Loading alone changes nothing: answers come from the base model until it is switched on.
-  const base = Object.keys(questions).map((q) => engine.answer(q, true, 4, null, null));
+  const base = Object.keys(questions).map((q) => engine.answer(q, 'rag', 4, null, null));
   assert.ok(base.every((a) => a.tuned === false));
   engine.useAdapter(true);
-  const tuned = Object.keys(questions).map((q) => engine.answer(q, true, 4, null, null));
+  const tuned = Object.keys(questions).map((q) => engine.answer(q, 'rag', 4, null, null));
   assert.ok(tuned.every((a) => a.tuned === true));
   // What the fine-tune teaches, measured on three questions: answers shorter than the base
-  // model's (here 21, 66 and 10 tokens against 50, 20 and 61) that either cite their source with a
-  // [n] the model wrote itself, always the right document, or say the documents do not contain the
-  // answer.
+  // model's (here 21, 66 and 10 tokens against 50, 20 and 61).
   const expected = Object.values(questions);
   const total = (answers) => answers.reduce((n, a) => n + a.generated_tokens, 0);
   assert.ok(total(tuned) < total(base), JSON.stringify({ tuned, base }));
+  // Whatever the model cites, a citation is shown only where the check finds the sentence in a
+  // source: always the right document here, and at least one answer has one.
   tuned.forEach((a, i) => {
     assert.ok(a.generated_tokens <= 72, JSON.stringify(a.answer));
-    const own = a.citations.filter((c) => c.by === 'model');
-    assert.ok(own.every((c) => c.doc === expected[i]), JSON.stringify(a));
-    assert.ok(own.length > 0 || a.answer.startsWith('The documents do not contain the answer'), JSON.stringify(a));
+    assert.ok(a.citations.every((c) => c.doc === expected[i]), JSON.stringify(a));
   });
-  assert.ok(tuned.some((a, i) => a.citations.some((c) => c.by === 'model' && c.doc === expected[i])), JSON.stringify(tuned));
+  assert.ok(tuned.some((a, i) => a.citations.some((c) => c.doc === expected[i])), JSON.stringify(tuned));
   engine.useAdapter(false);
-  assert.equal(engine.answer(Object.keys(questions)[0], true, 4, null, null).answer, base[0].answer);
+  assert.equal(engine.answer(Object.keys(questions)[0], 'rag', 4, null, null).answer, base[0].answer);
 });
 
 // One pipeline, two front ends: the wasm engine and the native CLI compute the same numbers in the
@@ -245,7 +273,7 @@ test('the wasm engine and the native CLI give the same answers, token for token'
       engine.loadAdapter(fs.readFileSync(adapter));
       engine.useAdapter(true);
     }
-    const ours = engine.answer(question, false, 4, null, null);
+    const ours = engine.answer(question, 'no_rag', 4, null, null);
     const theirs = native(question, extra);
     assert.equal(ours.tuned, extra.length > 0);
     assert.ok(ours.generated_tokens >= 16, ours.answer);

@@ -83,16 +83,42 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   assert.ok(answer.trim().length > 0);
   const cited = await page.$$eval('[data-testid="citation"]', (els) => els.map((e) => e.dataset.doc));
   assert.ok(cited.length >= 1 && cited.every((d) => d === 'lighthouse.md'), `cited ${cited} for ${answer}`);
-  // The teaching panel shows which model answered (the base one, by default), the exact prompt and
-  // the scores.
-  const how = await page.textContent('#how-body');
+  // The default answer is the document's own sentence, quoted.
+  const quote = await page.textContent('[data-testid="quote"]');
+  assert.match(quote, /1871/);
+  assert.ok(answer.includes(quote), `${answer} does not quote ${quote}`);
+  // The teaching panel says no model ran and shows the scored evidence, the quoted row marked.
+  let how = await page.textContent('#how-body');
+  assert.match(how, /quoted from your documents/);
+  assert.match(how, /Harrow Point/);
+  assert.ok(await page.$('[data-testid="evidence"] tr[data-chosen="yes"]'));
+  // Clicking the citation marks exactly the quote in its document.
+  await page.click('[data-testid="citation"]');
+  await page.waitForSelector('#viewer:not([hidden]) [data-testid="highlight"]');
+  assert.equal(await page.textContent('[data-testid="highlight"]'), quote);
+
+  // A question the documents do not answer: it says so and lists the closest passages.
+  await page.fill('[data-testid="question"]', 'What is the capital of Peru?');
+  await page.press('[data-testid="question"]', 'Enter');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  assert.equal(await page.textContent('[data-testid="answer"]'), 'The documents do not contain the answer.');
+  await page.waitForSelector('[data-testid="closest"]:not([hidden]) [data-testid="closest-passage"]');
+  assert.equal(await page.$$eval('[data-testid="citation"]', (els) => els.length), 0);
+
+  // Written by the model: the teaching panel shows which model answered (the base one, by
+  // default), the exact prompt, and each written sentence's support mark.
+  await page.selectOption('[data-testid="mode"]', 'rag');
+  await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
+  await page.press('[data-testid="question"]', 'Enter');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  const written = await page.textContent('[data-testid="answer"]');
+  how = await page.textContent('#how-body');
   assert.match(how, /Model: SmolLM2-135M-Instruct \(base\)/);
   assert.match(how, /prompt tokens/);
-  assert.match(how, /Harrow Point/);
-  // Clicking the citation shows the passage highlighted in its document.
-  await page.click('[data-testid="citation"]');
-  await page.waitForSelector('#viewer:not([hidden]) mark');
-  assert.match(await page.textContent('#viewer mark'), /Harrow Point|keeper|1871/);
+  assert.ok((await page.$$('[data-testid="claim"]')).length >= 1, written);
+  assert.ok(await page.$('[data-testid="support"]'));
+  const supported = await page.$$eval('[data-testid="claim"][data-supported="yes"]', (els) => els.length);
+  assert.equal(supported > 0, (await page.$$('[data-testid="citation"]')).length > 0, written);
 
   // That answer was computed on two threads (the threaded build, as the page is cross-origin
   // isolated). The single-threaded build gives the same text: threads split the rows of each
@@ -103,31 +129,32 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   await page.goto(`${server.url}?threads=1`);
   await waitReady(page);
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-threads'), '1');
+  await page.selectOption('[data-testid="mode"]', 'rag');
   await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
   await page.press('[data-testid="question"]', 'Enter');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
-  assert.equal(await page.textContent('[data-testid="answer"]'), answer);
+  assert.equal(await page.textContent('[data-testid="answer"]'), written);
   await page.goto(`${server.url}?threads=2`);
   await waitReady(page);
   await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
 
-  // Compare mode: the same question four ways, side by side; the model switch is left as it was.
+  // Compare mode: the same question five ways, side by side; the model switch is left as it was.
   await page.click('[data-testid="compare"]');
-  await page.waitForFunction(() => document.querySelectorAll('[data-testid="compare-card"][data-state="done"]').length === 4,
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="compare-card"][data-state="done"]').length === 5,
     null, { timeout: 300_000 });
   const cards = await page.$$eval('[data-testid="compare-card"]', (els) => els.map((e) => ({
     config: e.dataset.config,
     text: e.querySelector('.card-answer').textContent,
     cites: [...e.querySelectorAll('[data-testid="compare-citation"]')].map((b) => b.dataset.doc),
   })));
-  assert.deepEqual(cards.map((c) => c.config), ['base-norag', 'base-rag', 'tuned-norag', 'tuned-rag']);
+  assert.deepEqual(cards.map((c) => c.config), ['quote', 'base-norag', 'base-rag', 'tuned-norag', 'tuned-rag']);
   assert.ok(cards.every((c) => c.text.trim().length > 0), JSON.stringify(cards));
   assert.deepEqual(cards.filter((c) => c.config.endsWith('norag')).flatMap((c) => c.cites), []);
-  // The tuned model with retrieval either cites (only the document that holds the answer) or says
-  // the documents do not hold it.
-  const tunedRag = cards.find((c) => c.config === 'tuned-rag');
-  assert.ok(tunedRag.cites.every((d) => d === 'lighthouse.md'), JSON.stringify(cards));
-  assert.ok(tunedRag.cites.length > 0 || /do not contain the answer/.test(tunedRag.text), JSON.stringify(cards));
+  // The quoted answer cites the document that holds the answer; a written one cites only what the
+  // check finds in the sources, which here can only be that document.
+  assert.match(cards[0].text, /1871/);
+  assert.deepEqual(cards[0].cites, ['lighthouse.md']);
+  assert.ok(cards.every((c) => c.cites.every((d) => d === 'lighthouse.md')), JSON.stringify(cards));
   assert.equal(await page.inputValue('[data-testid="model"]'), 'base');
 
   // Ask about the hostile document too, so its text flows through the prompt panel.
@@ -136,7 +163,7 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
 
   // Esc stops a streaming answer.
-  await page.uncheck('#use-rag');
+  await page.selectOption('[data-testid="mode"]', 'no_rag');
   await page.fill('[data-testid="question"]', 'Write a long story about a lighthouse keeper and the sea.');
   await page.press('[data-testid="question"]', 'Enter');
   await page.waitForFunction(() => document.querySelector('[data-testid="answer"]').textContent.length > 0, null, { timeout: 120_000 });
@@ -258,7 +285,7 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1),
     'the page scrolls sideways on a phone-sized screen');
 
-  await page.uncheck('#use-rag');
+  await page.selectOption('[data-testid="mode"]', 'no_rag');
   await page.fill('[data-testid="question"]', 'Write a long story about a lighthouse keeper and the sea.');
   await page.click('[data-testid="ask"]');
   await page.waitForFunction(() => document.querySelector('[data-testid="answer"]').textContent.length > 0, null, { timeout: 120_000 });
@@ -296,7 +323,7 @@ test('the page answers on WebGPU, as on the CPU', async (t) => {
       title: await page.getAttribute('[data-testid="backend"]', 'title'),
       embedder: await page.getAttribute('[data-testid="backend"]', 'data-embedder'),
     };
-    await page.uncheck('#use-rag');
+    await page.selectOption('[data-testid="mode"]', 'no_rag');
     await page.fill('[data-testid="question"]', question);
     await page.click('[data-testid="ask"]');
     if (query === 'backend=webgpu') {
