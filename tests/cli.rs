@@ -233,3 +233,52 @@ fn eval_never_scores_the_tuned_model_on_its_own_training_questions() {
     let o = run(bin().args(["eval", "--format", "pubmedqa", "--limit", "2"]).arg(&data));
     assert_clean_failure(&o, "was in the training data of every adapter given");
 }
+
+#[test]
+fn eval_squad_scores_quoted_answers_and_every_quote_is_verbatim() {
+    // A SQuAD-format file of our own text: one article, answerable and unanswerable questions.
+    let para = |context: &str, qas: serde_json::Value| serde_json::json!({ "context": context, "qas": qas });
+    let qa = |id: &str, q: &str, answers: &[&str]| {
+        serde_json::json!({
+            "id": id, "question": q, "is_impossible": answers.is_empty(),
+            "answers": answers.iter().map(|a| serde_json::json!({ "text": a, "answer_start": 0 })).collect::<Vec<_>>()
+        })
+    };
+    let data = serde_json::json!({ "version": "v2.0", "data": [{ "title": "Harrow_Point", "paragraphs": [
+        para("The Harrow Point lighthouse stands on a granite spur at the northern tip of Kessel Island. It was lit for \
+              the first time in 1871 and its lamp was converted from paraffin to electricity in 1936.",
+             serde_json::json!([qa("a1", "When was the Harrow Point lighthouse first lit?", &["1871"]),
+                                qa("a2", "When was the lighthouse lamp converted to electricity?", &["1936"])])),
+        para("The last resident keeper, Marta Lindqvist, left the station in 1989 when the light was automated. She \
+              kept a daily weather log for twenty-two years; the logs are now held by the island museum.",
+             serde_json::json!([qa("a3", "Who was the last resident keeper of the lighthouse?", &["Marta Lindqvist"]),
+                                qa("u1", "What is the capital of Peru?", &[])])),
+    ]}]});
+    let file = tmp("eval_squad", "set.json");
+    std::fs::write(&file, serde_json::to_vec(&data).unwrap()).unwrap();
+    let records = tmp("eval_squad", "records.jsonl");
+    let o = run(bin()
+        .args(["eval", "--format", "squad", "--articles", "Harrow_Point", "--json", "--records"])
+        .arg(&records)
+        .arg(&file));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (config, scores) = (&rows[0][0], &rows[0][1]);
+    assert_eq!(config, "quote");
+    assert_eq!(scores["questions"], 4);
+    assert_eq!(scores["answerable"], 3);
+    assert_eq!(scores["quotes_not_verbatim"], 0, "{scores}");
+    assert!(scores["correct"].as_f64().unwrap() >= 2.0 / 3.0, "{scores}");
+    assert_eq!(scores["abstained_unanswerable"], 1.0, "{scores}");
+    let lines = std::fs::read_to_string(&records).unwrap();
+    let records: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        assert_eq!(r["quotes_not_verbatim"], 0, "{r}");
+        assert_eq!(r["abstained"], r["gold"].as_array().unwrap().is_empty(), "{r}");
+    }
+    assert_clean_failure(
+        &run(bin().args(["eval", "--format", "squad", "--articles", "Nowhere"]).arg(&file)),
+        "Nowhere",
+    );
+}

@@ -208,6 +208,17 @@ enum Command {
         max_wrong_abstain: f64,
         #[arg(long)]
         json: bool,
+        /// A SQuAD file of other articles whose questions are asked of this collection too, as
+        /// unanswerable ones (never a file or article you report on).
+        #[arg(long)]
+        foreign: Option<PathBuf>,
+        /// Ask every N-th question of --foreign.
+        #[arg(long, default_value_t = 8)]
+        foreign_every: usize,
+        /// Also ask every N-th answerable question with its answer taken out of what retrieval
+        /// finds, as an unanswerable near miss (0: never).
+        #[arg(long, default_value_t = 0)]
+        near_miss_every: usize,
     },
     /// Rewrite a GGUF model's tensors from one quantization to another.
     Requantize {
@@ -360,8 +371,20 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Calibrate { file, articles, every, k, max_wrong_abstain, json } => {
-            calibrate(&cli.models, &file, &articles, every, k, max_wrong_abstain, json)
+        Command::Calibrate {
+            file,
+            articles,
+            every,
+            k,
+            max_wrong_abstain,
+            json,
+            foreign,
+            foreign_every,
+            near_miss_every,
+        } => {
+            let foreign = foreign.as_deref().map(|f| (f, foreign_every));
+            let extra = Unanswerable { foreign, near_miss_every };
+            calibrate(&cli.models, &file, &articles, every, k, max_wrong_abstain, json, extra)
         }
         Command::Requantize { from, to, input, output } => {
             let bytes = models::read(&input)?;
@@ -613,6 +636,13 @@ fn evaluate(
     Ok(())
 }
 
+/// Unanswerable questions that `calibrate` makes besides the file's own.
+struct Unanswerable<'a> {
+    foreign: Option<(&'a Path, usize)>,
+    near_miss_every: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn calibrate(
     models_dir: &Path,
     file: &Path,
@@ -621,6 +651,7 @@ fn calibrate(
     k: usize,
     max_wrong_abstain: f64,
     json: bool,
+    extra: Unanswerable,
 ) -> Result<()> {
     use pocketrag::eval::{calibrate as cal, squad};
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -643,6 +674,37 @@ fn calibrate(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if extra.near_miss_every > 0 {
+        let qas: Vec<&squad::Qa> = articles
+            .iter()
+            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
+            .filter(|qa| qa.answerable())
+            .step_by(extra.near_miss_every)
+            .collect();
+        let bar = counting_bar(qas.len(), "near misses");
+        for qa in qas {
+            obs.push(cal::observe_without_answer(&engine, qa, k)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    if let Some((path, every)) = extra.foreign {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let others = squad::read(&bytes, &path.display().to_string())?;
+        let qas: Vec<&squad::Qa> = others
+            .iter()
+            .filter(|a| !titles.contains(&a.title))
+            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
+            .filter(|qa| qa.answerable())
+            .step_by(every.max(1))
+            .collect();
+        let bar = counting_bar(qas.len(), "foreign questions");
+        for qa in qas {
+            obs.push(cal::observe_foreign(&engine, qa, k)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
     let c = cal::calibrate(obs, max_wrong_abstain);
     if json {
         println!("{}", serde_json::to_string_pretty(&c)?);
@@ -650,7 +712,8 @@ fn calibrate(
         println!(
             "{} questions ({} answerable) from {}\n\
              best sentence holds a gold answer: {:.3} before fitting, {:.3} after (top 2: {:.3}, top 3: {:.3})\n\
-             gate at {:.3}: abstains on {:.3} of unanswerable questions (precision {:.3}), wrongly on {:.3} of answerable\n",
+             gate at {:.3}: abstains on {:.3} of unanswerable questions (precision {:.3}), wrongly on {:.3} of answerable\n\
+             and on {:.3} of {} constructed unanswerable questions (near misses, other articles' questions)\n",
             c.questions,
             c.answerable,
             titles.join(", "),
@@ -661,7 +724,9 @@ fn calibrate(
             c.gate_threshold,
             c.abstain_recall,
             c.abstain_precision,
-            c.wrongly_abstained
+            c.wrongly_abstained,
+            c.foreign_abstained,
+            c.foreign
         );
         println!("quoted answers (after fitting): relative bar, answers holding a gold answer, sentences quoted");
         for (r, hit, quoted) in &c.selection {

@@ -17,6 +17,9 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct Observation {
     pub answerable: bool,
+    /// A question of another article, asked of this collection: unanswerable here, and unlike
+    /// SQuAD 2.0's written-to-mislead ones, the kind a user asks of the wrong documents.
+    pub foreign: bool,
     /// Retrieval found nothing above the relevance bar: the engine abstains before any scoring.
     pub below_relevance: bool,
     pub sentences: Vec<Scored>,
@@ -32,7 +35,32 @@ pub fn observe(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
     let relevant: Vec<_> = found.hits.into_iter().filter(|h| h.score >= min).collect();
     let sentences = if relevant.is_empty() { vec![] } else { engine.evidence(&qa.question, &qv, &relevant)? };
     let holds = sentences.iter().map(|s| squad::contains(&s.sentence.text, &qa.answers)).collect();
-    Ok(Observation { answerable: qa.answerable(), below_relevance: best < min, sentences, holds })
+    Ok(Observation { answerable: qa.answerable(), foreign: false, below_relevance: best < min, sentences, holds })
+}
+
+/// An answerable question made unanswerable: retrieval goes on as usual, but every passage and
+/// sentence holding a gold answer is taken away. The topic stays (the nearby paragraphs of the
+/// same article are still there), only the fact is gone: the near miss a user meets when the
+/// documents discuss the subject but never state what was asked.
+pub fn observe_without_answer(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
+    let (found, qv) = engine.search_with_vector(&qa.question, k + 4)?;
+    let min = engine.settings.min_relevance;
+    let kept: Vec<_> = found.hits.into_iter().filter(|h| !squad::contains(&h.text, &qa.answers)).take(k).collect();
+    let best = kept.iter().map(|h| h.score).fold(f32::NEG_INFINITY, f32::max);
+    let relevant: Vec<_> = kept.into_iter().filter(|h| h.score >= min).collect();
+    let mut sentences = if relevant.is_empty() { vec![] } else { engine.evidence(&qa.question, &qv, &relevant)? };
+    sentences.retain(|s| !squad::contains(&s.sentence.text, &qa.answers));
+    let holds = vec![false; sentences.len()];
+    Ok(Observation { answerable: false, foreign: true, below_relevance: best < min, sentences, holds })
+}
+
+/// [`observe`] for a question of an article outside the collection: unanswerable here.
+pub fn observe_foreign(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
+    let mut o = observe(engine, qa, k)?;
+    o.answerable = false;
+    o.foreign = true;
+    o.holds.iter_mut().for_each(|h| *h = false);
+    Ok(o)
 }
 
 /// L2-regularised logistic regression by Newton's method. Returns the bias, then one weight per
@@ -163,10 +191,13 @@ pub struct Calibration {
     pub top1: f64,
     pub top2: f64,
     pub top3: f64,
-    /// With the fitted gate at its threshold, over all questions.
+    /// With the fitted gate at its threshold, over the collection's own questions.
     pub abstain_precision: f64,
     pub abstain_recall: f64,
     pub wrongly_abstained: f64,
+    /// Foreign questions (if any) and the share of them abstained on.
+    pub foreign: usize,
+    pub foreign_abstained: f64,
     /// For each tried [`evidence::QUOTE_RELATIVE`]: the share of answerable questions with
     /// evidence whose quoted answer holds a gold answer, and the mean number of sentences quoted.
     pub selection: Vec<(f32, f64, f64)>,
@@ -250,15 +281,18 @@ pub fn calibrate(mut obs: Vec<Observation>, max_wrong_abstain: f64) -> Calibrati
         }
     };
     let n_answerable = obs.iter().filter(|o| o.answerable).count();
+    let foreign = obs.iter().filter(|o| o.foreign).count();
     let mut answerable_support: Vec<f32> = obs.iter().filter(|o| o.answerable).map(support).collect();
     answerable_support.sort_by(f32::total_cmp);
     // The highest threshold that leaves at most the allowed share of answerable questions below it.
     let allowed = (max_wrong_abstain * n_answerable as f64).floor() as usize;
     let gate_threshold = answerable_support.get(allowed).copied().unwrap_or(0.5).max(1e-4);
     let abstains = |o: &Observation| support(o) < gate_threshold;
-    let abstained = obs.iter().filter(|o| abstains(o)).count();
-    let right = obs.iter().filter(|o| abstains(o) && !o.answerable).count();
-    let unanswerable = obs.len() - n_answerable;
+    let own = || obs.iter().filter(|o| !o.foreign);
+    let abstained = own().filter(|o| abstains(o)).count();
+    let right = own().filter(|o| abstains(o) && !o.answerable).count();
+    let unanswerable = own().count() - n_answerable;
+    let foreign_abstained = share(obs.iter().filter(|o| o.foreign && abstains(o)).count(), foreign);
     Calibration {
         questions: obs.len(),
         answerable: n_answerable,
@@ -272,6 +306,8 @@ pub fn calibrate(mut obs: Vec<Observation>, max_wrong_abstain: f64) -> Calibrati
         abstain_precision: share(right, abstained),
         abstain_recall: share(right, unanswerable),
         wrongly_abstained: share(abstained - right, n_answerable),
+        foreign,
+        foreign_abstained,
         selection,
     }
 }
