@@ -45,6 +45,11 @@ fn corpus() -> String {
 }
 
 fn rag_prompt(g: &Generator, target_tokens: usize) -> Vec<u32> {
+    rag_prompt_and_sources(g, target_tokens).0
+}
+
+/// The prompt, and the texts of its four sources.
+fn rag_prompt_and_sources(g: &Generator, target_tokens: usize) -> (Vec<u32>, Vec<String>) {
     let text = corpus();
     let words: Vec<&str> = text.split_whitespace().collect();
     // Grow four sources until the rendered prompt reaches the target length.
@@ -60,7 +65,7 @@ fn rag_prompt(g: &Generator, target_tokens: usize) -> Vec<u32> {
         let prompt = g.render_chat(&rag_messages("How do I find the hole in an inner tube?", &sources)).unwrap();
         let ids = g.encode(&prompt).unwrap();
         if ids.len() >= target_tokens {
-            return ids;
+            return (ids, pieces);
         }
         n += 5;
     }
@@ -100,6 +105,50 @@ fn bench_generators(dir: &Path, report: &mut serde_json::Map<String, serde_json:
     report.insert("decode_tok_s_q8_0".into(), json!(d8));
     report.insert("prefill_tok_s_q4_1".into(), json!(p4));
     report.insert("decode_tok_s_q4_1".into(), json!(d4));
+
+    // Quote-constrained decoding against free decoding, same prompt, same number of tokens: the
+    // constraint masks the logits to the tokens that continue a copy of a source (or cite it).
+    let (cids, texts) = rag_prompt_and_sources(&q8, 500);
+    let free_params = GenerateParams { max_tokens: 48, repeat_penalty: 1.0, ..Default::default() };
+    let decode_rate = |g: &mut Generator, constrained: bool| {
+        let mut run = g.start(&cids, &free_params).unwrap();
+        if constrained {
+            let sources = texts.iter().map(|t| g.encode(t).unwrap()).collect();
+            let cites = (1..=texts.len()).map(|n| g.encode(&format!(" [{n}]")).unwrap()).collect();
+            let joiners = [",", " and", "."].iter().filter_map(|j| g.encode(j).unwrap().first().copied()).collect();
+            run.constrain(Box::new(pocketrag::rag::constrain::QuoteConstraint::new(
+                sources,
+                cites,
+                joiners,
+                g.stop_ids().to_vec(),
+                3,
+            )));
+        }
+        let mut tokens = 0;
+        loop {
+            match g.step(&mut run).unwrap() {
+                pocketrag::llm::Step::Token { .. } => tokens += 1,
+                pocketrag::llm::Step::Done { .. } => break,
+                _ => {}
+            }
+        }
+        let gen = run.finish();
+        (tokens.max(1) as f64 / (gen.decode_ms / 1000.0), gen.tokens.len())
+    };
+    // Alternating runs, the best of two each: the machine is shared and noisy.
+    let (free_tps, free_n) = decode_rate(&mut q8, false);
+    let (quote_a, quote_n) = decode_rate(&mut q8, true);
+    let (free_tps2, _) = decode_rate(&mut q8, false);
+    let (quote_b, _) = decode_rate(&mut q8, true);
+    let free_best = free_tps.max(free_tps2);
+    let quote_tps = quote_a.max(quote_b);
+    println!(
+        "  quote-constrained decoding: {quote_tps:6.1} tok/s ({quote_n} tokens) vs free {free_best:6.1} tok/s ({free_n} tokens): {:.3}x",
+        quote_tps / free_best
+    );
+    report.insert("decode_tok_s_quote_constrained".into(), json!(quote_tps));
+    report.insert("decode_tok_s_free".into(), json!(free_best));
+    report.insert("quote_constrained_over_free".into(), json!(quote_tps / free_best));
 
     // Our fine-tune applied at load time (what the page does, so it can switch without a second
     // download) adds two thin products per adapted matrix; merged into the weights (`--tuned`) it

@@ -50,9 +50,9 @@ export interface Citation {
   page: number | null;
   heading: string | null;
 }
-/** "quote": the documents' own sentences (the default); "rag": the model writes from the
- * retrieved passages; "no_rag": the model alone. */
-export type Mode = "quote" | "rag" | "no_rag";
+/** "quote": the documents' own sentences (the default); "copy": the model copies runs of the
+ * retrieved passages, each cited; "rag": the model writes from them; "no_rag": the model alone. */
+export type Mode = "quote" | "copy" | "rag" | "no_rag";
 /** A sentence of a retrieved passage, scored as an answer to the question. */
 export interface Evidence {
   source: number;
@@ -248,7 +248,7 @@ impl WasmEngine {
         to_js(&self.inner.search(query, k).map_err(js_err)?)
     }
 
-    /// Answer a question in `mode` ("quote", "rag" or "no_rag"). `onToken(text)` receives the
+    /// Answer a question in `mode` ("quote", "copy", "rag" or "no_rag"). `onToken(text)` receives the
     /// answer as it is generated; `shouldCancel()` is polled between tokens. Returns the same
     /// object as `pocketrag ask --json`.
     #[wasm_bindgen(unchecked_return_type = "Answer")]

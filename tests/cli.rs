@@ -222,8 +222,11 @@ fn eval_scores_retrieval_and_the_four_answer_configurations() {
     let o = run(bin().args(["eval", "--shard", "2/2"]).arg(&data));
     assert!(!o.status.success() && stderr(&o).contains("a shard is I/N"), "{}", stderr(&o));
 
-    let o = run(bin().args(["eval", "--format", "squad"]).arg(&data));
+    let o = run(bin().args(["eval", "--format", "trec"]).arg(&data));
     assert_clean_failure(&o, "unknown --format");
+    // A file of another format is named as such.
+    let o = run(bin().args(["eval", "--format", "squad"]).arg(&data));
+    assert_clean_failure(&o, "not a SQuAD-format file");
 }
 
 #[test]

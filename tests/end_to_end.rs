@@ -133,6 +133,31 @@ fn the_default_mode_quotes_the_answering_sentence_without_a_language_model() {
 }
 
 #[test]
+fn copy_mode_writes_only_runs_of_the_sources_each_cited() {
+    let mut engine = library_engine();
+    let a = engine
+        .answer("When was the Harrow Point lighthouse first lit?", Mode::Copy, 4, &mut |_| {}, &|| false)
+        .unwrap();
+    assert!(!a.abstained, "{a:?}");
+    assert!(a.generated_tokens > 0 && !a.citations.is_empty(), "{:?}", a.answer);
+    // Every word of the answer is a copied run, a citation mark or a joiner.
+    let mut rest = a.answer.clone();
+    for c in &a.citations {
+        assert_eq!(c.by, CitedBy::Model);
+        assert_verbatim(&engine, c);
+        assert!(rest.contains(&c.quote), "{:?} not in {:?}", c.quote, a.answer);
+        rest = rest.replacen(&c.quote, " ", 1).replacen(&format!("[{}]", c.n), " ", 1);
+    }
+    let left: Vec<&str> = rest
+        .split(|ch: char| ch.is_whitespace() || ",.".contains(ch))
+        .filter(|w| !w.is_empty() && !["and", "or", "Yes", "No"].contains(w))
+        .collect();
+    assert!(left.is_empty(), "{left:?} left over in {:?}", a.answer);
+    let a = engine.answer("What is the capital of France?", Mode::Copy, 4, &mut |_| {}, &|| false).unwrap();
+    assert!(a.abstained && a.generated_tokens == 0);
+}
+
+#[test]
 fn questions_that_cannot_be_asked_get_a_clear_error() {
     let mut engine = Engine::new(common::embedder(), None);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/library");

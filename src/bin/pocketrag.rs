@@ -68,8 +68,12 @@ enum Command {
         no_rag: bool,
         /// Let the model write the answer from the retrieved passages (each sentence is then
         /// checked against them), instead of quoting the passages' answering sentences.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "copy")]
         free: bool,
+        /// Let the model write the answer by copying runs of the retrieved passages, each cited
+        /// (quote-constrained decoding), when the support gate finds an answer.
+        #[arg(long, conflicts_with = "no_rag")]
+        copy: bool,
         #[arg(long)]
         json: bool,
         /// 0 = greedy decoding.
@@ -272,6 +276,7 @@ fn run(cli: Cli) -> Result<()> {
             k,
             no_rag,
             free,
+            copy,
             json,
             temperature,
             top_p,
@@ -292,10 +297,11 @@ fn run(cli: Cli) -> Result<()> {
             if !no_rag && index.is_none() {
                 bail!("--index is required unless --no-rag is given");
             }
-            let mode = match (no_rag, free) {
-                (true, _) => Mode::NoRag,
-                (false, true) => Mode::Rag,
-                (false, false) => Mode::Quote,
+            let mode = match (no_rag, free, copy) {
+                (true, _, _) => Mode::NoRag,
+                (_, true, _) => Mode::Rag,
+                (_, _, true) => Mode::Copy,
+                _ => Mode::Quote,
             };
             let weights = if low_memory { Weights::Quantized } else { Weights::QuantizedAndDense };
             // The default mode quotes the documents and needs no language model.

@@ -253,6 +253,17 @@ impl Generator {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// [`Generator::encode`], with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| Error::Input(format!("cannot tokenize: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// The tokens that end generation.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
     /// Render a conversation with the model's own chat template, ready for the assistant's turn.
     pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
         let env = minijinja::Environment::new();
@@ -293,6 +304,7 @@ impl Generator {
             stop: None,
             prefill_ms: 0.0,
             decode_ms: 0.0,
+            constraint: None,
         })
     }
 
@@ -328,8 +340,16 @@ impl Generator {
         } else {
             logits
         };
-        let next = run.sampler.sample(&logits)?;
-        let piece = if self.stop_ids.contains(&next) {
+        let (logits, ended) = match run.constraint.as_mut().and_then(|c| c.allowed()) {
+            Some([]) => (logits, true),
+            Some(allowed) => (only(&logits, allowed)?, false),
+            None => (logits, false),
+        };
+        let next = if ended { self.stop_ids.first().copied().unwrap_or(0) } else { run.sampler.sample(&logits)? };
+        if let Some(c) = run.constraint.as_mut() {
+            c.advance(next);
+        }
+        let piece = if ended || self.stop_ids.contains(&next) {
             run.stop = Some(StopReason::EndOfText);
             String::new()
         } else {
@@ -416,13 +436,40 @@ pub struct Run {
     stop: Option<StopReason>,
     prefill_ms: f64,
     decode_ms: f64,
+    constraint: Option<Box<dyn Constraint>>,
+}
+
+/// Limits which tokens generation may produce next: quote-constrained decoding
+/// (`rag::constrain`) lets the model copy from its sources and nothing else.
+pub trait Constraint: Send {
+    /// The tokens allowed next, or None for any. An empty list ends the answer.
+    fn allowed(&mut self) -> Option<&[u32]>;
+    /// `token` was produced.
+    fn advance(&mut self, token: u32);
 }
 
 /// A byte-level token may hold part of a character; past this many tokens the bytes are
 /// printed anyway (as U+FFFD) rather than held back for ever.
 const MAX_UNPRINTED: usize = 4;
 
+/// `logits` with every token but `allowed` made impossible.
+fn only(logits: &Tensor, allowed: &[u32]) -> Result<Tensor> {
+    let all = logits.to_vec1::<f32>()?;
+    let mut masked = vec![f32::NEG_INFINITY; all.len()];
+    for &t in allowed {
+        if let Some(&v) = all.get(t as usize) {
+            masked[t as usize] = v;
+        }
+    }
+    Ok(Tensor::from_vec(masked, all.len(), logits.device())?)
+}
+
 impl Run {
+    /// From the next token on, produce only what `constraint` allows.
+    pub fn constrain(&mut self, constraint: Box<dyn Constraint>) {
+        self.constraint = Some(constraint);
+    }
+
     /// Stop at the next step. The text so far is kept.
     pub fn cancel(&mut self) {
         self.stop.get_or_insert(StopReason::Cancelled);

@@ -3,6 +3,7 @@
 //! the scores, the prompt and the timings that the teaching view shows.
 
 pub mod cite;
+pub mod constrain;
 pub mod evidence;
 pub mod prompt;
 pub mod support;
@@ -231,18 +232,23 @@ pub enum Mode {
     /// Retrieve, then let the model write the answer from the sources; each written sentence is
     /// checked against them and only supported ones are cited.
     Rag,
+    /// Retrieve, and when the support gate finds an answer, let the model write it by copying
+    /// runs of the sources, each followed by its citation (quote-constrained decoding,
+    /// `rag::constrain`): the model chooses what to quote, and cannot write anything else.
+    Copy,
     /// Ask the model alone.
     NoRag,
 }
 
 impl Mode {
-    /// "quote", "rag" or "no_rag" (the names the JSON output uses).
+    /// "quote", "copy", "rag" or "no_rag" (the names the JSON output uses).
     pub fn parse(name: &str) -> Result<Mode> {
         match name {
             "quote" => Ok(Mode::Quote),
             "rag" => Ok(Mode::Rag),
             "no_rag" => Ok(Mode::NoRag),
-            other => Err(Error::Input(format!("unknown answer mode {other:?}: use quote, rag or no_rag"))),
+            "copy" => Ok(Mode::Copy),
+            other => Err(Error::Input(format!("unknown answer mode {other:?}: use quote, copy, rag or no_rag"))),
         }
     }
 
@@ -528,7 +534,7 @@ impl Engine {
                 let (text, ids) = self.render(&prompt::plain_messages(question))?;
                 (vec![], text, ids)
             }
-            Mode::Quote | Mode::Rag => {
+            Mode::Quote | Mode::Copy | Mode::Rag => {
                 let (found, qv) = self.search_with_vector(question, k)?;
                 timings.embed = found.timings_ms.embed;
                 timings.search = found.timings_ms.search;
@@ -545,13 +551,25 @@ impl Engine {
                     timings.evidence = clock.ms();
                     return ready(self.quote(relevant, ranked, timings));
                 }
+                if mode == Mode::Copy {
+                    let clock = Stopwatch::start();
+                    let ranked = self.evidence(question, &qv, &relevant)?;
+                    timings.evidence = clock.ms();
+                    let support = evidence::support(&ranked);
+                    if ranked.is_empty() || support < evidence::GATE_THRESHOLD {
+                        return ready(self.not_found(mode, relevant, Some(support), ranked, timings));
+                    }
+                }
                 self.fit_sources(question, relevant)?
             }
         };
         let generator = self.generator.as_mut().expect("checked above");
         let mut params = self.settings.generate.clone();
         params.max_tokens = params.max_tokens.min(self.settings.context_budget.saturating_sub(ids.len()).max(1));
-        let run = generator.start(&ids, &params)?;
+        let mut run = generator.start(&ids, &params)?;
+        if mode == Mode::Copy {
+            run.constrain(Box::new(self.quote_constraint(&sources)?));
+        }
         Ok(PendingAnswer::Generating {
             run: Box::new(run),
             mode,
@@ -561,6 +579,60 @@ impl Engine {
             tuned: self.tuned,
             repeat: None,
         })
+    }
+
+    /// The constraint for copy mode over `sources` (numbered from 1 as in the prompt).
+    pub fn quote_constraint(&self, sources: &[Source]) -> Result<constrain::QuoteConstraint> {
+        let generator = self.generator.as_ref().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
+        let mut texts = Vec::with_capacity(sources.len());
+        for s in sources {
+            texts.push(generator.encode(&s.text)?);
+        }
+        let cites = (1..=sources.len()).map(|n| generator.encode(&format!(" [{n}]"))).collect::<Result<Vec<_>>>()?;
+        let mut joiners = Vec::new();
+        for j in constrain::JOINERS {
+            if let [t] = generator.encode(j)?[..] {
+                joiners.push(t);
+            }
+        }
+        Ok(constrain::QuoteConstraint::new(texts, cites, joiners, generator.stop_ids().to_vec(), constrain::MIN_RUN))
+    }
+
+    /// Copy mode's citations: each copied run, found again by replaying the answer's tokens
+    /// through the constraint, as the byte range of its source it came from.
+    fn copied(&self, tokens: &[u32], sources: &[Source]) -> Result<Vec<Citation>> {
+        use crate::llm::Constraint;
+        let generator = self.generator.as_ref().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
+        let mut c = self.quote_constraint(sources)?;
+        for &t in tokens {
+            c.advance(t);
+        }
+        let mut out: Vec<Citation> = Vec::new();
+        for span in c.spans() {
+            let source = &sources[span.source];
+            let (_, offsets) = generator.encode_with_offsets(&source.text)?;
+            let (Some(first), Some(last)) = (offsets.get(span.from), offsets.get(span.to.saturating_sub(1))) else {
+                continue;
+            };
+            let piece = &source.text[first.0..last.1];
+            let lead = piece.len() - piece.trim_start().len();
+            let (from, to) = (first.0 + lead, first.0 + piece.trim_end().len());
+            let quote = evidence::Sentence {
+                source: span.source,
+                doc: source.doc.clone(),
+                start: source.start + from,
+                end: source.start + to,
+                text: source.text[from..to].to_string(),
+                heading: None,
+            };
+            // A source shortened for the prompt ends in " …", which is not the document's.
+            let doc = self.library.documents().iter().find(|d| d.name == source.doc);
+            if doc.and_then(|d| d.text.get(quote.start..quote.end)) != Some(quote.text.as_str()) {
+                continue;
+            }
+            out.push(Citation::new(span.source + 1, CitedBy::Model, source, &quote));
+        }
+        Ok(out)
     }
 
     /// An answer saying that the documents do not contain the answer, listing the closest
@@ -731,8 +803,12 @@ impl Engine {
         };
         let answer = kept.trim().to_string();
         let clock = Stopwatch::start();
-        let (sentences, citations) = self.check(&answer, &sources)?;
-        timings.evidence = clock.ms();
+        let (sentences, citations) = if mode == Mode::Copy {
+            (vec![], self.copied(&run.tokens, &sources)?)
+        } else {
+            self.check(&answer, &sources)?
+        };
+        timings.evidence += clock.ms();
         Ok(Answer {
             answer,
             citations,

@@ -269,7 +269,8 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   assert.match(await refused.textContent(), /65 MB; the limit is 64 MB/);
   fs.rmSync(folder, { recursive: true, force: true });
 
-
+  // The fine-tune writes in the model's modes.
+  await page.selectOption('[data-testid="mode"]', 'rag');
   await page.fill('[data-testid="question"]', 'What does LoRA train?');
   await page.click('[data-testid="ask"]');
   await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
