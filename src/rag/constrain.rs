@@ -85,6 +85,12 @@ impl QuoteConstraint {
         &self.spans
     }
 
+    /// Position i of source s is not inside a run already copied: quoting the same words twice
+    /// is how a small model loops ("rustc [1] rustc [1] ...").
+    fn fresh(&self, s: usize, i: usize) -> bool {
+        !self.spans.iter().any(|sp| sp.source == s && sp.from <= i && i < sp.to)
+    }
+
     fn opens_citation(&self, token: u32) -> bool {
         self.cites.iter().any(|c| c.first() == Some(&token))
     }
@@ -95,7 +101,9 @@ impl Constraint for QuoteConstraint {
         let mut set = BTreeSet::new();
         match &self.state {
             State::Between => {
-                set.extend(self.starts.keys().copied());
+                set.extend(
+                    self.starts.iter().filter(|(_, at)| at.iter().any(|&(s, i)| self.fresh(s, i))).map(|(&t, _)| t),
+                );
                 set.extend(self.joiners.iter().copied());
                 if !self.spans.is_empty() {
                     set.extend(self.stops.iter().copied());
@@ -123,7 +131,9 @@ impl Constraint for QuoteConstraint {
     fn advance(&mut self, token: u32) {
         self.state = match std::mem::replace(&mut self.state, State::Between) {
             State::Between => match self.starts.get(&token) {
-                Some(places) => State::Copying(places.iter().map(|&(s, i)| (s, i, i + 1)).collect()),
+                Some(places) => State::Copying(
+                    places.iter().filter(|&&(s, i)| self.fresh(s, i)).map(|&(s, i)| (s, i, i + 1)).collect(),
+                ),
                 None => State::Between,
             },
             State::Copying(at) => {
@@ -212,5 +222,9 @@ mod tests {
         c.advance(91);
         c.advance(93);
         assert_eq!(c.spans()[1], Span { source: 0, from: 0, to: 2 });
+        // What was copied cannot be copied again: 1 and 2 stand only in copied runs now, while
+        // 3 still starts a fresh run in source 1.
+        let now = allowed(&mut c);
+        assert!(!now.contains(&1) && !now.contains(&2) && now.contains(&3) && now.contains(&7), "{now:?}");
     }
 }
