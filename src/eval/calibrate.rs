@@ -86,21 +86,26 @@ pub fn fit_logistic(x: &[Vec<f64>], y: &[bool], l2: f64) -> Vec<f64> {
             }
         }
         // The bias is not shrunk.
-        for a in 1..d {
-            grad[a] += l2 * w[a];
-            hess[a][a] += l2;
-        }
         hess[0][0] += 1e-9;
-        let step = solve(hess, grad);
-        let size: f64 = step.iter().map(|s| s.abs()).fold(0.0, f64::max);
-        for a in 0..d {
-            w[a] -= step[a];
-        }
-        if size < 1e-7 {
+        if newton_step(&mut w, grad, hess, l2, 1) < 1e-7 {
             break;
         }
     }
     w
+}
+
+/// One Newton step on `w` for the gradient and Hessian of a loss, with an L2 penalty of `l2` on
+/// the weights from index `shrunk` on. Returns the step's largest component.
+fn newton_step(w: &mut [f64], mut grad: Vec<f64>, mut hess: Vec<Vec<f64>>, l2: f64, shrunk: usize) -> f64 {
+    for a in shrunk..w.len() {
+        grad[a] += l2 * w[a];
+        hess[a][a] += l2;
+    }
+    let step = solve(hess, grad);
+    for (wa, sa) in w.iter_mut().zip(&step) {
+        *wa -= sa;
+    }
+    step.iter().map(|s| s.abs()).fold(0.0, f64::max)
 }
 
 /// A ranker for "which sentence of this question holds the answer": a conditional logit (softmax
@@ -135,16 +140,7 @@ pub fn fit_softmax(groups: &[(Vec<Vec<f64>>, Vec<bool>)], l2: f64) -> Vec<f64> {
                 }
             }
         }
-        for a in 0..d {
-            grad[a] += l2 * w[a];
-            hess[a][a] += l2;
-        }
-        let step = solve(hess, grad);
-        let size: f64 = step.iter().map(|s| s.abs()).fold(0.0, f64::max);
-        for a in 0..d {
-            w[a] -= step[a];
-        }
-        if size < 1e-7 {
+        if newton_step(&mut w, grad, hess, l2, 0) < 1e-7 {
             break;
         }
     }

@@ -479,13 +479,7 @@ impl Engine {
     /// The sentences of `hits`, scored as answers to `question` (whose embedding is
     /// `question_vector`), best first. Each sentence's `source` indexes `hits`.
     pub fn evidence(&self, question: &str, question_vector: &[f32], hits: &[Source]) -> Result<Vec<evidence::Scored>> {
-        let docs = self.library.documents();
-        let passages: Vec<_> = hits
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| Some((i, docs.iter().find(|d| d.name == h.doc)?, h.start, h.end)))
-            .collect();
-        let sentences = evidence::sentences(&passages);
+        let sentences = evidence::sentences(&self.passages(hits));
         if sentences.is_empty() {
             return Ok(vec![]);
         }
@@ -494,6 +488,15 @@ impl Engine {
         let similarity: Vec<f32> = vectors.iter().map(|v| crate::index::vector::dot(v, question_vector)).collect();
         let passage_scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
         Ok(evidence::rank(question, sentences, &similarity, &passage_scores, &self.library.index().keywords))
+    }
+
+    /// Each hit as `(its index, its document, start, end)`, what `evidence::sentences` splits.
+    fn passages(&self, hits: &[Source]) -> Vec<(usize, &crate::library::StoredDocument, usize, usize)> {
+        hits.iter().enumerate().filter_map(|(i, h)| Some((i, self.document(&h.doc)?, h.start, h.end))).collect()
+    }
+
+    fn document(&self, name: &str) -> Option<&crate::library::StoredDocument> {
+        self.library.documents().iter().find(|d| d.name == name)
     }
 
     /// Answer a question. Text is streamed to `on_token` as it is generated; `cancel` is polled
@@ -607,10 +610,12 @@ impl Engine {
         for &t in tokens {
             c.advance(t);
         }
+        let offsets =
+            sources.iter().map(|s| Ok(generator.encode_with_offsets(&s.text)?.1)).collect::<Result<Vec<_>>>()?;
         let mut out: Vec<Citation> = Vec::new();
         for span in c.spans() {
             let source = &sources[span.source];
-            let (_, offsets) = generator.encode_with_offsets(&source.text)?;
+            let offsets = &offsets[span.source];
             let (Some(first), Some(last)) = (offsets.get(span.from), offsets.get(span.to.saturating_sub(1))) else {
                 continue;
             };
@@ -626,8 +631,8 @@ impl Engine {
                 heading: None,
             };
             // A source shortened for the prompt ends in " …", which is not the document's.
-            let doc = self.library.documents().iter().find(|d| d.name == source.doc);
-            if doc.and_then(|d| d.text.get(quote.start..quote.end)) != Some(quote.text.as_str()) {
+            if self.document(&source.doc).and_then(|d| d.text.get(quote.start..quote.end)) != Some(quote.text.as_str())
+            {
                 continue;
             }
             out.push(Citation::new(span.source + 1, CitedBy::Model, source, &quote));
@@ -677,21 +682,12 @@ impl Engine {
             .map(|s| Citation::new(s.source + 1, CitedBy::Quote, &sources[s.source], s))
             .collect();
         let answer = citations.iter().map(|c| format!("{} [{}]", c.quote, c.n)).collect::<Vec<_>>().join(" ");
+        // The same shape as an abstention, with the quotes in place of NOT_FOUND.
         Answer {
             answer,
             citations,
-            sources,
             abstained: false,
-            mode: Mode::Quote,
-            support: Some(support),
-            evidence: ranked.into_iter().take(EVIDENCE_SHOWN).collect(),
-            sentences: vec![],
-            prompt: String::new(),
-            prompt_tokens: 0,
-            generated_tokens: 0,
-            stop: None,
-            timings_ms: timings,
-            tuned: self.tuned,
+            ..self.not_found(Mode::Quote, sources, Some(support), ranked, timings)
         }
     }
 
@@ -714,7 +710,7 @@ impl Engine {
                 let open = !sentence.text.trim_end().ends_with(['.', '!', '?', '"', '\'', '”', '’', ')']);
                 let next = at.and_then(|i| in_order.get(i + 1)).filter(|n| n.doc == sentence.doc);
                 let (true, Some(next)) = (open, next) else { break };
-                let Some(doc) = self.library.documents().iter().find(|d| d.name == sentence.doc) else { break };
+                let Some(doc) = self.document(&sentence.doc) else { break };
                 if !doc.text.get(sentence.end..next.start).is_some_and(|gap| gap.trim().is_empty()) {
                     break;
                 }
@@ -732,7 +728,7 @@ impl Engine {
     fn join_adjacent(&self, best_first: Vec<evidence::Sentence>) -> Vec<evidence::Sentence> {
         let mut out: Vec<evidence::Sentence> = Vec::new();
         for s in best_first {
-            let doc = self.library.documents().iter().find(|d| d.name == s.doc);
+            let doc = self.document(&s.doc);
             // b follows a, or overlaps it (a sentence carried on into the next may meet another).
             let joins = |a: &evidence::Sentence, b: &evidence::Sentence| {
                 a.doc == b.doc
@@ -836,13 +832,7 @@ impl Engine {
         if sources.is_empty() || claims.is_empty() || answer.contains(NOT_FOUND) {
             return Ok((vec![], vec![]));
         }
-        let docs = self.library.documents();
-        let passages: Vec<_> = sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| Some((i, docs.iter().find(|d| d.name == h.doc)?, h.start, h.end)))
-            .collect();
-        let quotes = evidence::sentences(&passages);
+        let quotes = evidence::sentences(&self.passages(sources));
         let plain: Vec<String> = claims.iter().map(|&(s, e)| support::without_marks(&answer[s..e])).collect();
         let checked: Vec<usize> =
             (0..claims.len()).filter(|&i| plain[i].split_whitespace().count() >= CHECK_SENTENCE_MIN_WORDS).collect();
