@@ -5,7 +5,7 @@
 
 mod common;
 
-use pocketrag::rag::{CitedBy, Mode, NOT_FOUND};
+use pocketrag::rag::{CitedBy, Decision, Mode, NOT_FOUND};
 use pocketrag::Engine;
 use std::path::Path;
 
@@ -130,6 +130,41 @@ fn the_default_mode_quotes_the_answering_sentence_without_a_language_model() {
     assert!(a.abstained && a.answer == NOT_FOUND && a.citations.is_empty());
     // The modes that write need the model.
     assert!(engine.answer("When was it lit?", Mode::Rag, 4, &mut |_| {}, &|| false).is_err());
+}
+
+/// Reference pages: a defined term's heading opens its quote, a sentence that introduces a list
+/// comes with the list, and a yes/no question gets the decision its quote supports.
+#[test]
+fn quotes_carry_the_term_and_the_list_and_yes_no_questions_get_a_decision() {
+    let mut engine = Engine::new(common::embedder(), None);
+    let page = "<html><body><h1>tidewatch reference</h1>\
+        <h2>Options</h2>\
+        <h3>--dry-run</h3><p>Prints every change tidewatch would make to the folder and writes nothing to disk.</p>\
+        <h3>--keep-logs</h3><p>Keeps the log files of a successful run instead of deleting them.</p>\
+        <h2>File systems</h2><p>tidewatch watches folders on the following file systems:</p>\
+        <ul><li>ext4</li><li>btrfs</li><li>xfs</li></ul>\
+        <h2>Permissions</h2><p>tidewatch does not need root access to watch a folder that you own.</p>\
+        </body></html>";
+    engine.add_document("tidewatch.html", page.as_bytes(), &mut |_, _| {}).unwrap();
+    let ask = |engine: &mut Engine, q: &str| {
+        let a = engine.answer(q, Mode::Quote, 4, &mut |_| {}, &|| false).unwrap();
+        assert!(!a.abstained, "{q}: abstained (support {:?})", a.support);
+        for c in &a.citations {
+            assert_verbatim(engine, c);
+        }
+        a
+    };
+    let a = ask(&mut engine, "Which option prints the changes tidewatch would make without writing to disk?");
+    assert!(a.citations[0].quote.starts_with("--dry-run"), "{:?}", a.answer);
+    assert_eq!(a.decision, None);
+    let a = ask(&mut engine, "Which file systems can tidewatch watch folders on?");
+    assert!(a.answer.contains("ext4") && a.answer.contains("xfs"), "{:?}", a.answer);
+    let a = ask(&mut engine, "Does tidewatch need root access to watch my folder?");
+    assert_eq!(a.decision, Some(Decision::No), "{:?}", a.answer);
+    assert!(a.answer.starts_with("No: "), "{:?}", a.answer);
+    let a = ask(&mut engine, "Can tidewatch keep the log files of a successful run?");
+    assert_eq!(a.decision, Some(Decision::Yes), "{:?}", a.answer);
+    assert!(a.answer.starts_with("Yes: "), "{:?}", a.answer);
 }
 
 #[test]

@@ -189,6 +189,10 @@ enum Command {
         /// with the base model, "rag-tuned" and "no_rag-tuned" with the shipped adapter.
         #[arg(long, value_delimiter = ',', default_value = "quote")]
         modes: Vec<String>,
+        /// squad, rust-docs: keep the indexed collection in this file and load it from there
+        /// next time instead of indexing again (it is rebuilt when it cannot be read).
+        #[arg(long)]
+        index_cache: Option<PathBuf>,
     },
     /// Fit the evidence ranker and the support gate on SQuAD articles (never ones you report on)
     /// and print the constants for `rag::evidence`.
@@ -434,18 +438,29 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} bytes, {} matrices adapted)", out.display(), merged.len(), adapter.pairs.len());
             Ok(())
         }
-        Command::Eval { format, file, limit, json, adapter, k, max_tokens, records, shard, articles, every, modes } => {
-            match format.as_str() {
-                "pubmedqa" => {
-                    evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref(), shard)
-                }
-                "squad" | "rust-docs" => {
-                    let set = QaSet { format: &format, file: &file, articles: &articles, every, limit };
-                    evaluate_qa(&cli.models, &set, &modes, k, max_tokens, json, records.as_deref())
-                }
-                other => bail!("unknown --format {other:?} (pubmedqa, squad or rust-docs)"),
+        Command::Eval {
+            format,
+            file,
+            limit,
+            json,
+            adapter,
+            k,
+            max_tokens,
+            records,
+            shard,
+            articles,
+            every,
+            modes,
+            index_cache,
+        } => match format.as_str() {
+            "pubmedqa" => evaluate(&cli.models, &file, limit, json, &adapter, k, max_tokens, records.as_deref(), shard),
+            "squad" | "rust-docs" => {
+                let set = QaSet { format: &format, file: &file, articles: &articles, every, limit };
+                let index_cache = index_cache.as_deref();
+                evaluate_qa(&cli.models, &set, &modes, k, max_tokens, json, records.as_deref(), index_cache)
             }
-        }
+            other => bail!("unknown --format {other:?} (pubmedqa, squad or rust-docs)"),
+        },
     }
 }
 
@@ -834,6 +849,7 @@ fn evaluate_qa(
     max_tokens: usize,
     json: bool,
     records: Option<&Path>,
+    index_cache: Option<&Path>,
 ) -> Result<()> {
     use pocketrag::eval::qa;
     let configs: Vec<(Mode, bool, &str)> = modes
@@ -853,12 +869,18 @@ fn evaluate_qa(
     }
     engine.settings.generate.max_tokens = max_tokens;
     let (docs, questions) = qa_set(set)?;
-    let bar = counting_bar(docs.len(), "documents indexed");
-    for (name, bytes) in &docs {
-        engine.add_document(name, bytes, &mut |_, _| {}).with_context(|| name.clone())?;
-        bar.inc(1);
+    let cached = index_cache.and_then(|p| std::fs::read(p).ok()).is_some_and(|b| engine.load(&b).is_ok());
+    if !cached {
+        let bar = counting_bar(docs.len(), "documents indexed");
+        for (name, bytes) in &docs {
+            engine.add_document(name, bytes, &mut |_, _| {}).with_context(|| name.clone())?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if let Some(path) = index_cache {
+            write_atomically(path, &engine.save()?)?;
+        }
     }
-    bar.finish_and_clear();
     let mut out = records.map(std::fs::File::create).transpose()?;
     let mut rows = Vec::new();
     for (mode, tuned, name) in &configs {

@@ -7,6 +7,7 @@
 //! kind of answer — a number, a name — is there), combined by a logistic model whose weights were
 //! fitted on held-out SQuAD articles by `pocketrag calibrate` (see [`RANK_WEIGHTS`]).
 
+use super::decide;
 use crate::index::bm25::{self, Bm25};
 use crate::library::StoredDocument;
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,11 @@ pub struct Sentence {
     /// The heading above it, if its document has headings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heading: Option<String>,
+    /// Where its heading starts, when the heading stands right above it and names a term the
+    /// sentence defines (`--shuffle`, then "Runs the tests in random order"): the term is the
+    /// answer to "which option ...?", so a quote of the sentence starts there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead: Option<usize>,
 }
 
 /// A sentence with what the scorer saw and concluded.
@@ -59,19 +65,37 @@ pub struct Features {
     pub passage: f32,
     /// 1 for the best-ranked passage, 1/2 for the next, ...
     pub rank: f32,
-    /// +1 when the question asks for a number or a name and the sentence has one the question
-    /// does not, -1 when it has none, 0 when the question asks for neither.
+    /// +1 when the question asks for a number, a name or a term of code (an option, a lint, a
+    /// type) and the sentence has one the question does not, -1 when it has none, 0 when the
+    /// question asks for none of these.
     pub kind: f32,
     /// Share of the sentence's content words that are not in the question: a sentence that only
     /// repeats the question (a heading, say) answers nothing.
     pub novelty: f32,
+    /// 1 when the sentence negates what a question without a negation asks about ("not Windows
+    /// MSVC" against "the default on Windows MSVC"), else 0. Yes/no questions, which the
+    /// negation answers, get 0, and so do negated questions: users write "a payload that is
+    /// not a string" as naturally as the source does, while SQuAD 2.0's unanswerable questions
+    /// were often made by adding a "not", which a gate fitted on them would learn instead.
+    #[serde(default)]
+    pub negated: f32,
 }
 
 impl Features {
-    pub const NAMES: [&'static str; 9] =
-        ["similarity", "overlap", "context_overlap", "missing", "unmatched", "passage", "rank", "kind", "novelty"];
+    pub const NAMES: [&'static str; 10] = [
+        "similarity",
+        "overlap",
+        "context_overlap",
+        "missing",
+        "unmatched",
+        "passage",
+        "rank",
+        "kind",
+        "novelty",
+        "negated",
+    ];
 
-    pub fn values(&self) -> [f32; 9] {
+    pub fn values(&self) -> [f32; 10] {
         [
             self.similarity,
             self.overlap,
@@ -82,6 +106,7 @@ impl Features {
             self.rank,
             self.kind,
             self.novelty,
+            self.negated,
         ]
     }
 }
@@ -89,7 +114,7 @@ impl Features {
 /// Logistic weights (bias first, then one per [`Features::NAMES`]) for "this sentence contains
 /// the answer". Fitted by `pocketrag calibrate` on the SQuAD 2.0 calibration articles (never on
 /// the articles we report); the command prints this table.
-pub const RANK_WEIGHTS: [f32; 10] = [-5.790, 2.794, 2.533, 1.316, 0.874, -1.632, 1.033, 0.558, 0.690, 0.350];
+pub const RANK_WEIGHTS: [f32; 11] = [-5.758, 2.802, 2.567, 1.321, 0.856, -1.665, 1.078, 0.565, 0.440, 0.358, -0.470];
 
 /// Logistic weights (bias first, then one per [`GateFeatures::NAMES`]) for "the best sentence
 /// answers the question". Fitted like [`RANK_WEIGHTS`], on the answerable and unanswerable
@@ -98,11 +123,12 @@ pub const RANK_WEIGHTS: [f32; 10] = [-5.790, 2.794, 2.533, 1.316, 0.874, -1.632,
 /// are written to look answerable from the paragraph, which is not the usual way a user's
 /// documents fail to answer. Made by
 /// `pocketrag calibrate ../shared/data/squad/squad2-dev-16-articles.json --every 2 --near-miss-every 2`.
-pub const GATE_WEIGHTS: [f32; 11] = [-2.766, 0.739, 0.267, 0.074, 0.130, -0.806, 2.246, 0.137, -0.084, 0.442, 0.465];
+pub const GATE_WEIGHTS: [f32; 12] =
+    [-2.693, 0.809, 0.397, -0.003, 0.079, -0.720, 2.177, 0.031, -0.274, -0.205, 0.466, 0.512];
 
 /// The gate answers when its probability reaches this; chosen on the calibration articles so
 /// that it abstains on at most 15 % of their answerable questions.
-pub const GATE_THRESHOLD: f32 = 0.230;
+pub const GATE_THRESHOLD: f32 = 0.232;
 
 /// What the gate looks at: the best sentence, and how far it stands out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -115,6 +141,7 @@ pub struct GateFeatures {
     pub best_unmatched: f32,
     pub best_similarity: f32,
     pub best_kind: f32,
+    pub best_negated: f32,
     /// The best context overlap among the top three sentences.
     pub coverage: f32,
     /// The best passage's similarity.
@@ -124,7 +151,7 @@ pub struct GateFeatures {
 }
 
 impl GateFeatures {
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "best",
         "best_overlap",
         "best_context_overlap",
@@ -132,12 +159,13 @@ impl GateFeatures {
         "best_unmatched",
         "best_similarity",
         "best_kind",
+        "best_negated",
         "coverage",
         "passage",
         "margin",
     ];
 
-    pub fn values(&self) -> [f32; 10] {
+    pub fn values(&self) -> [f32; 11] {
         [
             self.best,
             self.best_overlap,
@@ -146,6 +174,7 @@ impl GateFeatures {
             self.best_unmatched,
             self.best_similarity,
             self.best_kind,
+            self.best_negated,
             self.coverage,
             self.passage,
             self.margin,
@@ -163,6 +192,7 @@ impl GateFeatures {
             best_unmatched: top.features.unmatched,
             best_similarity: top.features.similarity,
             best_kind: top.features.kind,
+            best_negated: top.features.negated,
             coverage: ranked.iter().take(3).map(|s| s.features.context_overlap).fold(0.0, f32::max),
             passage: ranked.iter().map(|s| s.features.passage).fold(0.0, f32::max),
             margin: top.score - second,
@@ -222,13 +252,24 @@ pub fn sentences(passages: &[(usize, &StoredDocument, usize, usize)]) -> Vec<Sen
     let mut out: Vec<Sentence> = Vec::new();
     let mut seen: HashSet<(u32, usize)> = HashSet::new();
     for &(source, doc, start, end) in passages {
-        for block in doc.blocks.iter().filter(|b| b.start < end && b.end > start) {
-            for (s, e) in split(&doc.text, block.start, block.end) {
-                if e <= start || s >= end || !seen.insert((doc.id, s)) {
+        // The heading met last, when it names a term: where it starts, and its block.
+        let mut term: Option<(usize, usize)> = None;
+        // A term heading just before the passage still leads the sentences under it.
+        let first = doc.blocks.iter().rposition(|b| b.end <= start).unwrap_or(0);
+        for (b, block) in doc.blocks.iter().enumerate().skip(first).filter(|(_, b)| b.start < end) {
+            // Short pieces too: a term heading ("--dry-run") is often shorter than a sentence.
+            for (s, e) in split_with(&doc.text, block.start, block.end, 1) {
+                // A heading names a topic; it answers nothing by itself.
+                if block.heading.as_deref().is_some_and(|h| h.trim() == doc.text[s..e].trim()) {
+                    term = names_term(&doc.text[s..e]).then_some((s, b));
                     continue;
                 }
-                // A heading names a topic; it answers nothing.
-                if block.heading.as_deref().is_some_and(|h| h.trim() == doc.text[s..e].trim()) {
+                if doc.text[s..e].chars().filter(|c| c.is_alphanumeric()).count() < MIN_SENTENCE_CHARS {
+                    continue;
+                }
+                // The paragraph right under the term defines it.
+                let lead = term.filter(|&(hs, hb)| hb + 1 == b && s - hs <= LEAD_BYTES).map(|(hs, _)| hs);
+                if e <= start || s >= end || !seen.insert((doc.id, s)) {
                     continue;
                 }
                 out.push(Sentence {
@@ -238,6 +279,7 @@ pub fn sentences(passages: &[(usize, &StoredDocument, usize, usize)]) -> Vec<Sen
                     end: e,
                     text: doc.text[s..e].to_string(),
                     heading: block.heading.clone(),
+                    lead,
                 });
             }
         }
@@ -245,10 +287,47 @@ pub fn sentences(passages: &[(usize, &StoredDocument, usize, usize)]) -> Vec<Sen
     out
 }
 
+/// A quote that ends open ("you can run", "the options are:") is carried on over at most this
+/// many following pieces (sentences, lines of a code block, list items) ...
+const CARRY_PIECES: usize = 8;
+
+/// ... and this many bytes.
+const CARRY_BYTES: usize = 240;
+
+/// Whether a piece of text ends a thought.
+fn closed(text: &str) -> bool {
+    text.trim_end().ends_with(['.', '!', '?', '"', '\'', '”', '’', ')'])
+}
+
+/// Where a quote of `doc` ending at `end` should end: there, when it ends a thought; otherwise
+/// after the pieces that follow it up to the first that does (or a heading, or the limits), so
+/// that "The following attributes must now be marked as unsafe:" comes with its list.
+pub fn carry(doc: &StoredDocument, end: usize) -> usize {
+    let mut to = end;
+    let mut pieces = 0;
+    for block in doc.blocks.iter().filter(|b| b.end > end) {
+        for (s, e) in split_with(&doc.text, block.start.max(end), block.end, 1) {
+            let text = &doc.text[to..e];
+            if closed(&doc.text[..to])
+                || pieces == CARRY_PIECES
+                || e - end > CARRY_BYTES
+                || !doc.text[to..s].trim().is_empty()
+                || block.heading.as_deref().is_some_and(|h| h.trim() == text.trim())
+            {
+                return to;
+            }
+            to = e;
+            pieces += 1;
+        }
+    }
+    to
+}
+
 /// Sentence ranges of `text[start..end]`, trimmed. Besides sentence ends, a line break starts a
 /// new sentence when the line before has no end punctuation and the next line starts like a new
 /// item (a capital, a digit, a list mark): headings, list items and table rows in extracted text.
-fn split(text: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
+/// Pieces of fewer than `min_chars` letters and digits are left out.
+fn split_with(text: &str, start: usize, end: usize, min_chars: usize) -> Vec<(usize, usize)> {
     let mut pieces = Vec::new();
     let block = &text[start..end];
     for (off, sentence) in block.split_sentence_bound_indices() {
@@ -269,7 +348,7 @@ fn split(text: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     for (s, e) in pieces {
         let piece = &text[s..e];
-        let lead = piece.len() - piece.trim_start_matches(|c: char| c.is_whitespace() || "-*•".contains(c)).len();
+        let lead = piece.len() - without_marks(piece).len();
         let trail = piece.len() - piece.trim_end().len();
         let (mut s, e) = (s + lead, e - trail);
         if e <= s {
@@ -285,17 +364,34 @@ fn split(text: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
             if cut <= s {
                 break;
             }
-            push_piece(text, s, cut, &mut out);
+            push_piece(text, s, cut, min_chars, &mut out);
             s = cut + (text[cut..].len() - text[cut..].trim_start().len());
         }
-        push_piece(text, s, e, &mut out);
+        push_piece(text, s, e, min_chars, &mut out);
     }
     out
 }
 
-fn push_piece(text: &str, s: usize, e: usize, out: &mut Vec<(usize, usize)>) {
+/// `piece` without the whitespace and list marks ("- ", "* ", "•") it starts with; a flag's
+/// dashes ("--dry-run") stay.
+fn without_marks(piece: &str) -> &str {
+    let mut rest = piece;
+    loop {
+        let trimmed = rest.trim_start();
+        let unmarked = trimmed.strip_prefix(['*', '•']).or_else(|| {
+            let dashes = trimmed.trim_start_matches('-');
+            (dashes.len() < trimmed.len() && dashes.starts_with(char::is_whitespace)).then_some(dashes)
+        });
+        match unmarked {
+            Some(r) => rest = r,
+            None => return trimmed,
+        }
+    }
+}
+
+fn push_piece(text: &str, s: usize, e: usize, min_chars: usize, out: &mut Vec<(usize, usize)>) {
     let piece = text[s..e].trim_end();
-    if piece.chars().filter(|c| c.is_alphanumeric()).count() >= MIN_SENTENCE_CHARS {
+    if piece.chars().filter(|c| c.is_alphanumeric()).count() >= min_chars {
         out.push((s, s + piece.len()));
     }
 }
@@ -340,13 +436,66 @@ pub fn content_terms(text: &str) -> HashSet<String> {
     bm25::terms(text).filter(|t| !STOPWORDS.contains(&t.as_ref())).map(|t| normal(&t)).collect()
 }
 
-/// What the question asks for, as far as its first words tell.
+/// Whether `word` looks like a term of code rather than prose: a flag (`--shuffle`, `-O`), a
+/// path or generic (`IntoIterator::into_iter`, `Rc<T>`), a setting (`opt-level=3`), an
+/// identifier (`no_mangle`, `MachineApplicable`, `link-args`).
+pub fn code_like(word: &str) -> bool {
+    let w = word.trim_matches(|c: char| "\"'“”‘’()[]{},.;:!?`".contains(c));
+    if w.chars().count() < 2 || !w.chars().any(char::is_alphabetic) {
+        return false;
+    }
+    let inner_capital = w.chars().skip(1).any(char::is_uppercase) && w.chars().any(char::is_lowercase);
+    let kebab = w.contains('-') && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    w.starts_with('-')
+        || w.starts_with("#[")
+        || ["_", "::", "=", "<"].iter().any(|p| w.contains(p))
+        || inner_capital
+        || kebab
+}
+
+/// A term heading leads the sentences of the paragraph under it that start within this many bytes
+/// of it: the quote runs from the heading to the sentence.
+const LEAD_BYTES: usize = 300;
+
+/// Whether a heading names a term that the text under it defines: a few words, one of them
+/// code.
+fn names_term(heading: &str) -> bool {
+    let words: Vec<&str> = heading.split_whitespace().collect();
+    (1..=4).contains(&words.len()) && words.iter().any(|w| code_like(w))
+}
+
+/// What the question asks for, as far as its words tell.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Wants {
     Number,
     Name,
+    Code,
     Other,
 }
+
+/// Nouns that, after "which" or "what", ask for a term of code.
+const CODE_NOUNS: &[&str] = &[
+    "option",
+    "flag",
+    "value",
+    "tag",
+    "attribute",
+    "lint",
+    "trait",
+    "type",
+    "function",
+    "macro",
+    "keyword",
+    "command",
+    "crate",
+    "setting",
+    "argument",
+    "variable",
+    "field",
+    "method",
+    "target",
+    "syntax",
+];
 
 fn wants(question: &str) -> Wants {
     let q = question.trim().to_lowercase();
@@ -362,14 +511,47 @@ fn wants(question: &str) -> Wants {
         "in what year",
         "what percentage",
         "when ",
+        "what version",
+        "which version",
+        "release version",
+        "which release",
+        "what release",
+        "which rfc",
+        "what rfc",
+        "rfc number",
+        "what number",
+        "which month",
+        "what month",
+        "minimum",
+        "maximum",
+        "what size",
+        "how big",
+        "which edition",
     ]) {
         Wants::Number
     } else if asks(&["who ", "whom ", "whose "]) {
         Wants::Name
+    } else if asks_for_code(&q) {
+        Wants::Code
     } else {
         Wants::Other
     }
 }
+
+/// "Which libtest option ...", "what -C split-debuginfo value ...": a code noun within
+/// [`CODE_NOUN_REACH`] words after "which" or "what" ("what is the default allocator on this
+/// target" asks for a name, not a target).
+fn asks_for_code(q: &str) -> bool {
+    let words: Vec<&str> = q.split_whitespace().collect();
+    words.iter().enumerate().filter(|(_, w)| matches!(**w, "which" | "what")).any(|(i, _)| {
+        words[i + 1..].iter().take(CODE_NOUN_REACH).any(|w| {
+            let w = w.trim_matches(|c: char| !c.is_alphanumeric());
+            CODE_NOUNS.contains(&w) || w.strip_suffix('s').is_some_and(|s| CODE_NOUNS.contains(&s))
+        })
+    })
+}
+
+const CODE_NOUN_REACH: usize = 4;
 
 /// Rarity of `term` in 0..1, from the index's document frequencies.
 fn rarity(index: &Bm25, term: &str) -> f32 {
@@ -403,6 +585,7 @@ pub fn rank(
     let q_set: HashSet<&str> = q_terms.iter().map(|(t, _)| t.as_str()).collect();
     let wanted = wants(question);
     let q_lower = question.to_lowercase();
+    let plain = !decide::is_yes_no(question) && !decide::negated(question);
     let term_sets: Vec<HashSet<String>> = sentences.iter().map(|s| content_terms(&s.text)).collect();
     let topic_sets: Vec<HashSet<String>> = sentences
         .iter()
@@ -458,6 +641,19 @@ pub fn rank(
                     -1.0
                 }
             }
+            Wants::Code => {
+                let lead = sentence.lead.and(sentence.heading.as_deref());
+                let words = sentence.text.split_whitespace().chain(lead.into_iter().flat_map(str::split_whitespace));
+                let has_code = words.clone().any(|w| {
+                    let bare = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase();
+                    code_like(w) && !q_lower.contains(&bare)
+                });
+                if has_code {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
             Wants::Other => 0.0,
         };
         let features = Features {
@@ -470,6 +666,7 @@ pub fn rank(
             rank: 1.0 / (1.0 + sentence.source as f32),
             kind,
             novelty,
+            negated: f32::from(u8::from(plain && decide::negates(&sentence.text, question))),
         };
         scored.push(Scored { sentence, features, score: 0.0 });
     }
@@ -519,6 +716,48 @@ mod tests {
         // Both whole sentences of the cut passage belong to it.
         assert_eq!(all[1].source, 0);
         assert_eq!(all[2].source, 1);
+    }
+
+    #[test]
+    fn list_marks_go_and_flags_stay() {
+        assert_eq!(without_marks("  - item"), "item");
+        assert_eq!(without_marks("* • item"), "item");
+        assert_eq!(without_marks("--dry-run"), "--dry-run");
+        assert_eq!(without_marks("-O"), "-O");
+    }
+
+    #[test]
+    fn an_open_quote_is_carried_over_its_list_and_no_further() {
+        let doc = stored("d.md", "The supported systems are:\n\n- ext4\n- xfs\n\n## Next\n\nMore text here. And more.");
+        let all = sentences(&[(0, &doc, 0, doc.text.len())]);
+        let intro = all.iter().find(|s| s.text.starts_with("The supported")).unwrap();
+        let end = carry(&doc, intro.end);
+        assert!(doc.text[intro.start..end].ends_with("xfs"), "{:?}", &doc.text[intro.start..end]);
+        // A sentence that ends its thought is not carried.
+        let more = all.iter().find(|s| s.text.starts_with("More text")).unwrap();
+        assert_eq!(carry(&doc, more.end), more.end);
+    }
+
+    #[test]
+    fn a_term_heading_leads_the_paragraph_that_defines_it() {
+        let doc = ingest("e.html", b"<h2>Options</h2><h3>--dry-run</h3><p>Prints every change and writes nothing.</p><h3>Plain words here</h3><p>Some other paragraph of text.</p>").unwrap();
+        let doc = StoredDocument {
+            id: 0,
+            name: doc.name,
+            format: Format::Html,
+            text: doc.text,
+            blocks: doc.blocks,
+            slots: vec![],
+        };
+        let all = sentences(&[(0, &doc, 0, doc.text.len())]);
+        let defined = all.iter().find(|s| s.text.starts_with("Prints")).unwrap();
+        assert_eq!(
+            &doc.text[defined.lead.unwrap()..defined.end],
+            "--dry-run\n\nPrints every change and writes nothing."
+        );
+        assert_eq!(all.iter().find(|s| s.text.starts_with("Some other")).unwrap().lead, None);
+        assert!(code_like("MachineApplicable") && code_like("opt-level=3") && code_like("no_mangle"));
+        assert!(!code_like("packed") && !code_like("Rust"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod cite;
 pub mod constrain;
+pub mod decide;
 pub mod evidence;
 pub mod prompt;
 pub mod support;
@@ -129,9 +130,6 @@ pub enum CitedBy {
 /// Shorter sentences ("Yes.", "A: 1871.") carry too little meaning to check on their own.
 const CHECK_SENTENCE_MIN_WORDS: usize = 4;
 
-/// A quoted sentence that ends open is carried on into at most this many following sentences.
-const CONTINUE_MAX: usize = 2;
-
 /// How many of the best evidence sentences an answer carries for the teaching view.
 const EVIDENCE_SHOWN: usize = 8;
 
@@ -172,6 +170,37 @@ pub struct Answer {
     pub timings_ms: Timings,
     /// Whether the fine-tuned adapter was applied (see [`Engine::use_adapter`]).
     pub tuned: bool,
+    /// A yes/no question in the default mode: the decision the engine read from the best quote
+    /// (see [`decide`]); the answer opens with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+}
+
+/// The answer to a yes/no question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Yes,
+    No,
+}
+
+impl Decision {
+    pub fn word(self) -> &'static str {
+        match self {
+            Decision::Yes => "Yes",
+            Decision::No => "No",
+        }
+    }
+}
+
+impl From<bool> for Decision {
+    fn from(yes: bool) -> Decision {
+        if yes {
+            Decision::Yes
+        } else {
+            Decision::No
+        }
+    }
 }
 
 /// A document chunked and waiting for the vectors of `texts`: see [`Engine::prepare`].
@@ -552,7 +581,7 @@ impl Engine {
                     let clock = Stopwatch::start();
                     let ranked = self.evidence(question, &qv, &relevant)?;
                     timings.evidence = clock.ms();
-                    return ready(self.quote(relevant, ranked, timings));
+                    return ready(self.quote(question, relevant, ranked, timings));
                 }
                 if mode == Mode::Copy {
                     let clock = Stopwatch::start();
@@ -629,6 +658,7 @@ impl Engine {
                 end: source.start + to,
                 text: source.text[from..to].to_string(),
                 heading: None,
+                lead: None,
             };
             // A source shortened for the prompt ends in " …", which is not the document's.
             if self.document(&source.doc).and_then(|d| d.text.get(quote.start..quote.end)) != Some(quote.text.as_str())
@@ -665,28 +695,36 @@ impl Engine {
             stop: None,
             timings_ms: timings,
             tuned: self.tuned,
+            decision: None,
         }
     }
 
     /// The default mode's answer: the best evidence sentences, quoted and cited, when the gate
     /// finds that they answer the question; NOT_FOUND otherwise.
-    fn quote(&self, sources: Vec<Source>, ranked: Vec<evidence::Scored>, timings: Timings) -> Answer {
+    /// A yes/no question's answer opens with the decision the best sentence supports.
+    fn quote(&self, question: &str, sources: Vec<Source>, ranked: Vec<evidence::Scored>, timings: Timings) -> Answer {
         let support = evidence::support(&ranked);
         if ranked.is_empty() || support < evidence::GATE_THRESHOLD {
             return self.not_found(Mode::Quote, sources, Some(support), ranked, timings);
         }
-        let chosen = self.complete(&ranked, evidence::select(&ranked, evidence::QUOTE_RELATIVE));
+        let chosen = self.complete(evidence::select(&ranked, evidence::QUOTE_RELATIVE));
         let citations: Vec<Citation> = self
             .join_adjacent(chosen)
             .iter()
             .map(|s| Citation::new(s.source + 1, CitedBy::Quote, &sources[s.source], s))
             .collect();
-        let answer = citations.iter().map(|c| format!("{} [{}]", c.quote, c.n)).collect::<Vec<_>>().join(" ");
+        let quotes = citations.iter().map(|c| format!("{} [{}]", c.quote, c.n)).collect::<Vec<_>>().join(" ");
+        let decision = decide::yes_no(question, &ranked[0].sentence.text).map(Decision::from);
+        let answer = match decision {
+            Some(d) => format!("{}: {quotes}", d.word()),
+            None => quotes,
+        };
         // The same shape as an abstention, with the quotes in place of NOT_FOUND.
         Answer {
             answer,
             citations,
             abstained: false,
+            decision,
             ..self.not_found(Mode::Quote, sources, Some(support), ranked, timings)
         }
     }
@@ -694,29 +732,28 @@ impl Engine {
     /// The chosen sentences, each once (the same sentence can stand in two documents), and each
     /// carried on into the sentences after it while it ends without a full stop: "you can run"
     /// before a code block, "the options are:" before a list.
-    fn complete(&self, ranked: &[evidence::Scored], chosen: Vec<&evidence::Scored>) -> Vec<evidence::Sentence> {
-        let mut in_order: Vec<&evidence::Sentence> = ranked.iter().map(|s| &s.sentence).collect();
-        in_order.sort_by(|a, b| a.doc.cmp(&b.doc).then(a.start.cmp(&b.start)));
+    fn complete(&self, chosen: Vec<&evidence::Scored>) -> Vec<evidence::Sentence> {
         let key = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
         let mut out: Vec<evidence::Sentence> = Vec::new();
+        let mut said: Vec<String> = Vec::new();
         for s in chosen {
             let text = key(&s.sentence.text);
-            if out.iter().any(|o| key(&o.text) == text) {
+            if said.contains(&text) {
                 continue;
             }
+            said.push(text);
             let mut sentence = s.sentence.clone();
-            let mut at = in_order.iter().position(|o| o.doc == sentence.doc && o.start == sentence.start);
-            for _ in 0..CONTINUE_MAX {
-                let open = !sentence.text.trim_end().ends_with(['.', '!', '?', '"', '\'', '”', '’', ')']);
-                let next = at.and_then(|i| in_order.get(i + 1)).filter(|n| n.doc == sentence.doc);
-                let (true, Some(next)) = (open, next) else { break };
-                let Some(doc) = self.document(&sentence.doc) else { break };
-                if !doc.text.get(sentence.end..next.start).is_some_and(|gap| gap.trim().is_empty()) {
-                    break;
+            if let Some(doc) = self.document(&sentence.doc) {
+                // A defined term's heading opens the quote: "--shuffle", then what it does.
+                if let Some(lead) = sentence.lead {
+                    sentence.start = lead;
                 }
-                sentence.end = next.end;
+                sentence.end = evidence::carry(doc, sentence.end);
                 sentence.text = doc.text[sentence.start..sentence.end].to_string();
-                at = at.map(|i| i + 1);
+            }
+            // Carried on, it can now be a quote already made from another document.
+            if out.iter().any(|o| key(&o.text) == key(&sentence.text)) {
+                continue;
             }
             out.push(sentence);
         }
@@ -820,6 +857,7 @@ impl Engine {
             stop: Some(if repeat.is_some() { StopReason::Repeated } else { run.stop }),
             timings_ms: timings,
             tuned,
+            decision: None,
         })
     }
 
