@@ -67,7 +67,7 @@ export interface Evidence {
 /** A written sentence (free mode) and whether the sources support it; `cited` is the n of its citation. */
 export interface SentenceSupport { text: string; start: number; end: number; cited: number | null; similarity: number; covered: number }
 export interface Timings { embed: number; search: number; evidence: number; prefill: number; decode: number }
-export type StopReason = "end_of_text" | "max_tokens" | "context_full" | "cancelled" | "repeated";
+export type StopReason = "end_of_text" | "max_tokens" | "context_full" | "cancelled" | "repeated" | "sentences";
 export interface Answer {
   answer: string;
   citations: Citation[];

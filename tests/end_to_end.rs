@@ -236,6 +236,18 @@ fn cancel_stops_generation_early() {
 }
 
 #[test]
+fn written_answers_stop_at_three_sentences() {
+    let mut engine = library_engine();
+    engine.settings.generate.max_tokens = 256;
+    for question in ["How do I patch an inner tube?", "Tell me about the Harrow Point lighthouse."] {
+        let a = engine.answer(question, Mode::Rag, 4, &mut |_| {}, &|| false).unwrap();
+        let written = pocketrag::rag::support::claims(&pocketrag::rag::support::without_marks(&a.answer)).len();
+        assert!(written <= 3, "{question}: {written} sentences, stop {:?}: {:?}", a.stop, a.answer);
+        assert!(a.stop != Some(pocketrag::llm::StopReason::MaxTokens), "{:?}", a.answer);
+    }
+}
+
+#[test]
 fn library_survives_save_and_load_and_removal() {
     let engine = library_engine();
     let before = engine.search("vulcanising solution", 3).unwrap();

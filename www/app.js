@@ -300,7 +300,7 @@ function renderHow(a) {
     body.append(el('p', {}, `Model: ${a.tuned ? 'SmolLM2-135M-Instruct with our LoRA fine-tune' : 'SmolLM2-135M-Instruct (base)'}.`));
     body.append(el('p', {}, a.abstained
       ? 'No passage was relevant enough (best cosine below the threshold), so the model was not asked.'
-      : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated${a.stop === 'repeated' ? ' (stopped when it began to repeat itself)' : ''}. `));
+      : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated${a.stop === 'repeated' ? ' (stopped when it began to repeat itself)' : a.stop === 'sentences' ? ' (stopped at three sentences)' : ''}. `));
   }
   body.append(el('p', {}, `Embed ${t.embed.toFixed(0)} ms · search ${t.search.toFixed(1)} ms · evidence ${(t.evidence ?? 0).toFixed(0)} ms` +
     (a.mode === 'quote' ? '.' : ` · prefill ${t.prefill.toFixed(0)} ms · decode ${t.decode.toFixed(0)} ms (${tps} tok/s).`)));

@@ -101,6 +101,9 @@ pub enum StopReason {
     Cancelled,
     /// The answer began to repeat a sentence it had already written (the repeat is cut off).
     Repeated,
+    /// The answer reached the number of sentences the question wants (see
+    /// `rag::support::sentences_wanted`).
+    Sentences,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

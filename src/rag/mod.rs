@@ -223,8 +223,11 @@ pub enum PendingAnswer {
         prompt: String,
         timings: Timings,
         tuned: bool,
-        /// Where the answer began to repeat itself, once it has.
-        repeat: Option<usize>,
+        /// At most this many sentences are written (None: as many as the model writes).
+        sentences_max: Option<usize>,
+        /// Where the answer was cut and why: it began to repeat itself, or it reached
+        /// `sentences_max`.
+        cut: Option<(usize, StopReason)>,
     },
 }
 
@@ -609,7 +612,8 @@ impl Engine {
             prompt: prompt_text,
             timings,
             tuned: self.tuned,
-            repeat: None,
+            sentences_max: support::sentences_wanted(question),
+            cut: None,
         })
     }
 
@@ -800,17 +804,22 @@ impl Engine {
                 Ok(Step::Token { text: answer.answer.clone() })
             }
             PendingAnswer::Ready { .. } => Ok(Step::Done { stop: StopReason::EndOfText }),
-            PendingAnswer::Generating { repeat: Some(_), .. } => Ok(Step::Done { stop: StopReason::Repeated }),
-            PendingAnswer::Generating { run, repeat, .. } => {
+            PendingAnswer::Generating { cut: Some((_, stop)), .. } => Ok(Step::Done { stop: *stop }),
+            PendingAnswer::Generating { run, cut, sentences_max, .. } => {
                 let generator =
                     self.generator.as_mut().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
                 let step = generator.step_async(run).await?;
                 if let Step::Token { text } = &step {
                     if text.contains(['.', '!', '?', '\n']) {
-                        if let Some(at) = support::repeat_start(run.text()) {
-                            *repeat = Some(at);
+                        let found =
+                            support::repeat_start(run.text()).map(|at| (at, StopReason::Repeated)).or_else(|| {
+                                let at = support::sentences_end(run.text(), (*sentences_max)?)?;
+                                Some((at, StopReason::Sentences))
+                            });
+                        if let Some((at, stop)) = found {
+                            *cut = Some((at, stop));
                             run.cancel();
-                            return Ok(Step::Done { stop: StopReason::Repeated });
+                            return Ok(Step::Done { stop });
                         }
                     }
                 }
@@ -822,16 +831,16 @@ impl Engine {
     /// The finished answer with its citations. Works on a cancelled answer too: it holds the
     /// text produced before Stop.
     pub fn finish_answer(&self, pending: PendingAnswer) -> Result<Answer> {
-        let (run, mode, sources, prompt, mut timings, tuned, repeat) = match pending {
+        let (run, mode, sources, prompt, mut timings, tuned, cut) = match pending {
             PendingAnswer::Ready { answer, .. } => return Ok(answer),
-            PendingAnswer::Generating { run, mode, sources, prompt, timings, tuned, repeat } => {
-                (run.finish(), mode, sources, prompt, timings, tuned, repeat)
+            PendingAnswer::Generating { run, mode, sources, prompt, timings, tuned, cut, .. } => {
+                (run.finish(), mode, sources, prompt, timings, tuned, cut)
             }
         };
         timings.prefill = run.prefill_ms;
         timings.decode = run.decode_ms;
-        let kept = match repeat {
-            Some(at) => &run.text[..at],
+        let kept = match cut {
+            Some((at, _)) => &run.text[..at],
             None => &run.text[..],
         };
         let answer = kept.trim().to_string();
@@ -854,7 +863,7 @@ impl Engine {
             prompt,
             prompt_tokens: run.prompt_tokens,
             generated_tokens: run.tokens.len(),
-            stop: Some(if repeat.is_some() { StopReason::Repeated } else { run.stop }),
+            stop: Some(cut.map_or(run.stop, |(_, stop)| stop)),
             timings_ms: timings,
             tuned,
             decision: None,

@@ -132,6 +132,32 @@ pub fn repeat_start(text: &str) -> Option<usize> {
     earlier.iter().any(|&(a, b)| key(&trimmed[a..b]) == last).then_some(s)
 }
 
+/// A written answer is one to this many sentences, unless the question asks for more.
+pub const ANSWER_SENTENCES: usize = 3;
+
+/// Words with which a question asks for more than a short answer.
+const ASKS_FOR_MORE: &[&str] =
+    &["explain", "describe", "list", "steps", "detail", "detailed", "summarize", "summarise", "overview", "compare"];
+
+/// How many sentences a written answer to `question` may have: [`ANSWER_SENTENCES`], or no
+/// limit when the question asks for an explanation, a list or steps.
+pub fn sentences_wanted(question: &str) -> Option<usize> {
+    let asks_more =
+        question.split(|c: char| !c.is_alphanumeric()).any(|w| ASKS_FOR_MORE.contains(&w.to_lowercase().as_str()));
+    (!asks_more).then_some(ANSWER_SENTENCES)
+}
+
+/// Where `text` ends its `n`-th sentence, when it has just ended it: the cut that keeps `n`
+/// sentences.
+pub fn sentences_end(text: &str, n: usize) -> Option<usize> {
+    let trimmed = text.trim_end();
+    if !trimmed.ends_with(['.', '!', '?']) {
+        return None;
+    }
+    let pieces = claims(trimmed);
+    (pieces.len() >= n).then(|| pieces[n - 1].1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +182,19 @@ mod tests {
         assert_eq!(repeat_start("Yes. Yes."), None);
         assert_eq!(repeat_start("LoRA trains low-rank matrices. LoRA trains low-rank"), None);
         assert_eq!(repeat_start("One sentence here. Another sentence here."), None);
+    }
+
+    #[test]
+    fn answers_stop_at_three_sentences_unless_more_is_asked_for() {
+        assert_eq!(sentences_wanted("When was it built?"), Some(ANSWER_SENTENCES));
+        assert_eq!(sentences_wanted("Explain how the lamp works"), None);
+        assert_eq!(sentences_wanted("List the keepers"), None);
+        let text = "One here. Two here. Three here. ";
+        assert_eq!(sentences_end(text, 3), Some(text.trim_end().len()));
+        assert_eq!(sentences_end("One here. Two here.", 3), None);
+        assert_eq!(sentences_end("One here. Two here. Three", 3), None);
+        let four = "One here. Two here. Three here. Four.";
+        assert_eq!(&four[..sentences_end(four, 3).unwrap()], "One here. Two here. Three here.");
     }
 
     #[test]
