@@ -211,6 +211,7 @@ impl Library {
                 saved.embedder, expect_embedder
             )));
         }
+        consistent(&saved).map_err(|why| Error::Index(format!("the file is damaged: {why}")))?;
         let mut lib = Library::new(&saved.embedder, saved.chunk_config, saved.hnsw);
         lib.next_id = saved.next_id;
         lib.docs = saved.docs;
@@ -232,6 +233,49 @@ impl Library {
         // per vector, a scan of 10k vectors under 1 ms.
         Ok(lib)
     }
+}
+
+/// Why a decoded file cannot be a library this build wrote, if it cannot. The checksum catches
+/// damage by accident; this catches a file made by hand (or by a bug) whose numbers point
+/// outside what it holds, which would otherwise panic at the first search or answer.
+fn consistent(saved: &Saved) -> std::result::Result<(), String> {
+    let range_ok = |text: &str, start: usize, end: usize| {
+        start <= end && end <= text.len() && text.is_char_boundary(start) && text.is_char_boundary(end)
+    };
+    let mut ids = std::collections::HashMap::new();
+    // Which document lists each slot as its own.
+    let mut owner: Vec<Option<u32>> = vec![None; saved.chunks.len()];
+    for (i, doc) in saved.docs.iter().enumerate() {
+        if ids.insert(doc.id, i).is_some() {
+            return Err(format!("two documents have id {}", doc.id));
+        }
+        if doc.id >= saved.next_id {
+            return Err(format!("document id {} is not below the next id {}", doc.id, saved.next_id));
+        }
+        if let Some(b) = doc.blocks.iter().find(|b| !range_ok(&doc.text, b.start, b.end)) {
+            return Err(format!("{}: a block ({}..{}) lies outside its text", doc.name, b.start, b.end));
+        }
+        for &slot in &doc.slots {
+            match (saved.chunks.get(slot as usize), owner.get_mut(slot as usize)) {
+                (Some(Some((entry, _))), Some(o @ None)) if entry.doc == doc.id => *o = Some(doc.id),
+                _ => return Err(format!("{}: chunk slot {slot} is not one of its chunks", doc.name)),
+            }
+        }
+    }
+    let dim = saved.chunks.iter().flatten().map(|(_, v)| v.len()).next();
+    for (slot, (entry, vector)) in saved.chunks.iter().enumerate().filter_map(|(i, c)| Some((i, c.as_ref()?))) {
+        if Some(vector.len()) != dim || vector.is_empty() || vector.iter().any(|x| !x.is_finite()) {
+            return Err(format!("chunk {slot}: its vector is not like the others"));
+        }
+        let Some(&d) = ids.get(&entry.doc) else {
+            return Err(format!("chunk {slot} belongs to no document (id {})", entry.doc));
+        };
+        let doc = &saved.docs[d];
+        if !range_ok(&doc.text, entry.chunk.start, entry.chunk.end) || owner[slot] != Some(doc.id) {
+            return Err(format!("chunk {slot} does not lie in {}", doc.name));
+        }
+    }
+    Ok(())
 }
 
 /// In wasm the allocator grows linear memory as it runs out, a few pages at a time, and each
@@ -304,5 +348,66 @@ mod tests {
         assert_eq!(back.documents().iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["a.txt", "c.txt"]);
         assert_eq!(back.chunk_count(), lib.chunk_count());
         assert_eq!(back.save().unwrap(), bytes);
+    }
+    /// A file with a good checksum whose numbers point outside what it holds is refused as
+    /// damaged, for each way a number can be wrong; none of them panics.
+    #[test]
+    fn a_crafted_index_is_refused_not_trusted() {
+        let mut lib = Library::new("test-embedder", ChunkConfig::default(), HnswConfig::default());
+        for (name, text) in [("a.txt", "One. Two. Three"), ("é.txt", "Déjà vu. Encore")] {
+            let (doc, chunks, vectors) = document(name, text);
+            lib.add(doc, chunks, vectors);
+        }
+        let good = || Saved {
+            embedder: lib.embedder.clone(),
+            chunk_config: lib.chunk_config,
+            hnsw: *lib.index.vectors.config(),
+            next_id: lib.next_id,
+            docs: lib.docs.clone(),
+            chunks: lib
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(slot, e)| Some((e.clone()?, lib.index.vectors.get(slot as u32)?.to_vec())))
+                .collect(),
+        };
+        let file = |saved: &Saved| {
+            let payload = postcard::to_stdvec(saved).unwrap();
+            let mut out = MAGIC.to_vec();
+            out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            out.extend_from_slice(&payload);
+            out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            out
+        };
+        assert!(Library::load(&file(&good()), "test-embedder").is_ok());
+        let crafted: Vec<(&str, Box<dyn Fn(&mut Saved)>)> = vec![
+            ("slot past the end", Box::new(|s| s.docs[0].slots.push(99))),
+            ("slot of another document", Box::new(|s| s.docs[0].slots[0] = s.docs[1].slots[0])),
+            ("slot listed twice", Box::new(|s| s.docs[0].slots[1] = s.docs[0].slots[0])),
+            (
+                "short vector",
+                Box::new(|s| {
+                    s.chunks[1].as_mut().unwrap().1.pop();
+                }),
+            ),
+            ("NaN in a vector", Box::new(|s| s.chunks[0].as_mut().unwrap().1[0] = f32::NAN)),
+            ("chunk past its text", Box::new(|s| s.chunks[0].as_mut().unwrap().0.chunk.end = 10_000)),
+            // "Déjà": byte 2 is inside "é".
+            ("chunk inside a character", Box::new(|s| s.chunks[3].as_mut().unwrap().0.chunk.start = 2)),
+            ("chunk of no document", Box::new(|s| s.chunks[0].as_mut().unwrap().0.doc = 77)),
+            ("block past its text", Box::new(|s| s.docs[1].blocks[0].end = 10_000)),
+            ("two documents with one id", Box::new(|s| s.docs[1].id = s.docs[0].id)),
+            ("id not below next_id", Box::new(|s| s.next_id = 0)),
+        ];
+        for (what, change) in crafted {
+            let mut saved = good();
+            change(&mut saved);
+            match Library::load(&file(&saved), "test-embedder") {
+                Err(Error::Index(why)) => assert!(why.contains("damaged"), "{what}: {why}"),
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: loaded"),
+            }
+        }
     }
 }

@@ -128,8 +128,11 @@ fn the_default_mode_quotes_the_answering_sentence_without_a_language_model() {
     }
     let a = engine.answer("What is the capital of France?", Mode::Quote, 4, &mut |_| {}, &|| false).unwrap();
     assert!(a.abstained && a.answer == NOT_FOUND && a.citations.is_empty());
-    // The modes that write need the model.
+    // The modes that write need the model, and so does building their prompt.
     assert!(engine.answer("When was it lit?", Mode::Rag, 4, &mut |_| {}, &|| false).is_err());
+    let sources = engine.search("When was it lit?", 4).unwrap().hits;
+    let e = engine.rag_prompt("When was it lit?", sources, 500).unwrap_err();
+    assert!(e.to_string().contains("no language model"), "{e}");
 }
 
 /// Reference pages: a defined term's heading opens its quote, a sentence that introduces a list

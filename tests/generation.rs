@@ -50,6 +50,25 @@ fn stepping_matches_generate_and_pieces_add_up() {
     assert!(pieces.iter().filter(|p| !p.is_empty()).count() > 1);
 }
 
+/// Stopped after every possible token count, inside a character or not, the answer holds the
+/// text of every token produced: the bytes of a character cut off by the stop are kept.
+#[test]
+fn a_stop_inside_a_character_keeps_its_bytes() {
+    let ids = prompt("Say 'good morning, friend' in Japanese, then in Greek.");
+    let mut g = common::shared_generator().lock().unwrap();
+    let mut cut_inside = 0;
+    for max_tokens in 1..=24 {
+        let params = GenerateParams { max_tokens, ..Default::default() };
+        let mut streamed = String::new();
+        let got = g.generate(&ids, &params, &mut |t| streamed.push_str(t), &|| false).unwrap();
+        let decoded = g.tokenizer().decode(&got.tokens, true).unwrap();
+        assert_eq!(got.text, decoded, "max_tokens {max_tokens}");
+        assert_eq!(streamed, got.text, "max_tokens {max_tokens}");
+        cut_inside += usize::from(decoded.ends_with('\u{FFFD}'));
+    }
+    assert!(cut_inside > 0, "no stop fell inside a character: the test proves nothing");
+}
+
 #[test]
 fn cancel_between_prefill_slices_produces_nothing() {
     let long = "Tell me about the sea. ".repeat(60);

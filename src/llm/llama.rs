@@ -371,6 +371,37 @@ pub struct Llama {
     candle_ops: bool,
 }
 
+/// Why a model's shape from its metadata cannot be run, if it cannot: every later division and
+/// slice in this file relies on these.
+fn shape_error(
+    n_head: usize,
+    n_kv_head: usize,
+    n_layer: usize,
+    dim: usize,
+    rope_dim: usize,
+    eps: f32,
+    rope_base: f32,
+) -> Option<String> {
+    let problem = if n_head == 0 || n_kv_head == 0 || n_layer == 0 || dim == 0 {
+        "a head count, the layer count or the embedding length is 0"
+    } else if n_head % n_kv_head != 0 {
+        "the head count is not a multiple of the key/value head count"
+    } else if dim % n_head != 0 {
+        "the embedding length is not a multiple of the head count"
+    } else if rope_dim != dim / n_head || rope_dim % 2 != 0 {
+        // The rotary tables and their use assume that every dimension of a head turns.
+        "the rotary dimension is not the head size (partial rotary embeddings are not supported), or is odd"
+    } else if !(eps.is_finite() && eps > 0.0 && rope_base.is_finite() && rope_base > 0.0) {
+        "the norm epsilon or the rotary base is not a positive number"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "unusable model shape: {problem} (heads {n_head}, key/value heads {n_kv_head}, layers {n_layer}, \
+         embedding {dim}, rotary dimension {rope_dim})"
+    ))
+}
+
 impl Llama {
     pub fn from_gguf<R: Read + Seek>(ct: &Content, reader: &mut R, weights: Weights, device: &Device) -> Result<Self> {
         let meta = |key: &str| ct.metadata.get(key).ok_or_else(|| Error::Input(format!("GGUF metadata has no {key}")));
@@ -382,6 +413,9 @@ impl Llama {
         let rope_dim = int("llama.rope.dimension_count")?;
         let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()?;
         let rope_base = meta("llama.rope.freq_base").and_then(|v| Ok(v.to_f32()?)).unwrap_or(10_000.0);
+        if let Some(reason) = shape_error(n_head, n_kv_head, n_layer, dim, rope_dim, eps, rope_base) {
+            return Err(Error::Input(reason));
+        }
 
         let mut tensor = |name: &str| Ok::<_, Error>(ct.tensor(reader, name, device)?);
         let norm = |t: candle_core::quantized::QTensor| -> Result<RmsNorm> {
@@ -907,6 +941,44 @@ fn rotary_tables_as_candle(dim: usize, base: f32, device: &Device) -> Result<(Te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GGUF whose metadata gives a shape the forward pass cannot run (a zero head count, a
+    /// rotary dimension other than the head size) is refused with the reason when it loads,
+    /// instead of dividing by zero or slicing out of bounds later.
+    #[test]
+    fn a_model_whose_shape_cannot_run_is_refused() {
+        use candle_core::quantized::gguf_file::{self, Value};
+        let path = crate::models::generator_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+        let bytes = std::fs::read(&path).expect("generator file (run `make models`)");
+        let header = crate::llm::read_header(&bytes, "model").unwrap();
+        // Metadata only: the shape is checked before any tensor is read.
+        let with = |key: &str, value: u32| {
+            let mut md: Vec<(String, Value)> = header.metadata.clone().into_iter().collect();
+            md.retain(|(k, _)| k != key);
+            md.push((key.to_string(), Value::U32(value)));
+            let md: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            let mut out = std::io::Cursor::new(Vec::new());
+            gguf_file::write(&mut out, &md, &[]).unwrap();
+            let err = crate::llm::Generator::from_gguf_bytes(out.get_ref(), "crafted.gguf").err().unwrap();
+            err.to_string()
+        };
+        for (key, value) in [
+            ("llama.attention.head_count", 0),
+            ("llama.attention.head_count_kv", 0),
+            ("llama.attention.head_count", 7),
+            ("llama.attention.head_count_kv", 5),
+            ("llama.rope.dimension_count", 32),
+            ("llama.rope.dimension_count", 4096),
+            ("llama.block_count", 0),
+        ] {
+            let err = with(key, value);
+            assert!(err.contains("crafted.gguf") && err.contains("unusable model shape"), "{key} = {value}: {err}");
+        }
+        // The real shape passes the check and fails only for want of tensors.
+        let head = header.metadata["llama.attention.head_count"].to_u32().unwrap();
+        let err = with("llama.attention.head_count", head);
+        assert!(!err.contains("unusable model shape"), "{err}");
+    }
 
     /// The wasm build's prompt products (our kernel, W read in place from the tensor) against
     /// candle's, on a weight matrix that is a row range of a larger one, as a thread's share is.

@@ -320,7 +320,9 @@ impl Generator {
     /// [`Generator::step`], for callers that can await the GPU.
     pub async fn step_async(&mut self, run: &mut Run) -> Result<Step> {
         if let Some(stop) = run.stop {
-            return Ok(Step::Done { stop });
+            // A stop inside a character still gives the bytes produced (as U+FFFD).
+            let rest = run.flush(&self.tokenizer)?;
+            return Ok(if rest.is_empty() { Step::Done { stop } } else { Step::Token { text: rest } });
         }
         let clock = Stopwatch::start();
         if run.fed < run.prompt_tokens {
@@ -369,6 +371,7 @@ impl Generator {
             piece
         };
         run.decode_ms += clock.ms();
+        let piece = if run.stop.is_some() { piece + &run.flush(&self.tokenizer)? } else { piece };
         Ok(match run.stop {
             Some(stop) if piece.is_empty() => Step::Done { stop },
             _ => Step::Token { text: piece },
@@ -488,6 +491,20 @@ impl Run {
         if text.ends_with('\u{FFFD}') && self.unprinted.len() < MAX_UNPRINTED {
             return Ok(String::new());
         }
+        self.unprinted.clear();
+        self.text.push_str(&text);
+        Ok(text)
+    }
+
+    /// The text of the tokens still held back, printed as it stands: the run has stopped, so no
+    /// token will complete the character.
+    fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        if self.unprinted.is_empty() {
+            return Ok(String::new());
+        }
+        let text = tokenizer
+            .decode(&self.unprinted, true)
+            .map_err(|e| Error::Input(format!("cannot decode tokens {:?}: {e}", self.unprinted)))?;
         self.unprinted.clear();
         self.text.push_str(&text);
         Ok(text)

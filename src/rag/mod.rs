@@ -954,7 +954,7 @@ impl Engine {
 
     /// A conversation rendered with the model's chat template, and its token ids.
     fn render(&self, messages: &[crate::llm::Message]) -> Result<(String, Vec<u32>)> {
-        let generator = self.generator.as_ref().expect("checked by caller");
+        let generator = self.generator.as_ref().ok_or_else(|| Error::Input("no language model is loaded".into()))?;
         let text = generator.render_chat(messages)?;
         let ids = generator.encode(&text)?;
         Ok((text, ids))
