@@ -11,7 +11,14 @@ self.onmessage = async ({ data: { id, bytes, module } }) => {
     ready = init({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
     return;
   }
-  await ready;
+  try {
+    await ready;
+  } catch (e) {
+    // A module that failed to start must answer this file, not leave it waiting; marked as a
+    // crash, this worker is replaced for the next one.
+    self.postMessage({ id, crashed: true, error: `cannot start the PDF reader: ${e.message || e}` });
+    return;
+  }
   try {
     self.postMessage({ id, pages: extractPdfPages(new Uint8Array(bytes)) });
   } catch (e) {

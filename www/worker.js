@@ -139,6 +139,15 @@ function extractPdf(bytes) {
       if (data.crashed) { parser.terminate(); parser = null; }
       if (data.error) reject(new Error(data.error)); else resolve(data.pages);
     };
+    // A worker that dies or cannot start answers no message: every file it holds fails (the
+    // queue names each one) and the next PDF gets a new worker.
+    parser.onerror = (e) => {
+      e.preventDefault?.();
+      for (const { reject } of parsing.values()) reject(new Error(`the PDF reader stopped (${e.message || 'worker error'})`));
+      parsing.clear();
+      parser?.terminate();
+      parser = null;
+    };
   }
   const id = ++parseId;
   return new Promise((resolve, reject) => {

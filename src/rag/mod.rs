@@ -612,7 +612,9 @@ impl Engine {
             prompt: prompt_text,
             timings,
             tuned: self.tuned,
-            sentences_max: support::sentences_wanted(question),
+            // A copied run is cited once it ends; cut short, copy mode's answer would have
+            // none. Its runs are bounded by the sources anyway.
+            sentences_max: if mode == Mode::Copy { None } else { support::sentences_wanted(question) },
             cut: None,
         })
     }
