@@ -47,10 +47,13 @@ fn build_index(test: &str) -> PathBuf {
     std::fs::write(bad.join("junk.txt"), [0u8, 159, 146, 150, 0, 1, 2]).unwrap();
     std::fs::write(bad.join("empty.md"), "   \n").unwrap();
     std::fs::write(bad.join("broken.pdf"), b"%PDF-1.7\nnot really a pdf").unwrap();
+    // 200 KB of bytes that are no document, under a name that is no document type.
+    let junk: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(bad.join("junk.bin"), junk).unwrap();
     let o = run(bin().args(["index", "--fresh", "--out"]).arg(&out).arg(library()).arg(&bad));
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
-    for f in ["junk.txt", "empty.md", "broken.pdf"] {
+    for f in ["junk.txt", "empty.md", "broken.pdf", "junk.bin"] {
         assert!(err.contains(f), "no message for {f}: {err}");
     }
     assert!(err.contains("indexed 3 files"), "{err}");
@@ -131,6 +134,12 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    // Ended by SIGPIPE (13), as `cat` or `grep` are: not an error exit, not a panic.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(13), "{:?}: {err}", o.status);
+    }
 }
 
 #[test]

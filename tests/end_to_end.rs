@@ -29,12 +29,21 @@ fn library_engine() -> Engine {
 #[test]
 fn answers_come_from_the_document_that_holds_the_answer() {
     let mut engine = library_engine();
+    // With each question, a sentence the answer could hold, worded as its document words it.
     let cases = [
-        ("When was the Harrow Point lighthouse first lit?", "lighthouse.md"),
-        ("How often should I feed a sourdough starter kept in the fridge?", "sourdough.txt"),
-        ("How do I find the hole in an inner tube?", "bicycle.html"),
+        ("When was the Harrow Point lighthouse first lit?", "lighthouse.md", "It was lit for the first time in 1871."),
+        (
+            "How often should I feed a sourdough starter kept in the fridge?",
+            "sourdough.txt",
+            "Feed the starter once a week if it lives in the refrigerator.",
+        ),
+        (
+            "How do I find the hole in an inner tube?",
+            "bicycle.html",
+            "Find the hole by pumping a little air into the tube and listening for the hiss.",
+        ),
     ];
-    for (question, doc) in cases {
+    for (question, doc, claim) in cases {
         let mut streamed = String::new();
         let a = engine.answer(question, Mode::Rag, 4, &mut |t| streamed.push_str(t), &|| false).unwrap();
         assert!(!a.abstained, "{question}: abstained");
@@ -48,6 +57,15 @@ fn answers_come_from_the_document_that_holds_the_answer() {
             assert_verbatim(&engine, c);
         }
         assert_eq!(a.sentences.iter().filter(|s| s.cited.is_some()).count() > 0, !a.citations.is_empty());
+        // The generated answer may cite nothing (the loop above then checks nothing), so the
+        // same check runs on a fixed sentence against the same sources: it must be cited, and to
+        // the right document.
+        let (_, cited) = engine.check(claim, &a.sources).unwrap();
+        assert!(!cited.is_empty(), "{question}: {claim:?} is not cited from {:?}", a.sources);
+        for c in &cited {
+            assert_eq!(c.doc, doc, "{question}: {claim:?} cited to {}", c.doc);
+            assert_verbatim(&engine, c);
+        }
         assert!(a.prompt_tokens > 50 && a.generated_tokens > 0);
         assert!(a.timings_ms.prefill > 0.0 && a.timings_ms.decode > 0.0 && a.timings_ms.embed > 0.0);
     }

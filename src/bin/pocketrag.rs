@@ -948,7 +948,16 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, backend: Backend, paths: &[
         pocketrag::gpu::now(engine.embedder_mut().use_gpu(std::sync::Arc::new(gpu), &weights))??;
         eprintln!("embedding on the GPU: {description}");
     }
-    let files = collect_files(paths)?;
+    let (files, left_out) = collect_files(paths)?;
+    // A file in a folder that is not a document type is named, not passed over in silence.
+    for (i, f) in left_out.iter().enumerate() {
+        if i == LEFT_OUT_SHOWN {
+            eprintln!("... and {} more files left out", left_out.len() - LEFT_OUT_SHOWN);
+            break;
+        }
+        let ext = f.extension().map_or(String::from("no extension"), |e| format!(".{}", e.to_string_lossy()));
+        eprintln!("left out {}: not a document type pocketrag reads ({ext})", f.display());
+    }
     if files.is_empty() {
         bail!("no documents found in the given paths");
     }
@@ -1006,10 +1015,15 @@ fn read_document(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{}", path.display()))
 }
 
+/// How many left-out files `index` names one by one.
+const LEFT_OUT_SHOWN: usize = 20;
+
 /// Files named directly are taken as they are; folders contribute the document types we parse.
-fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// Returns the files to index and the visible files of the folders that are left out.
+fn collect_files(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     const EXTENSIONS: &[&str] = &["txt", "text", "md", "markdown", "html", "htm", "xhtml", "pdf", "rst"];
     let mut files = Vec::new();
+    let mut left_out = Vec::new();
     for p in paths {
         if p.is_dir() {
             // Hidden files and folders (.git, editor swap files) are not documents; the folder
@@ -1019,8 +1033,12 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 let entry = entry?;
                 let path = entry.path();
                 let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-                if entry.file_type().is_file() && EXTENSIONS.contains(&ext.as_str()) {
-                    files.push(path.to_path_buf());
+                if entry.file_type().is_file() {
+                    if EXTENSIONS.contains(&ext.as_str()) {
+                        files.push(path.to_path_buf());
+                    } else {
+                        left_out.push(path.to_path_buf());
+                    }
                 }
             }
         } else if p.exists() {
@@ -1029,7 +1047,7 @@ fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             bail!("{}: no such file or folder", p.display());
         }
     }
-    Ok(files)
+    Ok((files, left_out))
 }
 
 fn location(page: Option<u32>, heading: Option<&str>) -> String {

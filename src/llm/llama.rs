@@ -384,14 +384,14 @@ fn shape_error(
 ) -> Option<String> {
     let problem = if n_head == 0 || n_kv_head == 0 || n_layer == 0 || dim == 0 {
         "a head count, the layer count or the embedding length is 0"
-    } else if n_head % n_kv_head != 0 {
+    } else if !n_head.is_multiple_of(n_kv_head) {
         "the head count is not a multiple of the key/value head count"
-    } else if dim % n_head != 0 {
+    } else if !dim.is_multiple_of(n_head) {
         "the embedding length is not a multiple of the head count"
-    } else if rope_dim != dim / n_head || rope_dim % 2 != 0 {
+    } else if rope_dim != dim / n_head || !rope_dim.is_multiple_of(2) {
         // The rotary tables and their use assume that every dimension of a head turns.
         "the rotary dimension is not the head size (partial rotary embeddings are not supported), or is odd"
-    } else if !(eps.is_finite() && eps > 0.0 && rope_base.is_finite() && rope_base > 0.0) {
+    } else if ![eps, rope_base].iter().all(|v| v.is_finite() && *v > 0.0) {
         "the norm epsilon or the rotary base is not a positive number"
     } else {
         return None;
