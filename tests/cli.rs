@@ -240,9 +240,35 @@ fn eval_scores_retrieval_and_the_four_answer_configurations() {
 
 #[test]
 fn eval_never_scores_the_tuned_model_on_its_own_training_questions() {
-    // The shipped adapter was trained on every question of this file, so it may answer none.
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pubmedqa/pqal_train.json");
-    let o = run(bin().args(["eval", "--format", "pubmedqa", "--limit", "2"]).arg(&data));
+    use sha2::Digest;
+    // A PubMedQA-format file of our own, and the shipped adapter with its provenance rewritten
+    // to say it was trained on every question of that file (no fold held out): the adapter may
+    // then answer none of them.
+    let entry = |q: &str, context: &str, decision: &str| serde_json::json!({ "QUESTION": q, "CONTEXTS": [context], "final_decision": decision, "LONG_ANSWER": context });
+    let data = serde_json::json!({
+        "1": entry("Was the Harrow Point lighthouse lit in 1871?", "The lighthouse was first lit in 1871.", "yes"),
+        "2": entry("Does a sourdough starter need daily feeding in the fridge?", "In the fridge it is fed weekly.", "no"),
+    });
+    let file = tmp("trained", "set.json");
+    let bytes = serde_json::to_vec(&data).unwrap();
+    std::fs::write(&file, &bytes).unwrap();
+    let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+
+    let shipped = std::fs::read(common::models_dir().join(pocketrag::models::ADAPTER_FILE)).unwrap();
+    let n = u64::from_le_bytes(shipped[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&shipped[8..8 + n]).unwrap();
+    let meta = header["__metadata__"].as_object_mut().unwrap();
+    meta.insert("data_sha256".into(), sha.into());
+    meta.remove("folds");
+    meta.remove("holdout_fold");
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut adapter = (header.len() as u64).to_le_bytes().to_vec();
+    adapter.extend_from_slice(&header);
+    adapter.extend_from_slice(&shipped[8 + n..]);
+    let adapter_file = tmp("trained", "adapter.safetensors");
+    std::fs::write(&adapter_file, adapter).unwrap();
+
+    let o = run(bin().args(["eval", "--format", "pubmedqa", "--adapter"]).arg(&adapter_file).arg(&file));
     assert_clean_failure(&o, "was in the training data of every adapter given");
 }
 
