@@ -315,19 +315,9 @@ mod tests {
         (doc, chunks, vectors)
     }
 
-    #[test]
-    fn save_writes_the_same_bytes_as_before_and_loads_back() {
-        let mut lib = Library::new("test-embedder", ChunkConfig::default(), HnswConfig::default());
-        for (name, text) in [("a.txt", "One. Two. Three"), ("b.txt", "Four. Five"), ("c.txt", "Six")] {
-            let (doc, chunks, vectors) = document(name, text);
-            lib.add(doc, chunks, vectors);
-        }
-        assert!(lib.remove("b.txt"));
-        let bytes = lib.save().unwrap();
-
-        // The owned form `save` wrote before it borrowed: the bytes must not have changed, or
-        // files saved by earlier builds of this format version would no longer load.
-        let owned = Saved {
+    /// The library in the owned form that `save` wrote before it borrowed.
+    fn owned(lib: &Library) -> Saved {
+        Saved {
             embedder: lib.embedder.clone(),
             chunk_config: lib.chunk_config,
             hnsw: *lib.index.vectors.config(),
@@ -339,8 +329,22 @@ mod tests {
                 .enumerate()
                 .map(|(slot, e)| Some((e.clone()?, lib.index.vectors.get(slot as u32)?.to_vec())))
                 .collect(),
-        };
-        let payload = postcard::to_stdvec(&owned).unwrap();
+        }
+    }
+
+    #[test]
+    fn save_writes_the_same_bytes_as_before_and_loads_back() {
+        let mut lib = Library::new("test-embedder", ChunkConfig::default(), HnswConfig::default());
+        for (name, text) in [("a.txt", "One. Two. Three"), ("b.txt", "Four. Five"), ("c.txt", "Six")] {
+            let (doc, chunks, vectors) = document(name, text);
+            lib.add(doc, chunks, vectors);
+        }
+        assert!(lib.remove("b.txt"));
+        let bytes = lib.save().unwrap();
+
+        // The bytes must not have changed since `save` borrowed, or files saved by earlier
+        // builds of this format version would no longer load.
+        let payload = postcard::to_stdvec(&owned(&lib)).unwrap();
         assert_eq!(&bytes[28..bytes.len() - 4], payload.as_slice());
         assert_eq!(u64::from_le_bytes(bytes[20..28].try_into().unwrap()) as usize, payload.len());
 
@@ -358,19 +362,7 @@ mod tests {
             let (doc, chunks, vectors) = document(name, text);
             lib.add(doc, chunks, vectors);
         }
-        let good = || Saved {
-            embedder: lib.embedder.clone(),
-            chunk_config: lib.chunk_config,
-            hnsw: *lib.index.vectors.config(),
-            next_id: lib.next_id,
-            docs: lib.docs.clone(),
-            chunks: lib
-                .chunks
-                .iter()
-                .enumerate()
-                .map(|(slot, e)| Some((e.clone()?, lib.index.vectors.get(slot as u32)?.to_vec())))
-                .collect(),
-        };
+        let good = || owned(&lib);
         let file = |saved: &Saved| {
             let payload = postcard::to_stdvec(saved).unwrap();
             let mut out = MAGIC.to_vec();
