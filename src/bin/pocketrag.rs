@@ -869,7 +869,16 @@ fn evaluate_qa(
     }
     engine.settings.generate.max_tokens = max_tokens;
     let (docs, questions) = qa_set(set)?;
-    let cached = index_cache.and_then(|p| std::fs::read(p).ok()).is_some_and(|b| engine.load(&b).is_ok());
+    // A cache made from other documents (another set, other books) is not used.
+    let cache = index_cache.and_then(|p| std::fs::read(p).ok()).filter(|bytes| {
+        let Ok(lib) = pocketrag::library::Library::load(bytes, &engine.library().embedder) else { return false };
+        let mut names: Vec<&str> = lib.documents().iter().map(|d| d.name.as_str()).collect();
+        let mut wanted: Vec<&str> = docs.iter().map(|(name, _)| name.as_str()).collect();
+        names.sort_unstable();
+        wanted.sort_unstable();
+        names == wanted
+    });
+    let cached = cache.is_some_and(|bytes| engine.load(&bytes).is_ok());
     if !cached {
         let bar = counting_bar(docs.len(), "documents indexed");
         for (name, bytes) in &docs {

@@ -485,15 +485,24 @@ impl Run {
     /// printable once it no longer ends in a broken character.
     fn printable(&mut self, tokenizer: &Tokenizer, next: u32) -> Result<String> {
         self.unprinted.push(next);
-        let text = tokenizer
-            .decode(&self.unprinted, true)
-            .map_err(|e| Error::Input(format!("cannot decode token {next}: {e}")))?;
+        let text = self.held_back(tokenizer)?;
         if text.ends_with('\u{FFFD}') && self.unprinted.len() < MAX_UNPRINTED {
             return Ok(String::new());
         }
+        Ok(self.print(text))
+    }
+
+    fn held_back(&self, tokenizer: &Tokenizer) -> Result<String> {
+        tokenizer
+            .decode(&self.unprinted, true)
+            .map_err(|e| Error::Input(format!("cannot decode tokens {:?}: {e}", self.unprinted)))
+    }
+
+    /// `text`, the text of the held-back tokens, is printed.
+    fn print(&mut self, text: String) -> String {
         self.unprinted.clear();
         self.text.push_str(&text);
-        Ok(text)
+        text
     }
 
     /// The text of the tokens still held back, printed as it stands: the run has stopped, so no
@@ -502,12 +511,8 @@ impl Run {
         if self.unprinted.is_empty() {
             return Ok(String::new());
         }
-        let text = tokenizer
-            .decode(&self.unprinted, true)
-            .map_err(|e| Error::Input(format!("cannot decode tokens {:?}: {e}", self.unprinted)))?;
-        self.unprinted.clear();
-        self.text.push_str(&text);
-        Ok(text)
+        let text = self.held_back(tokenizer)?;
+        Ok(self.print(text))
     }
 
     /// The text generated so far.

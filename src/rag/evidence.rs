@@ -256,7 +256,7 @@ pub fn sentences(passages: &[(usize, &StoredDocument, usize, usize)]) -> Vec<Sen
         let mut term: Option<(usize, usize)> = None;
         // A term heading just before the passage still leads the sentences under it.
         let first = doc.blocks.iter().rposition(|b| b.end <= start).unwrap_or(0);
-        for (b, block) in doc.blocks.iter().enumerate().skip(first).filter(|(_, b)| b.start < end) {
+        for (b, block) in doc.blocks.iter().enumerate().skip(first).take_while(|(_, b)| b.start < end) {
             // Short pieces too: a term heading ("--dry-run") is often shorter than a sentence.
             for (s, e) in split_with(&doc.text, block.start, block.end, 1) {
                 // A heading names a topic; it answers nothing by itself.
@@ -644,7 +644,7 @@ pub fn rank(
             Wants::Code => {
                 let lead = sentence.lead.and(sentence.heading.as_deref());
                 let words = sentence.text.split_whitespace().chain(lead.into_iter().flat_map(str::split_whitespace));
-                let has_code = words.clone().any(|w| {
+                let has_code = words.into_iter().any(|w| {
                     let bare = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase();
                     code_like(w) && !q_lower.contains(&bare)
                 });
