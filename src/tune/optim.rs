@@ -23,6 +23,10 @@ impl AdamW {
 
     /// One update of `var` (named `name`) with gradient `grad` at learning rate `lr`.
     pub fn update(&mut self, name: &str, var: &Var, grad: &Tensor, lr: f64) -> Result<()> {
+        // The moments outlive the step: built from a gradient that still records how it was
+        // computed, they would keep every step's whole graph alive (gigabytes per step).
+        let grad = grad.detach();
+        let grad = &grad;
         let (m, v) = match self.moments.remove(name) {
             Some(mv) => mv,
             None => (var.zeros_like()?, var.zeros_like()?),
