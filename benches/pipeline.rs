@@ -27,7 +27,7 @@ fn main() {
     bench_kernels(&mut report);
     bench_generators(&dir, &mut report);
     bench_embedder(&embedder, &mut report);
-    bench_index(&mut report);
+    bench_index(&embedder, &mut report);
     println!("{}", serde_json::Value::Object(report));
 }
 
@@ -251,20 +251,95 @@ fn bench_embedder(embedder: &Embedder, report: &mut serde_json::Map<String, serd
     report.insert("embed_chunks_s".into(), json!(per_s));
 }
 
-fn bench_index(report: &mut serde_json::Map<String, serde_json::Value>) {
-    println!("index: synthetic clustered 384-d unit vectors, 200 queries, k = 10");
-    for n in [1_000usize, 10_000, 20_000] {
-        let f = pocketrag::bench::index_figures(n);
+fn bench_index(embedder: &Embedder, report: &mut serde_json::Map<String, serde_json::Value>) {
+    use pocketrag::bench::{index_figures, index_figures_on, IndexFigures};
+    use pocketrag::index::vector::HnswConfig;
+    let print = |what: &str, f: &IndexFigures| {
         println!(
-            "  {n:>6} chunks: HNSW build {:8.1} ms; search p50 {:.3} ms p99 {:.3} ms, recall@10 {:.3}; exact p50 {:.3} ms p99 {:.3} ms",
-            f.build_ms, f.search_p50_ms, f.search_p99_ms, f.recall10, f.exact_p50_ms, f.exact_p99_ms
+            "  {what} {:>6} chunks ({}): build {:8.1} ms; search p50 {:.3} ms p99 {:.3} ms, recall@10 {:.3}; exact p50 {:.3} ms p99 {:.3} ms",
+            f.chunks, f.index, f.build_ms, f.search_p50_ms, f.search_p99_ms, f.recall10, f.exact_p50_ms, f.exact_p99_ms
         );
-        let key = format!("{}k", n / 1000);
+    };
+    let mut record = |prefix: &str, f: &IndexFigures| {
+        let key = format!("{prefix}{}k", f.chunks / 1000);
         report.insert(format!("hnsw_build_ms_{key}"), json!(f.build_ms));
         report.insert(format!("search_p50_ms_{key}"), json!(f.search_p50_ms));
         report.insert(format!("search_p99_ms_{key}"), json!(f.search_p99_ms));
         report.insert(format!("recall10_{key}"), json!(f.recall10));
         report.insert(format!("exact_p50_ms_{key}"), json!(f.exact_p50_ms));
         report.insert(format!("exact_p99_ms_{key}"), json!(f.exact_p99_ms));
+    };
+    // Real embeddings, through the product's own settings (`HnswConfig::default()`: no graph
+    // below its size threshold). The text is the SQuAD and PubMedQA passages in ../shared, cut
+    // into windows; the queries are 300 of their questions. At 10k the windows are 40 words and
+    // do not overlap; 100k windows of that text exist only as 16 words every 4.
+    let (words, questions) = shared_text();
+    let questions: Vec<String> = questions.into_iter().step_by(37).take(300).collect();
+    let queries = cached_vectors(embedder, "questions-300", &questions);
+    println!("index: real MiniLM vectors of ../shared text windows, 300 of its questions, k = 10");
+    let sets: [(&str, Vec<String>); 4] = [
+        ("w40-2k", words.chunks(40).take(2_000).map(|c| c.join(" ")).collect()),
+        ("w40-5k", words.chunks(40).take(5_000).map(|c| c.join(" ")).collect()),
+        ("w40-10k", words.chunks(40).take(10_000).map(|c| c.join(" ")).collect()),
+        ("w16s4-100k", (0..100_000).map(|i| words[i * 4..i * 4 + 16].join(" ")).collect()),
+    ];
+    for (name, texts) in sets {
+        let data = cached_vectors(embedder, name, &texts);
+        // 2k and 5k say where the graph starts to pay, so they are built whatever the threshold.
+        let config = if data.len() < 10_000 { HnswConfig { exact_below: 0, ..Default::default() } } else { HnswConfig::default() };
+        let f = index_figures_on(data, &queries, config);
+        print("real", &f);
+        record("real_", &f);
     }
+    println!("index: synthetic clustered 384-d unit vectors, 200 queries, k = 10 (harder than real)");
+    for n in [1_000usize, 10_000, 20_000] {
+        let f = index_figures(n);
+        print("synthetic", &f);
+        record("", &f);
+    }
+}
+
+/// Every word of the SQuAD and PubMedQA passages in ../shared, in order, and every question.
+fn shared_text() -> (Vec<String>, Vec<String>) {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(shared.join(f)).expect("../shared/data")).expect("JSON")
+    };
+    let (mut words, mut questions) = (vec![], vec![]);
+    for f in ["squad/squad1-dev-13-articles.json", "squad/squad2-dev-16-articles.json", "squad/squadshifts-new-wiki.json"] {
+        for article in read(f)["data"].as_array().expect("articles") {
+            for p in article["paragraphs"].as_array().expect("paragraphs") {
+                words.extend(p["context"].as_str().unwrap_or("").split_whitespace().map(String::from));
+                questions.extend(p["qas"].as_array().expect("qas").iter().map(|q| q["question"].as_str().unwrap_or("").to_string()));
+            }
+        }
+    }
+    for entry in read("pubmedqa/pqal_train.json").as_object().expect("entries").values() {
+        for c in entry["CONTEXTS"].as_array().expect("contexts") {
+            words.extend(c.as_str().unwrap_or("").split_whitespace().map(String::from));
+        }
+        questions.push(entry["QUESTION"].as_str().unwrap_or("").to_string());
+    }
+    (words, questions)
+}
+
+/// The texts' embeddings, kept in target/bench-vectors so a second run does not embed 100k
+/// windows again (about seven minutes on two cores). Delete that folder after changing the
+/// embedder.
+fn cached_vectors(embedder: &Embedder, name: &str, texts: &[String]) -> Vec<Vec<f32>> {
+    let dim = 384;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-vectors");
+    let path = dir.join(format!("{name}.f32"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.len() == texts.len() * dim * 4 {
+            let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            return all.chunks(dim).map(<[f32]>::to_vec).collect();
+        }
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = embedder.embed(&refs).expect("embedding the benchmark's texts");
+    std::fs::create_dir_all(&dir).expect("target/bench-vectors");
+    let bytes: Vec<u8> = vectors.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).expect("writing the benchmark's vectors");
+    vectors
 }

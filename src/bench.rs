@@ -48,6 +48,8 @@ pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexFigures {
     pub chunks: usize,
+    /// Which index answered the timed searches ("hnsw" or "exact").
+    pub index: &'static str,
     pub build_ms: f64,
     pub search_p50_ms: f64,
     pub search_p99_ms: f64,
@@ -59,20 +61,27 @@ pub struct IndexFigures {
 
 /// Build a graph over `n` synthetic 384-d vectors and time 200 top-10 queries through it and by
 /// exact scan. The graph is built whatever the size (the app scans small sets exactly), so both
-/// methods are measured at every size.
+/// methods are measured at every size. Synthetic vectors are harder for the graph than real
+/// embeddings (their noise fills all 384 dimensions); `make bench` also measures real ones.
 pub fn index_figures(n: usize) -> IndexFigures {
-    let dim = 384;
-    let data = synthetic_vectors(n, dim, 7 + n as u64);
-    let queries = synthetic_vectors(200, dim, 99 + n as u64);
-    let mut idx = VectorIndex::new(HnswConfig { exact_below: 0, ..Default::default() });
+    let data = synthetic_vectors(n, 384, 7 + n as u64);
+    let queries = synthetic_vectors(200, 384, 99 + n as u64);
+    index_figures_on(data, &queries, HnswConfig { exact_below: 0, ..Default::default() })
+}
+
+/// The graph's build time, search time and recall@10 against an exact scan of the same vectors,
+/// with `config` deciding (as in the product) whether there is a graph at all.
+pub fn index_figures_on(data: Vec<Vec<f32>>, queries: &[Vec<f32>], config: HnswConfig) -> IndexFigures {
+    let n = data.len();
+    let mut idx = VectorIndex::new(config);
     for v in data {
         idx.push(v);
     }
     let clock = Stopwatch::start();
-    idx.rebuild();
+    idx.maintain();
     let build_ms = clock.ms();
     let (mut graph_ms, mut exact_ms, mut found) = (vec![], vec![], 0);
-    for q in &queries {
+    for q in queries {
         let clock = Stopwatch::start();
         let approx = idx.search(q, 10);
         graph_ms.push(clock.ms());
@@ -83,6 +92,7 @@ pub fn index_figures(n: usize) -> IndexFigures {
     }
     IndexFigures {
         chunks: n,
+        index: idx.kind(),
         build_ms,
         search_p50_ms: percentile(&mut graph_ms, 0.5),
         search_p99_ms: percentile(&mut graph_ms, 0.99),

@@ -1,6 +1,6 @@
 //! The collection a user has built: documents, their chunks, and the index over the chunks — and
-//! its file format. Everything derivable (BM25 postings, the HNSW graph) is rebuilt on load rather
-//! than stored, so the file holds only what cannot be recomputed without the embedder.
+//! its file format. The BM25 postings are rebuilt on load; the HNSW graph, which takes seconds
+//! to minutes to build, is stored when there is one.
 
 use crate::chunk::{Chunk, ChunkConfig};
 use crate::error::{Error, Result};
@@ -9,8 +9,10 @@ use crate::ingest::{Block, Document, Format};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 16] = b"POCKETRAG-INDEX\0";
-/// Bump on any change to `Saved`; older files are refused with a message to re-index.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bump on any change to what is saved. Format 2 added the search graph after format 1's
+/// fields; format 1 files still load (their graph is built again when the collection needs
+/// one). Anything else is refused with a message to re-index.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredDocument {
@@ -51,6 +53,8 @@ struct SavedRef<'a> {
     next_id: u32,
     docs: &'a [StoredDocument],
     chunks: Vec<Option<(&'a ChunkEntry, &'a [f32])>>,
+    /// The vector index's graph (`VectorIndex::graph_bytes`), when there is one to keep.
+    graph: Option<Vec<u8>>,
 }
 
 /// What `load` reads. Tests also write it, as `save` wrote it before it borrowed.
@@ -87,6 +91,11 @@ impl Library {
 
     pub fn chunk(&self, slot: u32) -> Option<&ChunkEntry> {
         self.chunks.get(slot as usize)?.as_ref()
+    }
+
+    /// How many numbers each vector has; None while there are none.
+    pub fn vector_dim(&self) -> Option<usize> {
+        (0..self.index.vectors.slots() as u32).find_map(|s| self.index.vectors.get(s)).map(<[f32]>::len)
     }
 
     pub fn chunk_count(&self) -> usize {
@@ -140,6 +149,33 @@ impl Library {
         self.index.vectors.maintain()
     }
 
+    /// Build a search graph from this many chunks on (normally `HnswConfig::default()`'s
+    /// measured threshold; lower to watch the graph work on a small collection).
+    pub fn set_graph_threshold(&mut self, chunks: usize) {
+        self.index.vectors.set_exact_below(chunks);
+    }
+
+    /// Whether the collection wants its search graph (re)built: the page builds it elsewhere
+    /// (`build_graph`, in a worker of its own) and hands it back (`adopt_graph`).
+    pub fn needs_graph(&self) -> bool {
+        self.index.vectors.needs_rebuild()
+    }
+
+    /// The search graph of a saved library, built from its vectors, as `adopt_graph` takes it;
+    /// None when the collection is small enough to be scanned.
+    pub fn build_graph(saved: &[u8], expect_embedder: &str) -> Result<Option<Vec<u8>>> {
+        let mut lib = Library::load(saved, expect_embedder)?;
+        lib.index.vectors.rebuild();
+        Ok(lib.index.vectors.graph_bytes())
+    }
+
+    /// Take a graph that `build_graph` made from an earlier save of this library. Vectors added
+    /// since are searched exactly until the next build. Ok(false): the graph no longer fits (a
+    /// document was removed meanwhile, or another build made it); nothing changes.
+    pub fn adopt_graph(&mut self, graph: &[u8]) -> Result<bool> {
+        Ok(self.index.vectors.restore_graph(graph).unwrap_or(false))
+    }
+
     pub fn search(&self, query_vector: &[f32], query_text: &str, k: usize) -> Vec<Hit> {
         self.index.search(query_vector, query_text, k)
     }
@@ -159,6 +195,7 @@ impl Library {
                 .enumerate()
                 .map(|(slot, e)| Some((e.as_ref()?, self.index.vectors.get(slot as u32)?)))
                 .collect(),
+            graph: self.index.vectors.graph_bytes(),
         };
         // Measured first (a quick pass that writes nothing), so that the file is written once,
         // straight after its header, into a buffer of its exact size.
@@ -185,7 +222,7 @@ impl Library {
             return Err(Error::Index("not a pocketrag index file".into()));
         }
         let version = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != 1 {
             return Err(Error::Index(format!(
                 "made by a different version of pocketrag (format {version}, this build reads {FORMAT_VERSION}); index the documents again"
             )));
@@ -204,7 +241,11 @@ impl Library {
             return Err(Error::Index("checksum mismatch: the file is damaged".into()));
         }
         reserve_for_load(bytes.len());
-        let saved: Saved = postcard::from_bytes(payload).map_err(|e| Error::Index(format!("cannot decode: {e}")))?;
+        let decode = |e: postcard::Error| Error::Index(format!("cannot decode: {e}"));
+        // Postcard writes a struct's fields one after another, so format 2 is format 1's fields
+        // and then the graph.
+        let (saved, graph): (Saved, Option<Vec<u8>>) =
+            if version == 1 { (postcard::from_bytes(payload).map_err(decode)?, None) } else { postcard::from_bytes(payload).map_err(decode)? };
         if saved.embedder != expect_embedder {
             return Err(Error::Index(format!(
                 "built with embedder {:?}, but this engine uses {:?}; index the documents again",
@@ -228,9 +269,9 @@ impl Library {
                 }
             }
         }
-        // No graph yet: until `maintain` builds one, search is an exact scan, which is what a
-        // short-lived process (one CLI query) wants anyway — building the graph costs about 1 ms
-        // per vector, a scan of 10k vectors under 1 ms.
+        if let Some(graph) = graph {
+            lib.index.vectors.restore_graph(&graph).map_err(|why| Error::Index(format!("the file is damaged: {why}")))?;
+        }
         Ok(lib)
     }
 }
@@ -248,6 +289,10 @@ fn consistent(saved: &Saved) -> std::result::Result<(), String> {
     for (i, doc) in saved.docs.iter().enumerate() {
         if ids.insert(doc.id, i).is_some() {
             return Err(format!("two documents have id {}", doc.id));
+        }
+        // Far more ids than any collection uses, and room left to count up without overflow.
+        if saved.next_id > u32::MAX / 2 {
+            return Err(format!("the next document id {} is out of range", saved.next_id));
         }
         if doc.id >= saved.next_id {
             return Err(format!("document id {} is not below the next id {}", doc.id, saved.next_id));
@@ -344,7 +389,7 @@ mod tests {
 
         // The bytes must not have changed since `save` borrowed, or files saved by earlier
         // builds of this format version would no longer load.
-        let payload = postcard::to_stdvec(&owned(&lib)).unwrap();
+        let payload = postcard::to_stdvec(&(owned(&lib), None::<Vec<u8>>)).unwrap();
         assert_eq!(&bytes[28..bytes.len() - 4], payload.as_slice());
         assert_eq!(u64::from_le_bytes(bytes[20..28].try_into().unwrap()) as usize, payload.len());
 
@@ -353,6 +398,72 @@ mod tests {
         assert_eq!(back.chunk_count(), lib.chunk_count());
         assert_eq!(back.save().unwrap(), bytes);
     }
+    #[test]
+    fn the_search_graph_is_saved_with_the_library_and_format_1_still_loads() {
+        let mut lib = Library::new("test-embedder", ChunkConfig::default(), HnswConfig { exact_below: 3, ..Default::default() });
+        for (name, text) in [("a.txt", "One. Two. Three"), ("b.txt", "Four. Five"), ("c.txt", "Six")] {
+            let (doc, chunks, vectors) = document(name, text);
+            lib.add(doc, chunks, vectors);
+        }
+        assert!(lib.maintain());
+        assert_eq!(lib.index().vectors.kind(), "hnsw");
+        let bytes = lib.save().unwrap();
+        let back = Library::load(&bytes, "test-embedder").unwrap();
+        assert_eq!(back.index().vectors.kind(), "hnsw", "the graph came back, not rebuilt");
+        assert_eq!(back.search(&[5.0, 1.0, -0.5, 0.25], "Five", 3), lib.search(&[5.0, 1.0, -0.5, 0.25], "Five", 3));
+        // A file of format 1 (no graph) as builds before this one wrote it.
+        let payload = postcard::to_stdvec(&owned(&lib)).unwrap();
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        old.extend_from_slice(&payload);
+        old.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        let old = Library::load(&old, "test-embedder").unwrap();
+        assert_eq!(old.index().vectors.kind(), "exact");
+        assert_eq!(old.chunk_count(), lib.chunk_count());
+        let mut future = bytes.clone();
+        future[16..20].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert!(Library::load(&future, "test-embedder").err().unwrap().to_string().contains("different version"));
+    }
+
+    /// The page's path: the graph is built from a save elsewhere and handed back, while the
+    /// library goes on changing. Added documents stay searchable; a removal meanwhile makes the
+    /// graph not fit, and it is refused without harm.
+    #[test]
+    fn a_graph_built_from_a_save_is_adopted_unless_the_library_lost_a_document_since() {
+        let config = HnswConfig { exact_below: 3, ..Default::default() };
+        let mut lib = Library::new("test-embedder", ChunkConfig::default(), config);
+        for (name, text) in [("a.txt", "One. Two. Three"), ("b.txt", "Four. Five")] {
+            let (doc, chunks, vectors) = document(name, text);
+            lib.add(doc, chunks, vectors);
+        }
+        assert!(lib.needs_graph());
+        let graph = Library::build_graph(&lib.save().unwrap(), "test-embedder").unwrap().expect("a graph over 5 chunks");
+        let (doc, chunks, vectors) = document("c.txt", "Six");
+        lib.add(doc, chunks, vectors);
+        let mut other = Library::load(&lib.save().unwrap(), "test-embedder").unwrap();
+        // Every chunk, as a set of slots (the vectors tie, so the order among ties may differ).
+        let slots = |lib: &Library| {
+            let mut s: Vec<u32> = lib.search(&[0.0, 1.0, -0.5, 0.25], "Six", 6).iter().map(|h| h.slot).collect();
+            s.sort();
+            s
+        };
+        let exact = slots(&lib);
+        assert_eq!(exact, [0, 1, 2, 3, 4, 5]);
+        assert!(lib.adopt_graph(&graph).unwrap());
+        assert_eq!(lib.index().vectors.kind(), "hnsw");
+        assert!(!lib.needs_graph(), "one new chunk does not call for another build");
+        assert_eq!(slots(&lib), exact, "the chunk added after the save is still found");
+
+        assert!(other.remove("a.txt"));
+        assert!(!other.adopt_graph(&graph).unwrap());
+        assert_eq!(other.index().vectors.kind(), "exact");
+        assert!(!other.adopt_graph(b"not a graph").unwrap());
+        // Too small for a graph: there is none to build.
+        let small = Library::new("test-embedder", ChunkConfig::default(), HnswConfig::default());
+        assert!(Library::build_graph(&small.save().unwrap(), "test-embedder").unwrap().is_none());
+    }
+
     /// A file with a good checksum whose numbers point outside what it holds is refused as
     /// damaged, for each way a number can be wrong; none of them panics.
     #[test]
@@ -364,7 +475,7 @@ mod tests {
         }
         let good = || owned(&lib);
         let file = |saved: &Saved| {
-            let payload = postcard::to_stdvec(saved).unwrap();
+            let payload = postcard::to_stdvec(&(saved, None::<Vec<u8>>)).unwrap();
             let mut out = MAGIC.to_vec();
             out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
             out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -391,6 +502,7 @@ mod tests {
             ("block past its text", Box::new(|s| s.docs[1].blocks[0].end = 10_000)),
             ("two documents with one id", Box::new(|s| s.docs[1].id = s.docs[0].id)),
             ("id not below next_id", Box::new(|s| s.next_id = 0)),
+            ("next_id with no room to count up", Box::new(|s| s.next_id = u32::MAX)),
         ];
         for (what, change) in crafted {
             let mut saved = good();

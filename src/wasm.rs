@@ -87,12 +87,14 @@ export interface Answer {
   generated_tokens: number;
   stop: StopReason | null;
   timings_ms: Timings;
+  /** "hnsw" or "exact": which vector search found the sources. */
+  index: string;
   /** Whether our fine-tuned adapter was applied. */
   tuned: boolean;
 }
 /** What loadAdapter read: the LoRA settings and the provenance recorded by `pocketrag tune`. */
 export interface AdapterInfo { rank: number; alpha: number; targets: string[]; matrices: number; info: Record<string, string> }
-export interface SearchResult { hits: Source[]; timings_ms: Timings }
+export interface SearchResult { hits: Source[]; timings_ms: Timings; /** "hnsw" or "exact": which vector search answered. */ index: string }
 export interface DocReport { name: string; chunks: number; chars: number; embed_ms: number }
 export interface DocInfo { name: string; chunks: number }
 export type Step =
@@ -100,6 +102,24 @@ export type Step =
   | { type: "token"; text: string }
   | { type: "done"; stop: StopReason };
 "#;
+
+/// A panic aborts the instance, and JS sees only `RuntimeError: unreachable`. The hook, which runs
+/// before the abort, leaves the message where the page can read it without calling into the dead
+/// instance: `globalThis.pocketragPanic` (and the console).
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = JsValue::from_str(&info.to_string());
+        let _ = js_sys::Reflect::set(&js_sys::global(), &JsValue::from_str("pocketragPanic"), &message);
+        console_error(&message);
+    }));
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &JsValue);
+}
 
 #[wasm_bindgen(js_name = Engine)]
 pub struct WasmEngine {
@@ -425,6 +445,35 @@ impl WasmEngine {
     pub fn load(&mut self, bytes: &[u8]) -> Result<(), JsError> {
         self.inner.load(bytes).map_err(js_err)
     }
+
+    /// Build a search graph from this many chunks on (10,000 by default, where it starts to pay;
+    /// the page's ?graph=N lowers it to show the graph at work on a small collection).
+    #[wasm_bindgen(js_name = setGraphThreshold)]
+    pub fn set_graph_threshold(&mut self, chunks: usize) {
+        self.inner.set_graph_threshold(chunks);
+    }
+
+    /// Whether the collection has grown past the size where its search graph pays, or changed
+    /// enough since the graph was built: the page then builds one in a worker (`buildSearchGraph`).
+    #[wasm_bindgen(js_name = needsGraph)]
+    pub fn needs_graph(&self) -> bool {
+        self.inner.needs_graph()
+    }
+
+    /// Search with a graph `buildSearchGraph` made from an earlier save; false (changing nothing)
+    /// when it no longer fits this collection.
+    #[wasm_bindgen(js_name = adoptGraph)]
+    pub fn adopt_graph(&mut self, graph: &[u8]) -> Result<bool, JsError> {
+        self.inner.adopt_graph(graph).map_err(js_err)
+    }
+}
+
+/// The search graph over the vectors of a saved index (`Engine.save()`), for `Engine.adoptGraph`;
+/// undefined when the collection is small enough to be scanned. Building takes seconds per 10k
+/// chunks, so the page runs this in a worker of its own while the engine answers by exact search.
+#[wasm_bindgen(js_name = buildSearchGraph)]
+pub fn build_search_graph(saved: &[u8]) -> Result<Option<Vec<u8>>, JsError> {
+    crate::library::Library::build_graph(saved, crate::rag::EMBEDDER_NAME).map_err(js_err)
 }
 
 impl WasmEngine {

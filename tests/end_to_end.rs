@@ -290,6 +290,22 @@ fn library_survives_save_and_load_and_removal() {
     assert!(third.search("vulcanising solution", 5).unwrap().hits.iter().all(|h| h.doc != "bicycle.html"));
 }
 
+/// An index whose embedder name matches but whose vectors are not the embedder's size (made by
+/// hand, or by a bug) is refused at load, not at the first search.
+#[test]
+fn an_index_with_vectors_of_another_size_is_refused_and_the_current_one_kept() {
+    use pocketrag::chunk::{Chunk, ChunkConfig};
+    use pocketrag::index::HnswConfig;
+    let text = "Four numbers are not a MiniLM vector.";
+    let mut lib = pocketrag::library::Library::new(pocketrag::rag::EMBEDDER_NAME, ChunkConfig::default(), HnswConfig::default());
+    let chunk = Chunk { start: 0, end: text.len(), text: text.into(), heading: None, page: None, tokens: 9 };
+    lib.add(pocketrag::ingest::ingest("short.txt", text.as_bytes()).unwrap(), vec![chunk], vec![vec![0.5; 4]]);
+    let mut engine = library_engine();
+    let err = engine.load(&lib.save().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("damaged") && err.contains("4 numbers"), "{err}");
+    assert_eq!(engine.search("vulcanising solution", 1).unwrap().hits[0].doc, "bicycle.html");
+}
+
 #[test]
 fn sampling_is_reproducible_with_a_seed() {
     let mut engine = library_engine();

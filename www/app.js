@@ -302,7 +302,8 @@ function renderHow(a) {
       ? 'No passage was relevant enough (best cosine below the threshold), so the model was not asked.'
       : `${a.prompt_tokens} prompt tokens, ${a.generated_tokens} generated${a.stop === 'repeated' ? ' (stopped when it began to repeat itself)' : a.stop === 'sentences' ? ' (stopped at three sentences)' : ''}. `));
   }
-  body.append(el('p', {}, `Embed ${t.embed.toFixed(0)} ms · search ${t.search.toFixed(1)} ms · evidence ${(t.evidence ?? 0).toFixed(0)} ms` +
+  const index = a.index === 'hnsw' ? 'the HNSW graph' : 'an exact scan of every vector';
+  body.append(el('p', { 'data-testid': 'timings' }, `Embed ${t.embed.toFixed(0)} ms · search ${t.search.toFixed(1)} ms (${index}) · evidence ${(t.evidence ?? 0).toFixed(0)} ms` +
     (a.mode === 'quote' ? '.' : ` · prefill ${t.prefill.toFixed(0)} ms · decode ${t.decode.toFixed(0)} ms (${tps} tok/s).`)));
   if (a.evidence.length) {
     const quoted = (e) => a.citations.some((c) => c.doc === e.doc && c.start <= e.start && e.end <= c.end);
@@ -380,6 +381,10 @@ worker.onmessage = ({ data: m }) => {
       break;
     case 'idle': setStatus('ready'); break;
     case 'notice': setStatus(m.message); break;
+    case 'graph':
+      $('backend').dataset.index = 'hnsw';
+      $('backend').title = $('backend').title.replace(/; search: .*$/, '') + `; search: the HNSW graph over ${m.chunks} chunks`;
+      break;
     case 'doc': onDoc(m); break;
     case 'removed': docRow(m.name).remove(); break;
     case 'prefill': setStatus(`reading the prompt: ${m.done} / ${m.total} tokens`); break;
@@ -427,7 +432,10 @@ const tuned = params.get('model') === 'tuned';
 // self-test there, otherwise on the CPU; ?backend=cpu|webgpu decides (webgpu also takes a
 // software adapter). The backend label's tooltip says which and why.
 const backend = ['cpu', 'webgpu'].includes(params.get('backend')) ? params.get('backend') : 'auto';
-worker.postMessage({ type: 'init', densePrefill, threads, answerThreads, tuned, backend });
+// ?graph=N: build the HNSW search graph from N chunks on instead of 10,000, to watch it work on a
+// small collection (the teaching view says which search answered).
+const graphFrom = Number(params.get('graph')) || 0;
+worker.postMessage({ type: 'init', densePrefill, threads, answerThreads, tuned, backend, graphFrom });
 
 // The service worker keeps the page itself (and the wasm) for offline visits; the models are
 // cached by the worker above.

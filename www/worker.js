@@ -1,6 +1,6 @@
 // The worker owns the wasm Engine, so indexing and generation never block the page. It receives
 // requests ({type, ...}) and answers with events: download, doc, prefill, token, answer, error,
-// ready.
+// notice, graph (the search graph was built and adopted), ready.
 import { MODELS, loadModels } from './models.js';
 
 // The wasm bindings: pkg-threads/ (the same library built with threads) when more than one
@@ -72,6 +72,42 @@ async function saveIndex() {
   const bytes = engine.save();
   await tx(db, 'state', 'readwrite', (s) => s.put(bytes, 'index'));
   saveMs = performance.now() - t0;
+  if (engine.needsGraph()) buildGraph(bytes);
+}
+
+// ---- the search graph: built from a save by graph-worker.js when the collection has grown past
+// the size where it pays, then adopted and saved with the index; until then, and for chunks added
+// since, search scans the vectors exactly. One build at a time; a build that fails is not retried
+// in this visit (search stays exact, which is slower but right).
+let graphWorker = null;
+let graphFailed = false;
+function buildGraph(saved) {
+  if (graphWorker || graphFailed) return;
+  graphWorker = new Worker('graph-worker.js', { type: 'module' });
+  graphWorker.postMessage({ module: wasmModule });
+  const done = () => { graphWorker?.terminate(); graphWorker = null; };
+  graphWorker.onmessage = ({ data }) => {
+    done();
+    if (data.error) {
+      graphFailed = true;
+      post({ type: 'notice', message: `The search graph could not be built (${data.error}); search scans every chunk instead.` });
+    } else if (data.graph) {
+      // On the GPU the engine may be borrowed by a pending step: wait for the queue there.
+      const adopt = async () => {
+        if (!engine.adoptGraph(data.graph)) return;
+        post({ type: 'graph', chunks: engine.documents().reduce((n, d) => n + d.chunks, 0) });
+        await saveOrSay();
+      };
+      if (onGpu) queue = queue.then(adopt); else adopt();
+    }
+  };
+  graphWorker.onerror = (e) => {
+    e.preventDefault?.();
+    done();
+    graphFailed = true;
+    post({ type: 'notice', message: `The search graph could not be built (${e.message || 'worker error'}); search scans every chunk instead.` });
+  };
+  graphWorker.postMessage({ saved });
 }
 const storedIndex = () => tx(db, 'state', 'readonly', (s) => s.get('index'));
 
@@ -109,6 +145,7 @@ async function restore() {
     if (unsaved.length) await saveOrSay();
     return true;
   } catch (e) {
+    if (e instanceof WebAssembly.RuntimeError) throw e;
     post({ type: 'notice', message: `The stored index could not be used (${e.message}); re-indexing your documents.` });
   }
   if (await getState('shipped')) {
@@ -261,11 +298,17 @@ function addDocument(name, bytes) {
       post({ type: 'doc', name, state: 'indexed', chunks: report.chunks });
       return true;
     } catch (e) {
+      // The engine is dead: the batch must stop here (`addAndStore`).
+      if (e instanceof WebAssembly.RuntimeError) throw e;
       post({ type: 'doc', name, state: 'error', reason: String(e.message || e) });
       return false;
     }
   });
 }
+
+// What a trap (a panic, or running out of memory) said: the panic hook (src/wasm.rs) leaves the
+// message here, since the dead instance cannot be asked.
+const trapMessage = (e) => String(self.pocketragPanic ?? e.message);
 
 // Saving serialises the whole index, so during a long batch it happens every few seconds rather
 // than after every file, and no sooner than 20 times the last save's duration, which keeps saving
@@ -275,8 +318,22 @@ const SAVE_EVERY_MS = 5000;
 
 async function addAndStore(files) {
   let saved = performance.now();
-  for (const { name, bytes } of files) {
-    if (!(await addDocument(name, bytes))) continue;
+  for (const [i, { name, bytes }] of files.entries()) {
+    let added;
+    try {
+      added = await addDocument(name, bytes);
+    } catch (e) {
+      if (!(e instanceof WebAssembly.RuntimeError)) throw e;
+      // The engine stopped on this file. It is not kept (it would stop the next visit too); the
+      // files after it are stored, so the next visit indexes them.
+      post({ type: 'doc', name, state: 'error', reason: `the engine stopped on this file (${trapMessage(e)}); it was not kept` });
+      for (const rest of files.slice(i + 1)) {
+        await storeDoc(rest.name, rest.bytes);
+        post({ type: 'doc', name: rest.name, state: 'error', reason: 'stored; it will be indexed when the page is reloaded' });
+      }
+      throw e;
+    }
+    if (!added) continue;
     await storeDoc(name, bytes);
     if (performance.now() - saved > Math.max(SAVE_EVERY_MS, 20 * saveMs)) {
       await saveOrSay();
@@ -373,7 +430,7 @@ async function loadBindings(threads) {
 }
 
 const handlers = {
-  async init({ densePrefill, threads, answerThreads, tuned, backend }) {
+  async init({ densePrefill, threads, answerThreads, tuned, backend, graphFrom }) {
     helperCount = threads;
     // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
     // optimised) code between workers that share a module. Fresh workers compiling their own copy
@@ -399,6 +456,10 @@ const handlers = {
       if (await loadShipped()) announceDocuments();
       await saveOrSay();
     }
+    if (graphFrom) engine.setGraphThreshold(graphFrom);
+    // A collection stored before graphs were saved, or just lowered below its size: the save
+    // starts the graph's build.
+    if (engine.needsGraph()) await saveOrSay();
     initialised = true;
     post({ type: 'idle' });
   },
@@ -467,7 +528,7 @@ async function handle(msg) {
   } catch (e) {
     // A trap (a panic or running out of memory) leaves the wasm instance unusable.
     const message = e instanceof WebAssembly.RuntimeError
-      ? `the engine stopped unexpectedly (${e.message}); reload the page: your documents are saved`
+      ? `the engine stopped unexpectedly (${trapMessage(e)}); reload the page: your stored documents are kept`
       : String(e.message || e);
     post({ type: 'error', during: msg.type, message });
   }

@@ -266,7 +266,8 @@ fn run(cli: Cli) -> Result<()> {
             let engine = open(&cli.models, Some(&index), None)?;
             let found = engine.search(&query, k)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&found.hits)?);
+                let out = serde_json::json!({ "index": found.index, "hits": found.hits });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for (i, h) in found.hits.iter().enumerate() {
                     println!("{:>2}. {:.3}  {}{}", i + 1, h.score, h.doc, location(h.page, h.heading.as_deref()));
@@ -997,6 +998,12 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, backend: Backend, paths: &[
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // The graph is built here, once, and saved with the index: a search then loads it instead
+    // of scanning every vector (below `HnswConfig::exact_below` chunks there is none to build).
+    let clock = std::time::Instant::now();
+    if engine.maintain() {
+        eprintln!("built the search graph over {} chunks in {:.1} s", engine.library().chunk_count(), clock.elapsed().as_secs_f64());
+    }
     let bytes = engine.save()?;
     let tmp = out.with_extension("part");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;

@@ -402,6 +402,42 @@ fn shape_error(
     ))
 }
 
+/// Why the weight matrices do not have the shapes the metadata implies, if they do not: every
+/// product and slice of the forward pass takes its sizes from the metadata. Checked from the
+/// file's table of tensors, before any is read; a missing tensor is reported when it is read.
+fn tensor_shape_error(ct: &Content, n_layer: usize, dim: usize, n_head: usize, n_kv_head: usize) -> Option<String> {
+    let shape = |name: &str| ct.tensor_infos.get(name).map(|t| t.shape.dims().to_vec());
+    let kv = n_kv_head * (dim / n_head);
+    let vocab = shape("token_embd.weight").and_then(|d| (d.len() == 2 && d[1] == dim).then_some(d[0]));
+    let Some(vocab) = vocab.filter(|&v| v > 0) else {
+        return Some(format!("token_embd.weight is {:?}, not (vocabulary, {dim})", shape("token_embd.weight")));
+    };
+    let mut want: Vec<(String, Vec<usize>)> = vec![("output.weight".into(), vec![vocab, dim]), ("output_norm.weight".into(), vec![dim])];
+    for i in 0..n_layer {
+        let hidden = shape(&format!("blk.{i}.ffn_gate.weight")).map_or(0, |d| d[0]);
+        if hidden == 0 {
+            return Some(format!("blk.{i}.ffn_gate.weight has no rows"));
+        }
+        for (name, dims) in [
+            ("attn_q", vec![dim, dim]),
+            ("attn_k", vec![kv, dim]),
+            ("attn_v", vec![kv, dim]),
+            ("attn_output", vec![dim, dim]),
+            ("ffn_gate", vec![hidden, dim]),
+            ("ffn_up", vec![hidden, dim]),
+            ("ffn_down", vec![dim, hidden]),
+            ("attn_norm", vec![dim]),
+            ("ffn_norm", vec![dim]),
+        ] {
+            want.push((format!("blk.{i}.{name}.weight"), dims));
+        }
+    }
+    want.into_iter().find_map(|(name, dims)| match shape(&name) {
+        Some(have) if have != dims => Some(format!("{name} is {have:?}, the model's shape needs {dims:?}")),
+        _ => None,
+    })
+}
+
 impl Llama {
     pub fn from_gguf<R: Read + Seek>(ct: &Content, reader: &mut R, weights: Weights, device: &Device) -> Result<Self> {
         let meta = |key: &str| ct.metadata.get(key).ok_or_else(|| Error::Input(format!("GGUF metadata has no {key}")));
@@ -414,6 +450,9 @@ impl Llama {
         let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()?;
         let rope_base = meta("llama.rope.freq_base").and_then(|v| Ok(v.to_f32()?)).unwrap_or(10_000.0);
         if let Some(reason) = shape_error(n_head, n_kv_head, n_layer, dim, rope_dim, eps, rope_base) {
+            return Err(Error::Input(reason));
+        }
+        if let Some(reason) = tensor_shape_error(ct, n_layer, dim, n_head, n_kv_head) {
             return Err(Error::Input(reason));
         }
 
@@ -978,6 +1017,62 @@ mod tests {
         let head = header.metadata["llama.attention.head_count"].to_u32().unwrap();
         let err = with("llama.attention.head_count", head);
         assert!(!err.contains("unusable model shape"), "{err}");
+    }
+
+    /// A tiny model whose metadata is sound and whose weights follow it loads and generates; one
+    /// whose matrix does not fit the metadata is refused at load, naming the matrix, instead of
+    /// panicking in the first product.
+    #[test]
+    fn a_model_whose_weights_do_not_fit_its_metadata_is_refused() {
+        use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+        let path = crate::models::generator_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+        let bytes = std::fs::read(&path).expect("generator file (run `make models`)");
+        let header = crate::llm::read_header(&bytes, "model").unwrap();
+        let vocab = header.tensor_infos["token_embd.weight"].shape.dims()[0];
+        let (dim, hidden) = (8usize, 16usize);
+        let mut md: Vec<(String, gguf_file::Value)> = header.metadata.clone().into_iter().collect();
+        for (key, value) in [
+            ("llama.attention.head_count", 2),
+            ("llama.attention.head_count_kv", 1),
+            ("llama.block_count", 1),
+            ("llama.embedding_length", dim as u32),
+            ("llama.rope.dimension_count", 4),
+        ] {
+            md.retain(|(k, _)| k != key);
+            md.push((key.to_string(), gguf_file::Value::U32(value)));
+        }
+        let md: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let write = |q_rows: usize| {
+            let t = |dims: &[usize], seed: u64| {
+                let n = dims.iter().product();
+                let w = Tensor::from_vec(crate::bench::pseudo_random(n, seed), dims, &Device::Cpu).unwrap();
+                QTensor::quantize(&w, GgmlDType::F32).unwrap()
+            };
+            let tensors = [
+                ("token_embd.weight", t(&[vocab, dim], 1)),
+                ("output_norm.weight", t(&[dim], 2)),
+                ("blk.0.attn_q.weight", t(&[q_rows, dim], 3)),
+                ("blk.0.attn_k.weight", t(&[4, dim], 4)),
+                ("blk.0.attn_v.weight", t(&[4, dim], 5)),
+                ("blk.0.attn_output.weight", t(&[dim, dim], 6)),
+                ("blk.0.ffn_gate.weight", t(&[hidden, dim], 7)),
+                ("blk.0.ffn_up.weight", t(&[hidden, dim], 8)),
+                ("blk.0.ffn_down.weight", t(&[dim, hidden], 9)),
+                ("blk.0.attn_norm.weight", t(&[dim], 10)),
+                ("blk.0.ffn_norm.weight", t(&[dim], 11)),
+            ];
+            let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+            let mut out = std::io::Cursor::new(Vec::new());
+            gguf_file::write(&mut out, &md, &refs).unwrap();
+            out.into_inner()
+        };
+        let mut good = crate::llm::Generator::from_gguf_bytes(&write(dim), "tiny.gguf").unwrap();
+        let params = crate::llm::GenerateParams { max_tokens: 3, ..Default::default() };
+        let prompt = good.encode("Hello, tiny model").unwrap();
+        let out = good.generate(&prompt, &params, &mut |_| {}, &|| false).unwrap();
+        assert!(out.tokens.len() <= 3 && out.prompt_tokens == prompt.len(), "{out:?}");
+        let err = crate::llm::Generator::from_gguf_bytes(&write(dim - 2), "tiny.gguf").err().unwrap().to_string();
+        assert!(err.contains("tiny.gguf") && err.contains("blk.0.attn_q.weight is [6, 8]"), "{err}");
     }
 
     /// The wasm build's prompt products (our kernel, W read in place from the tensor) against

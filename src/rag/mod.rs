@@ -168,6 +168,9 @@ pub struct Answer {
     pub generated_tokens: usize,
     pub stop: Option<StopReason>,
     pub timings_ms: Timings,
+    /// Which vector search found the sources: "hnsw" or "exact" (see [`SearchResult::index`]).
+    #[serde(default)]
+    pub index: String,
     /// Whether the fine-tuned adapter was applied (see [`Engine::use_adapter`]).
     pub tuned: bool,
     /// A yes/no question in the default mode: the decision the engine read from the best quote
@@ -244,6 +247,10 @@ impl PendingAnswer {
 pub struct SearchResult {
     pub hits: Vec<Source>,
     pub timings_ms: Timings,
+    /// Which vector search answered: "hnsw" (the graph, plus a scan of what was added since it
+    /// was built) or "exact" (a scan of every vector).
+    #[serde(default)]
+    pub index: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,6 +476,21 @@ impl Engine {
         self.library.maintain()
     }
 
+    /// See [`Library::set_graph_threshold`].
+    pub fn set_graph_threshold(&mut self, chunks: usize) {
+        self.library.set_graph_threshold(chunks);
+    }
+
+    /// See [`Library::needs_graph`].
+    pub fn needs_graph(&self) -> bool {
+        self.library.needs_graph()
+    }
+
+    /// See [`Library::adopt_graph`].
+    pub fn adopt_graph(&mut self, graph: &[u8]) -> Result<bool> {
+        self.library.adopt_graph(graph)
+    }
+
     pub fn search(&self, query: &str, k: usize) -> Result<SearchResult> {
         Ok(self.search_with_vector(query, k)?.0)
     }
@@ -505,7 +527,11 @@ impl Engine {
                 })
             })
             .collect();
-        Ok((SearchResult { hits, timings_ms: Timings { embed, search, ..Default::default() } }, qv))
+        Ok((SearchResult { hits, timings_ms: Timings { embed, search, ..Default::default() }, index: self.index_kind() }, qv))
+    }
+
+    fn index_kind(&self) -> String {
+        self.library.index().vectors.kind().to_string()
     }
 
     /// The sentences of `hits`, scored as answers to `question` (whose embedding is
@@ -700,6 +726,7 @@ impl Engine {
             generated_tokens: 0,
             stop: None,
             timings_ms: timings,
+            index: self.index_kind(),
             tuned: self.tuned,
             decision: None,
         }
@@ -867,6 +894,7 @@ impl Engine {
             generated_tokens: run.tokens.len(),
             stop: Some(cut.map_or(run.stop, |(_, stop)| stop)),
             timings_ms: timings,
+            index: self.index_kind(),
             tuned,
             decision: None,
         })
@@ -1011,7 +1039,14 @@ impl Engine {
 
     /// Replace the library with one read from `bytes`. On error the current library is kept.
     pub fn load(&mut self, bytes: &[u8]) -> Result<()> {
-        self.library = Library::load(bytes, EMBEDDER_NAME)?;
+        let library = Library::load(bytes, EMBEDDER_NAME)?;
+        // The name matched; the numbers must too, or the first search would compare vectors of
+        // different lengths.
+        if let Some(dim) = library.vector_dim().filter(|&d| d != self.embedder.dim()) {
+            let want = self.embedder.dim();
+            return Err(Error::Index(format!("the file is damaged: its vectors have {dim} numbers, the embedder's {want}")));
+        }
+        self.library = library;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..', '..');
-const { Engine, Embedder, benchIndex, isPdf, extractPdfPages } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const { Engine, Embedder, benchIndex, buildSearchGraph, isPdf, extractPdfPages } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
 const { pdf } = require('../support/pdf.cjs');
 const model = (p) => fs.readFileSync(path.join(root, 'models', p));
 const doc = (name) => fs.readFileSync(path.join(root, 'tests', 'data', 'library', name));
@@ -30,6 +30,7 @@ test('wasm engine indexes, searches, answers with a citation, and round-trips it
   assert.ok(engine.documents().every((d) => d.chunks >= 1));
 
   const found = engine.search('vulcanising solution', 3);
+  assert.equal(found.index, 'exact');
   assert.equal(found.hits[0].doc, 'bicycle.html');
   assert.ok(found.hits[0].score > 0.3);
 
@@ -163,6 +164,34 @@ test('a document that would not fit in memory is refused with a message, and not
   assert.equal(engine.search('When was the lighthouse first lit?', 1).hits[0].doc, 'lighthouse.md');
   engine.addDocument('sourdough.txt', doc('sourdough.txt'));
   assert.equal(engine.documents().length, 2);
+});
+
+test('a search graph built from a save elsewhere (as the page builds it in a worker) is adopted and saved', () => {
+  const engine = embedderOnly();
+  for (const name of ['lighthouse.md', 'sourdough.txt', 'bicycle.html']) engine.addDocument(name, doc(name));
+  const q = 'When does the return ferry leave?';
+  const exact = engine.search(q, 5);
+  assert.equal(exact.index, 'exact');
+  assert.equal(engine.needsGraph(), false, 'three documents are scanned');
+  assert.equal(buildSearchGraph(engine.save()), undefined);
+  engine.setGraphThreshold(3);
+  assert.equal(engine.needsGraph(), true);
+  const graph = buildSearchGraph(engine.save());
+  assert.ok(graph instanceof Uint8Array && graph.length > 0);
+  assert.equal(engine.adoptGraph(graph), true);
+  assert.equal(engine.needsGraph(), false);
+  const found = engine.search(q, 5);
+  assert.equal(found.index, 'hnsw');
+  assert.deepEqual(found.hits.map((h) => [h.doc, h.start]), exact.hits.map((h) => [h.doc, h.start]));
+  // Saved with the index: a reload searches with the graph without building it.
+  const other = embedderOnly();
+  other.load(engine.save());
+  assert.equal(other.search(q, 5).index, 'hnsw');
+  // After a removal the old graph no longer fits: refused, nothing changes.
+  other.removeDocument('bicycle.html');
+  assert.equal(other.adoptGraph(graph), false);
+  assert.ok(other.search(q, 5).hits.every((h) => h.doc !== 'bicycle.html'));
+  assert.throws(() => buildSearchGraph(new Uint8Array([1, 2, 3])), /index/i);
 });
 
 test('PDF text extracted separately is indexed with its page numbers', () => {

@@ -91,6 +91,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   let how = await page.textContent('#how-body');
   assert.match(how, /quoted from your documents/);
   assert.match(how, /Harrow Point/);
+  // Three small documents are scanned exactly; no graph is built below 10,000 chunks.
+  assert.match(await page.textContent('[data-testid="timings"]'), /search [0-9.]+ ms \(an exact scan of every vector\)/);
   assert.ok(await page.$('[data-testid="evidence"] tr[data-chosen="yes"]'));
   // Clicking the citation marks exactly the quote in its document.
   await page.click('[data-testid="citation"]');
@@ -222,6 +224,41 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   const origin = new URL(server.url).origin;
   const foreign = requests.filter((u) => !u.startsWith(origin) && !u.startsWith('blob:') && !u.startsWith('data:'));
   assert.deepEqual(foreign, [], 'requests left the origin');
+  assert.deepEqual(errors, []);
+});
+
+test('?graph=3: the search graph is built in a worker of its own, answers, and is stored with the index', async (t) => {
+  const server = await serve();
+  const context = await launch();
+  t.after(async () => { await context.close(); server.proc.kill(); });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const workers = [];
+  page.on('worker', (w) => workers.push(w.url()));
+  const ask = async () => {
+    await page.fill('[data-testid="question"]', 'When was the Harrow Point lighthouse first lit?');
+    await page.press('[data-testid="question"]', 'Enter');
+    await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+    return page.textContent('[data-testid="timings"]');
+  };
+  await page.goto(`${server.url}?threads=1&graph=3`);
+  await waitReady(page);
+  await page.setInputFiles('[data-testid="file-input"]', [
+    { name: 'lighthouse.md', mimeType: 'text/markdown', buffer: fs.readFileSync(path.join(root, 'tests', 'data', 'library', 'lighthouse.md')) },
+  ]);
+  await page.waitForSelector('[data-testid="doc-status"][data-doc="lighthouse.md"][data-state="indexed"]', { timeout: 120_000 });
+  await page.waitForSelector('[data-testid="backend"][data-index="hnsw"]', { timeout: 120_000 });
+  assert.equal(workers.filter((u) => u.endsWith('/graph-worker.js')).length >= 1, true, workers.join(' '));
+  assert.match(await ask(), /\(the HNSW graph\)/);
+  assert.match(await page.textContent('[data-testid="answer"]'), /1871/);
+
+  // The next visit loads the stored graph: no build, and the graph answers.
+  workers.length = 0;
+  await page.reload();
+  await waitReady(page);
+  assert.match(await ask(), /\(the HNSW graph\)/);
+  assert.deepEqual(workers.filter((u) => u.endsWith('/graph-worker.js')), []);
   assert.deepEqual(errors, []);
 });
 
