@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test vulkan wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory clean-models
+.PHONY: all models build test vulkan wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory fuzz fuzz-seeds clean-models
 
 all: build
 
@@ -121,6 +121,24 @@ bench-web: site browser
 # wasm memory for a 50 MB document set (MEGABYTES=N for another size), under Node.
 bench-memory: models wasm
 	node tools/bench_memory.cjs
+
+# libFuzzer on each reader of untrusted bytes (src/fuzz.rs), FUZZ_SECONDS each, one after another
+# (FUZZ_TARGETS=... for some). No sanitizer: safe Rust needs none to find panics and hangs, and
+# the runs go several times faster. Findings land in fuzz/artifacts/<target>/; logs, with the
+# execution counts, in fuzz/logs/. `make test` runs a short pass of the same targets.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= gguf adapter index pdf html markdown text tokenizer prompt
+fuzz-seeds: build
+	$(CARGO) run --release --locked --example fuzz_seeds
+
+fuzz: models fuzz-seeds
+	@rustup toolchain list | grep -q "^$(NIGHTLY)" || rustup toolchain install $(NIGHTLY) --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	mkdir -p fuzz/logs
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		cargo +$(NIGHTLY) fuzz run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+			-rss_limit_mb=4096 -print_final_stats=1 > logs/$$t.log 2>&1 || { tail -40 logs/$$t.log; exit 1; }; \
+		echo "$$t: $$(grep -h 'number_of_executed_units' logs/$$t.log)"; done
 
 clean-models:
 	rm -rf models/smollm2 models/minilm models/.cache

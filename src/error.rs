@@ -22,6 +22,12 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// A state the code should never reach: a caller inside pocketrag broke a rule (a position
+    /// out of step with the cache, a matrix of the wrong shape). Kept apart from `Input` so that a
+    /// user is told it is our bug, not their mistake.
+    #[error("internal error (a bug in pocketrag; please report it): {0}")]
+    Internal(String),
+
     /// No usable GPU, or a GPU operation that failed. The CPU path still works.
     #[error("GPU: {0}")]
     Gpu(String),

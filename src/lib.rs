@@ -21,6 +21,8 @@ pub mod time;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod fuzz;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod models;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod tune;

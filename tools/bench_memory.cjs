@@ -1,6 +1,6 @@
 // `make bench-memory`: how much wasm memory a 50 MB document set takes, under Node with the same
 // wasm the page runs (target/wasm-node). The text is the sample articles, repeated and numbered
-// into ~100 KB files (each one different), read and chunked for real; the embeddings are random
+// into FILES files (1,000 by default, each one different), read and chunked for real; the embeddings are random
 // unit vectors instead of the embedder's, because embedding ~140k chunks takes hours on a CPU and
 // memory does not depend on the vectors' values. Prints one JSON object.
 const fs = require('node:fs');
@@ -11,6 +11,7 @@ const { Engine } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'
 const model = (p) => fs.readFileSync(path.join(root, 'models', p));
 const MB = 2 ** 20;
 const target = Number(process.env.MEGABYTES || 50) * MB;
+const fileBytes = Math.ceil(target / Number(process.env.FILES || 1000));
 
 const engine = new Engine(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
 // The page's limit (www/worker.js): documents past it are refused, one by one, with a message.
@@ -28,7 +29,8 @@ let files = 0;
 let refused = 0;
 while (bytes < target && refused < 10) {
   let text = '';
-  while (text.length < 100_000) text += `Part ${files}-${text.length}. ${corpus}`;
+  while (text.length < fileBytes) text += `Part ${files}-${text.length}. ${corpus}`;
+  text = text.slice(0, fileBytes);
   const data = Buffer.from(text);
   bytes += data.length;
   try {

@@ -7,7 +7,9 @@ on this origin. Prints the URL once listening; port 0 picks a free port.
 
 --plain leaves those headers out, as a static host that cannot set headers would (the page must
 work there too, single-threaded and without shared memory); --log prints one line per request
-("GET /path"), which the browser tests read to check what a visit downloaded.
+("GET /path"), which the browser tests read to check what a visit downloaded; --fail PATH
+(repeatable) answers PATH with a script that throws as it starts, which the browser tests use to
+check that a worker that dies costs only the file it held.
 """
 import argparse
 import functools
@@ -37,6 +39,18 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     plain = False
     log = False
+    fail = frozenset()
+
+    def do_GET(self):
+        if self.path.split("?")[0] in self.fail:
+            body = b"throw new Error('this script was made to fail (serve.py --fail)');\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/javascript")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
 
     def end_headers(self):
         if not self.plain:
@@ -61,7 +75,10 @@ def main():
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--plain", action="store_true", help="no COOP/COEP/CSP headers")
     ap.add_argument("--log", action="store_true", help="print each request")
+    ap.add_argument("--fail", action="append", default=[], metavar="PATH",
+                    help="answer PATH (such as /parse-worker.js) with a script that throws")
     args = ap.parse_args()
+    Handler.fail = frozenset(args.fail)
     Handler.plain = args.plain
     Handler.log = args.log
     handler = functools.partial(Handler, directory=args.dir)

@@ -15,6 +15,18 @@ function el(tag, attrs = {}, text) {
 
 function setStatus(text) { $('status').textContent = text; }
 
+/// Something the user should know that outlasts the status line (a save that failed, a worker
+/// that stopped): kept in a list until dismissed. The same notice twice is shown once.
+function addNotice(text) {
+  const list = $('notices');
+  if ([...list.children].some((li) => li.dataset.text === text)) return;
+  const li = el('li', { 'data-testid': 'notice', 'data-text': text });
+  const dismiss = el('button', { type: 'button' }, 'dismiss');
+  dismiss.addEventListener('click', () => li.remove());
+  li.append(el('span', {}, text), ' ', dismiss);
+  list.append(li);
+}
+
 function setBusy(b) {
   busy = b;
   $('ask-button').disabled = b;
@@ -79,9 +91,26 @@ async function addFiles(entries) {
   if (files.length) worker.postMessage({ type: 'add', files }, files.map((f) => f.bytes));
 }
 
-const fromFolder = (files) => files
-  .map((file) => ({ file, name: file.webkitRelativePath || file.name }))
-  .filter(({ name }) => DOCUMENT_EXTENSIONS.test(name) && !hidden(name));
+/// From a folder's files, the documents pocketrag reads; the others are named to the user, so a
+/// folder that looks indexed is not silently missing files. Hidden files are skipped quietly.
+function documentsOf(entries) {
+  const visible = entries.filter(({ name }) => !hidden(name));
+  showLeftOut(visible.filter(({ name }) => !DOCUMENT_EXTENSIONS.test(name)).map(({ name }) => name));
+  return visible.filter(({ name }) => DOCUMENT_EXTENSIONS.test(name));
+}
+
+function showLeftOut(names) {
+  const box = $('left-out');
+  box.hidden = names.length === 0;
+  if (box.hidden) return;
+  const shown = names.slice(0, 10).map((n) => {
+    const ext = /\.[^./]+$/.exec(n);
+    return ext ? `${n} (${ext[0]})` : `${n} (no extension)`;
+  });
+  const more = names.length > 10 ? `, and ${names.length - 10} more` : '';
+  const s = names.length === 1 ? '' : 's';
+  box.textContent = `Left out ${names.length} file${s} of a type pocketrag does not read: ${shown.join(', ')}${more}`;
+}
 
 /// Every file under a dropped folder entry (FileSystemDirectoryEntry reads in batches).
 async function walk(entry) {
@@ -103,7 +132,10 @@ $('file-input').addEventListener('change', (e) => {
   addFiles([...e.target.files].map((file) => ({ file, name: file.name })));
   e.target.value = '';
 });
-$('folder-input').addEventListener('change', (e) => { addFiles(fromFolder([...e.target.files])); e.target.value = ''; });
+$('folder-input').addEventListener('change', (e) => {
+  addFiles(documentsOf([...e.target.files].map((file) => ({ file, name: file.webkitRelativePath || file.name }))));
+  e.target.value = '';
+});
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
@@ -116,12 +148,15 @@ drop.addEventListener('drop', async (e) => {
     addFiles([...e.dataTransfer.files].map((file) => ({ file, name: file.name })));
     return;
   }
+  // A file dropped by itself is always tried (the engine says why it cannot read one); files
+  // found inside dropped folders are filtered by type, and the ones left out are listed.
   const picked = [];
+  const inFolders = [];
   for (const entry of entries) {
     if (entry.isFile) picked.push(...await walk(entry));
-    else picked.push(...(await walk(entry)).filter(({ name }) => DOCUMENT_EXTENSIONS.test(name)));
+    else inFolders.push(...await walk(entry));
   }
-  addFiles(picked);
+  addFiles([...picked, ...documentsOf(inFolders)]);
 });
 
 // ---- asking ----
@@ -380,7 +415,7 @@ worker.onmessage = ({ data: m }) => {
       setStatus('loading documents…');
       break;
     case 'idle': setStatus('ready'); break;
-    case 'notice': setStatus(m.message); break;
+    case 'notice': addNotice(m.message); break;
     case 'graph':
       $('backend').dataset.index = 'hnsw';
       $('backend').title = $('backend').title.replace(/; search: .*$/, '') + `; search: the HNSW graph over ${m.chunks} chunks`;

@@ -53,8 +53,10 @@ function tx(db, store, mode, fn) {
     const t = db.transaction(store, mode);
     const result = fn(t.objectStore(store));
     t.oncomplete = () => resolve(result && 'result' in result ? result.result : undefined);
-    t.onerror = () => reject(t.error);
-    t.onabort = () => reject(t.error);
+    // A failed request says why on itself; the transaction's own error is set only at its abort
+    // (a full quota shows up there, at commit).
+    t.onerror = (e) => reject(e.target?.error ?? t.error);
+    t.onabort = () => reject(t.error ?? new Error('the storage transaction was aborted'));
   });
 }
 let db = null;
@@ -140,8 +142,8 @@ async function restore() {
     announceDocuments();
     // Documents stored after the last save (the tab closed mid-batch) are indexed again.
     const have = new Set(engine.documents().map((d) => d.name));
-    const unsaved = (await storedDocNames()).filter((name) => !have.has(name));
-    for (const name of unsaved) await addDocument(name, new Uint8Array(await storedDoc(name)));
+    const unsaved = retryOrder((await storedDocNames()).filter((name) => !have.has(name)));
+    for (const name of unsaved) await indexStored(name, new Uint8Array(await storedDoc(name)));
     if (unsaved.length) await saveOrSay();
     return true;
   } catch (e) {
@@ -156,9 +158,27 @@ async function restore() {
     }
   }
   announceDocuments();
-  for (const name of await storedDocNames()) await addDocument(name, new Uint8Array(await storedDoc(name)));
+  for (const name of retryOrder(await storedDocNames())) await indexStored(name, new Uint8Array(await storedDoc(name)));
   await saveOrSay();
   return true;
+}
+
+let retryFirst = null;
+const retryOrder = (names) => [...names].sort((a, b) => (b === retryFirst) - (a === retryFirst));
+
+/// A file that visits have twice stopped while indexing (the tab ran out of memory on it, or was
+/// closed) is set aside, not tried again: a file that kills the tab would otherwise kill every
+/// visit after it. Once is forgiven: a reload mid-batch is not the file's fault. Its name is
+/// given, so the user can add it again.
+async function setAsideInterrupted() {
+  const under = await getState('indexing');
+  if (!under) return;
+  // Retried first, so that its count of tries is not lost to the files after it.
+  if (under.tries < 2) { retryFirst = under.name; return; }
+  const { name } = under;
+  await deleteDoc(name);
+  await setState('indexing', null);
+  post({ type: 'notice', message: `Visits twice stopped while indexing ${name}; it was set aside. Add it again to retry.` });
 }
 
 // ---- PDF text comes from a separate worker (see parse-worker.js), started when first needed and
@@ -212,7 +232,12 @@ function startHelpers() {
       waiting.delete(data.id);
       if (data.error) reject(new Error(data.error)); else resolve(data.vectors);
     };
-    worker.onerror = (e) => { for (const { reject } of waiting.values()) reject(new Error(e.message)); waiting.clear(); };
+    // Handled here (the file falls back to the engine), so not reported on up to the page.
+    worker.onerror = (e) => {
+      e.preventDefault?.();
+      for (const { reject } of waiting.values()) reject(new Error(e.message || 'the embedding worker stopped'));
+      waiting.clear();
+    };
     const embed = (texts) => new Promise((resolve, reject) => {
       waiting.set(++id, { resolve, reject });
       worker.postMessage({ id, texts });
@@ -310,31 +335,57 @@ function addDocument(name, bytes) {
 // message here, since the dead instance cannot be asked.
 const trapMessage = (e) => String(self.pocketragPanic ?? e.message);
 
+/// Index a document whose bytes are stored, noting it as the one under way (see
+/// `setAsideInterrupted`). A file that cannot be indexed is not kept, unless an earlier version of
+/// it is in the index (that one stays).
+async function indexStored(name, bytes) {
+  const under = await getState('indexing');
+  await setState('indexing', { name, tries: under?.name === name ? under.tries + 1 : 1 });
+  const added = await addDocument(name, bytes);
+  if (!added && !engine.documents().some((d) => d.name === name)) await deleteDoc(name);
+  await setState('indexing', null);
+  return added;
+}
+
+const notStored = (e) => (e?.name === 'QuotaExceededError'
+  ? "not added: this browser's storage for the page is full; remove documents you no longer need, then add it again"
+  : `not added: it could not be stored (${e?.message || e})`);
+
+// A batch is stored before any of it is indexed: a reload or a closed tab mid-batch loses none
+// of it, since the next visit indexes the stored documents its saved index lacks (`restore`).
+// A file that cannot be stored (a full quota) is refused by name, and what is stored stays.
+//
 // Saving serialises the whole index, so during a long batch it happens every few seconds rather
 // than after every file, and no sooner than 20 times the last save's duration, which keeps saving
-// under ~5 % of the work however large the collection grows. If the tab dies mid-batch, the files
-// are stored already, and those missing from the saved index are indexed again at the next visit.
+// under ~5 % of the work however large the collection grows.
 const SAVE_EVERY_MS = 5000;
 
 async function addAndStore(files) {
-  let saved = performance.now();
-  for (const [i, { name, bytes }] of files.entries()) {
-    let added;
+  const stored = [];
+  for (const file of files) {
     try {
-      added = await addDocument(name, bytes);
+      await storeDoc(file.name, file.bytes);
+      stored.push(file);
+    } catch (e) {
+      post({ type: 'doc', name: file.name, state: 'error', reason: notStored(e) });
+    }
+  }
+  let saved = performance.now();
+  for (const [i, { name, bytes }] of stored.entries()) {
+    try {
+      await indexStored(name, bytes);
     } catch (e) {
       if (!(e instanceof WebAssembly.RuntimeError)) throw e;
       // The engine stopped on this file. It is not kept (it would stop the next visit too); the
       // files after it are stored, so the next visit indexes them.
+      await deleteDoc(name);
+      await setState('indexing', null);
       post({ type: 'doc', name, state: 'error', reason: `the engine stopped on this file (${trapMessage(e)}); it was not kept` });
-      for (const rest of files.slice(i + 1)) {
-        await storeDoc(rest.name, rest.bytes);
+      for (const rest of stored.slice(i + 1)) {
         post({ type: 'doc', name: rest.name, state: 'error', reason: 'stored; it will be indexed when the page is reloaded' });
       }
       throw e;
     }
-    if (!added) continue;
-    await storeDoc(name, bytes);
     if (performance.now() - saved > Math.max(SAVE_EVERY_MS, 20 * saveMs)) {
       await saveOrSay();
       saved = performance.now();
@@ -451,6 +502,7 @@ const handlers = {
       densePrefill, adapter, threads: pkg.threadCount(), threadsNote,
     });
     db = await openDb();
+    await setAsideInterrupted();
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {
       if (await loadShipped()) announceDocuments();

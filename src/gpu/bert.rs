@@ -166,7 +166,7 @@ impl GpuBert {
             || positions > MAX_POSITIONS
             || len > self.max_len
         {
-            return Err(Error::Input(format!("a GPU batch of {positions} positions in texts of {len}")));
+            return Err(Error::Internal(format!("a GPU batch of {positions} positions in texts of {len}")));
         }
         let texts = positions / len;
         let dim = self.shape.hidden;

@@ -413,10 +413,10 @@ impl GpuLlama {
     pub async fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
         let n = tokens.len();
         if n == 0 || n > MAX_POSITIONS {
-            return Err(Error::Input(format!("{n} positions in one GPU pass (1 to {MAX_POSITIONS})")));
+            return Err(Error::Internal(format!("{n} positions in one GPU pass (1 to {MAX_POSITIONS})")));
         }
         if pos + n > self.context {
-            return Err(Error::Input(format!("positions up to {} past the GPU cache's {}", pos + n, self.context)));
+            return Err(Error::Internal(format!("positions up to {} past the GPU cache's {}", pos + n, self.context)));
         }
         let vocab = self.table.rows as u32;
         if let Some(&t) = tokens.iter().find(|&&t| t >= vocab) {

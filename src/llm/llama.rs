@@ -32,7 +32,7 @@ use super::q8::Q8Matrix;
 use super::vecmath::{dot, silu_mul};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, IndexOp, Layout, Module, Shape, Tensor, D};
 use std::io::{Read, Seek};
 
@@ -87,7 +87,7 @@ impl Quantized {
         };
         match dims.as_slice() {
             [o, i] => Ok((*o, *i)),
-            other => Err(Error::Input(format!("weight matrix of shape {other:?}"))),
+            other => Err(Error::Internal(format!("weight matrix of shape {other:?}"))),
         }
     }
 
@@ -138,7 +138,7 @@ impl Linear {
     /// Only for matrices in our Q8_0 kernel's form (`Llama::decodes_on_buffers`).
     fn matvec(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let Quantized::Q8(m) = &self.quantized else {
-            return Err(Error::Input("the buffer decode path needs Q8_0 weights".into()));
+            return Err(Error::Internal("the buffer decode path needs Q8_0 weights".into()));
         };
         m.matmul(x, out);
         if let Some(lora) = &self.lora {
@@ -151,7 +151,7 @@ impl Linear {
     /// matrices get theirs. Needs the f32 copy of W.
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         let Some(w) = &self.dense else {
-            return Err(Error::Input("training needs the model loaded with Weights::QuantizedAndDense".into()));
+            return Err(Error::Internal("training needs the model loaded with Weights::QuantizedAndDense".into()));
         };
         let y = x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?;
         match &self.lora {
@@ -181,7 +181,7 @@ fn dense_product_with(x: &Tensor, w: &Tensor, ours: bool) -> Result<Tensor> {
     let (storage, layout) = w.storage_and_layout();
     let (candle_core::Storage::Cpu(CpuStorage::F32(all)), Some((from, to))) = (&*storage, layout.contiguous_offsets())
     else {
-        return Err(Error::Input("dense weights must be contiguous f32 on the CPU".into()));
+        return Err(Error::Internal("dense weights must be contiguous f32 on the CPU".into()));
     };
     let ws = &all[from..to];
     split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| {
@@ -432,10 +432,22 @@ fn tensor_shape_error(ct: &Content, n_layer: usize, dim: usize, n_head: usize, n
             want.push((format!("blk.{i}.{name}.weight"), dims));
         }
     }
+    want.push(("token_embd.weight".into(), vec![vocab, dim]));
     want.into_iter().find_map(|(name, dims)| match shape(&name) {
         Some(have) if have != dims => Some(format!("{name} is {have:?}, the model's shape needs {dims:?}")),
+        Some(have) if have.len() == 2 => row_blocks_error(&name, ct.tensor_infos[&name].ggml_dtype, have[1]),
         _ => None,
     })
+}
+
+/// A quantized matrix's rows must be whole blocks: candle's products walk a row block by block,
+/// and for Q4_1, Q5_0 and Q5_1 two blocks at a time (llama.cpp's layout). Every real model's rows
+/// are; a crafted file's need not be.
+fn row_blocks_error(name: &str, dtype: GgmlDType, cols: usize) -> Option<String> {
+    let pairs = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+    let multiple = dtype.block_size() * if pairs { 2 } else { 1 };
+    (cols % multiple != 0)
+        .then(|| format!("{name} is {dtype:?} with rows of {cols} values; that type's products need a multiple of {multiple}"))
 }
 
 impl Llama {
@@ -563,7 +575,7 @@ impl Llama {
     /// with operations that candle can differentiate. No cache: every position is computed.
     pub fn forward_train(&self, tokens: &[u32], at: &[u32]) -> Result<Tensor> {
         let Some(output) = &self.output_dense else {
-            return Err(Error::Input("training needs the model loaded with Weights::QuantizedAndDense".into()));
+            return Err(Error::Internal("training needs the model loaded with Weights::QuantizedAndDense".into()));
         };
         let n = tokens.len();
         if n == 0 || n > MAX_SEQ_LEN {
@@ -595,6 +607,9 @@ impl Llama {
     /// logits for the last of them (1, vocabulary).
     pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, n) = tokens.dims2()?;
+        if pos + n > MAX_SEQ_LEN {
+            return Err(Error::Internal(format!("positions {pos}..{} past the model's {MAX_SEQ_LEN}", pos + n)));
+        }
         if n == 1 && self.decodes_on_buffers() {
             return self.forward_one(tokens.flatten_all()?.to_vec1::<u32>()?[0], pos);
         }
@@ -643,7 +658,7 @@ impl Llama {
         let (dim, kv_dim) = (n_head * head_dim, n_kv_head * head_dim);
         let hidden = self.blocks.first().map_or(Ok((0, 0)), |b| b.w1.shape())?.0;
         if pos >= MAX_SEQ_LEN {
-            return Err(Error::Input(format!("position {pos} is past the model's {MAX_SEQ_LEN}")));
+            return Err(Error::Internal(format!("position {pos} is past the model's {MAX_SEQ_LEN}")));
         }
         let mut x = self.embeddings.get(token as usize)?.to_vec1::<f32>()?;
         let (cos, sin) = (self.cos.get(pos)?.to_vec1::<f32>()?, self.sin.get(pos)?.to_vec1::<f32>()?);
@@ -656,7 +671,7 @@ impl Llama {
                 b.cache.clear();
             }
             if b.cache.len() != pos {
-                return Err(Error::Input(format!("position {pos} after {} cached positions", b.cache.len())));
+                return Err(Error::Internal(format!("position {pos} after {} cached positions", b.cache.len())));
             }
             // Attention.
             b.attn_norm.forward_slice(&x, &mut h)?;
@@ -679,7 +694,7 @@ impl Llama {
         }
         self.norm.forward_slice(&x, &mut h)?;
         let Quantized::Q8(output) = &self.output else {
-            return Err(Error::Input("the buffer decode path needs a Q8_0 output matrix".into()));
+            return Err(Error::Internal("the buffer decode path needs a Q8_0 output matrix".into()));
         };
         let mut logits = vec![0f32; output.shape().0];
         output.matmul(&h, &mut logits);
@@ -778,7 +793,7 @@ fn attention_by_position(
     use rayon::prelude::*;
     let (batch, n, dim) = x.dims3()?;
     if batch != 1 {
-        return Err(Error::Input(format!("a batch of {batch} sequences; the model takes one")));
+        return Err(Error::Internal(format!("a batch of {batch} sequences; the model takes one")));
     }
     let kv_dim = n_kv_head * head_dim;
     let rows = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
@@ -789,7 +804,7 @@ fn attention_by_position(
         b.cache.clear();
     }
     if b.cache.len() != pos {
-        return Err(Error::Input(format!("position {pos} after {} cached positions", b.cache.len())));
+        return Err(Error::Internal(format!("position {pos} after {} cached positions", b.cache.len())));
     }
     for i in 0..n {
         let (c, s) = (&cos[i * half..][..half], &sin[i * half..][..half]);
@@ -828,7 +843,7 @@ fn attention(
         b.cache.clear();
     }
     if b.cache.len() != pos {
-        return Err(Error::Input(format!("position {pos} after {} cached positions", b.cache.len())));
+        return Err(Error::Internal(format!("position {pos} after {} cached positions", b.cache.len())));
     }
     b.cache.push(&k.flatten_all()?.to_vec1::<f32>()?, &v.flatten_all()?.to_vec1::<f32>()?);
     let (k, v) = b.cache.tensors()?;
@@ -981,6 +996,25 @@ fn rotary_tables_as_candle(dim: usize, base: f32, device: &Device) -> Result<(Te
 mod tests {
     use super::*;
 
+    /// A forward pass at a position out of step with the cache is our bug, not the user's input:
+    /// it says so (Error::Internal) on both paths, the one-token decode and the prompt slice.
+    #[test]
+    fn a_position_out_of_step_with_the_cache_is_an_internal_error() {
+        let bytes = crate::fuzz::tiny_gguf();
+        let ct = crate::llm::read_header(&bytes, "tiny.gguf").unwrap();
+        let mut model =
+            Llama::from_gguf(&ct, &mut std::io::Cursor::new(&bytes), Weights::Quantized, &Device::Cpu).unwrap();
+        let one = Tensor::new(&[[5u32]], &Device::Cpu).unwrap();
+        model.forward(&one, 0).unwrap();
+        let two = Tensor::new(&[[5u32, 6]], &Device::Cpu).unwrap();
+        for (tokens, pos) in [(&one, 3), (&two, 4), (&one, MAX_SEQ_LEN + 1)] {
+            match model.forward(tokens, pos) {
+                Err(Error::Internal(why)) => assert!(why.contains("position"), "{why}"),
+                other => panic!("position {pos}: expected an internal error, got {:?}", other.map(|t| t.shape().clone())),
+            }
+        }
+    }
+
     /// A GGUF whose metadata gives a shape the forward pass cannot run (a zero head count, a
     /// rotary dimension other than the head size) is refused with the reason when it loads,
     /// instead of dividing by zero or slicing out of bounds later.
@@ -1024,7 +1058,7 @@ mod tests {
     /// panicking in the first product.
     #[test]
     fn a_model_whose_weights_do_not_fit_its_metadata_is_refused() {
-        use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+        use candle_core::quantized::{gguf_file, QTensor};
         let path = crate::models::generator_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
         let bytes = std::fs::read(&path).expect("generator file (run `make models`)");
         let header = crate::llm::read_header(&bytes, "model").unwrap();

@@ -97,7 +97,7 @@ impl LoraPair {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         if dims.last() != Some(&self.a.dim(1)?) {
-            return Err(Error::Input(format!("input of shape {dims:?} for an adapter of {} inputs", self.a.dim(1)?)));
+            return Err(Error::Internal(format!("input of shape {dims:?} for an adapter of {} inputs", self.a.dim(1)?)));
         }
         let y = self.update(&x.flatten_all()?.to_vec1::<f32>()?)?;
         if let Some(last) = dims.last_mut() {
@@ -119,7 +119,7 @@ impl LoraPair {
         let (inner, rank, scale) = (t.a.len() / t.rank, t.rank, self.scale as f32);
         let out = t.b.len() / rank;
         if input.is_empty() || input.len() % inner != 0 {
-            return Err(Error::Input(format!("{} numbers for an adapter of {inner} inputs", input.len())));
+            return Err(Error::Internal(format!("{} numbers for an adapter of {inner} inputs", input.len())));
         }
         let mut y = vec![0f32; input.len() / inner * out];
         let mut h = vec![0f32; rank];
@@ -223,7 +223,7 @@ impl Adapter {
         meta.insert("version".into(), VERSION.into());
         meta.insert("config".into(), serde_json::to_string(&self.config).expect("config serialises"));
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-            .map_err(|e| Error::Input(format!("cannot write the adapter: {e}")))
+            .map_err(|e| Error::Internal(format!("cannot write the adapter: {e}")))
     }
 
     /// Read an adapter written by [`Adapter::to_bytes`]. `file` names it in error messages.

@@ -542,12 +542,15 @@ pub(crate) fn check_complete(ct: &Content, len: u64, file: &str) -> Result<()> {
     let mut needed = ct.tensor_data_offset;
     for (name, info) in &ct.tensor_infos {
         let dtype = info.ggml_dtype;
-        let elems = info.shape.elem_count();
+        // Shapes and offsets are read from the file: a crafted one overflows a plain product.
+        let too_big = || Error::model(file, format!("tensor {name} is larger than any file can hold"));
+        let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_big)?;
         if elems % dtype.block_size() != 0 {
             return Err(Error::model(file, format!("tensor {name} has a shape that does not fit its type")));
         }
-        let bytes = (elems / dtype.block_size() * dtype.type_size()) as u64;
-        needed = needed.max(ct.tensor_data_offset + info.offset + bytes);
+        let bytes = (elems / dtype.block_size()).checked_mul(dtype.type_size()).ok_or_else(too_big)? as u64;
+        let end = ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes)).ok_or_else(too_big)?;
+        needed = needed.max(end);
     }
     if needed > len {
         return Err(Error::model(

@@ -69,7 +69,7 @@ impl Q8Matrix {
         const BYTES: usize = 2 + BLOCK;
         let data = q.data()?;
         if data.len() != rows * cols / BLOCK * BYTES {
-            return Err(Error::Input(format!("a Q8_0 matrix of {rows}x{cols} holding {} bytes", data.len())));
+            return Err(Error::Internal(format!("a Q8_0 matrix of {rows}x{cols} holding {} bytes", data.len())));
         }
         let mut quants = Vec::with_capacity(rows * cols);
         let mut scales = Vec::with_capacity(rows * cols / BLOCK);
@@ -125,7 +125,7 @@ impl Q8Matrix {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         if dims.last() != Some(&self.cols) {
-            return Err(Error::Input(format!("input of shape {dims:?} for a matrix of {} columns", self.cols)));
+            return Err(Error::Internal(format!("input of shape {dims:?} for a matrix of {} columns", self.cols)));
         }
         let x = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; x.len() / self.cols * self.rows];

@@ -262,6 +262,88 @@ test('?graph=3: the search graph is built in a worker of its own, answers, and i
   assert.deepEqual(errors, []);
 });
 
+test('faults: workers that die cost only their file, a full quota refuses by name, a reload mid-batch loses nothing', async (t) => {
+  // The PDF reader's worker and the embedding helpers are served as scripts that throw at start.
+  const server = await serve('--fail', '/parse-worker.js', '--fail', '/embed-worker.js');
+  const context = await launch();
+  t.after(async () => { await context.close(); server.proc.kill(); });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const row = (name, state) => `[data-testid="doc-status"][data-doc="${name}"]${state ? `[data-state="${state}"]` : ''}`;
+  const notices = () => page.$$eval('[data-testid="notice"]', (els) => els.map((e) => e.dataset.text));
+  const indexedNames = () => page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc));
+  const log = (topic, n) => Buffer.from(Array.from({ length: n }, (_, i) =>
+    `Entry ${i} of the ${topic} log: the ${topic} crew checked hull plate ${i * 7} and found it sound.`).join(' '));
+  await page.goto(`${server.url}?threads=2`);
+  await waitReady(page);
+
+  // A dead PDF reader fails its file, by name, and the queue goes on; dead embedding helpers
+  // cost speed only (the engine embeds by itself), and the user is told.
+  await page.setInputFiles('[data-testid="file-input"]', [
+    { name: 'ferry.pdf', mimeType: 'application/pdf', buffer: pdf(['The ferry leaves at nine.']) },
+    { name: 'tides.md', mimeType: 'text/markdown', buffer: log('tide', 20) },
+  ]);
+  const deadReader = await page.waitForSelector(row('ferry.pdf', 'error'), { timeout: 60_000 });
+  assert.match(await deadReader.textContent(), /the PDF reader stopped \(.*made to fail/);
+  await page.waitForSelector(row('tides.md', 'indexed'), { timeout: 120_000 });
+  assert.ok((await notices()).some((n) => /^Embedding workers stopped \(.*made to fail/.test(n)), (await notices()).join(' | '));
+  await waitReady(page);
+
+  // A full quota: the file that does not fit is refused by name; what was stored stays. The
+  // engine's worker is made to refuse the write as a full quota does (a QuotaExceededError):
+  // Chrome's own quota override (DevTools protocol, Storage.overrideQuotaForOrigin) closed the
+  // headless page at the first write past it, with Chromium 156 here.
+  const engineWorker = page.workers().find((w) => w.url().endsWith('/worker.js'));
+  await engineWorker.evaluate(() => {
+    const put = IDBObjectStore.prototype.put;
+    IDBObjectStore.prototype.put = function (value, key) {
+      if (key === 'cargo.txt') throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+      return put.call(this, value, key);
+    };
+  });
+  await page.setInputFiles('[data-testid="file-input"]', [{ name: 'cargo.txt', mimeType: 'text/plain', buffer: log('cargo', 50) }]);
+  const full = await page.waitForSelector(row('cargo.txt', 'error'), { timeout: 60_000 });
+  assert.match(await full.textContent(), /not added: this browser's storage for the page is full/);
+  await waitReady(page);
+  await page.reload();
+  await page.waitForSelector(row('tides.md', 'indexed'), { timeout: 120_000 });
+  await waitReady(page);
+  assert.equal(await page.$(row('cargo.txt')), null, 'a refused file came back');
+  assert.ok((await indexedNames()).includes('rag.md'));
+
+  // A reload in the middle of a batch: the batch was stored before indexing began, so every file
+  // of it is there after the reload, the interrupted ones indexed then.
+  const batch = ['a', 'b', 'c', 'd', 'e'].map((x) => `batch-${x}.txt`);
+  await page.setInputFiles('[data-testid="file-input"]',
+    batch.map((name, i) => ({ name, mimeType: 'text/plain', buffer: log(`batch ${i}`, 300) })));
+  await page.waitForSelector(row('batch-b.txt', 'indexed'), { timeout: 120_000 });
+  const before = (await indexedNames()).filter((n) => batch.includes(n));
+  await page.reload();
+  assert.ok(before.length < batch.length, `the reload came after the batch (${before})`);
+  for (const name of batch) await page.waitForSelector(row(name, 'indexed'), { timeout: 120_000 });
+  await waitReady(page);
+
+  // A file that visits twice stopped on (the tab died indexing it) is set aside and named.
+  await page.evaluate(() => new Promise((resolve, reject) => {
+    const req = indexedDB.open('pocketrag');
+    req.onsuccess = () => {
+      const t = req.result.transaction(['docs', 'state'], 'readwrite');
+      t.objectStore('docs').put(new TextEncoder().encode('It sank twice.'), 'killer.txt');
+      t.objectStore('state').put({ name: 'killer.txt', tries: 2 }, 'indexing');
+      t.oncomplete = () => { req.result.close(); resolve(); };
+      t.onerror = () => reject(t.error);
+    };
+    req.onerror = () => reject(req.error);
+  }));
+  await page.reload();
+  await waitReady(page);
+  assert.ok((await notices()).some((n) => /twice stopped while indexing killer\.txt; it was set aside/.test(n)), (await notices()).join(' | '));
+  assert.equal(await page.$(row('killer.txt')), null);
+  for (const name of [...batch, 'tides.md']) assert.ok((await indexedNames()).includes(name), name);
+  assert.deepEqual(errors, []);
+});
+
 test('without COOP/COEP headers the page still works and Stop still stops', async (t) => {
   const server = await serve('--plain');
   const context = await launch();
@@ -292,11 +374,19 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   fs.writeFileSync(path.join(folder, 'notes', 'tides.md'), '# Tides\n\nThe harbour floods at spring tide.');
   fs.writeFileSync(path.join(folder, 'notes', '.draft.md'), 'A hidden draft.');
   fs.writeFileSync(path.join(folder, 'photo.jpg'), Buffer.from([0xff, 0xd8, 0xff, 0xe0]));
+  fs.writeFileSync(path.join(folder, 'junk.bin'), Buffer.alloc(200 * 1024, 0x07));
   await page.setInputFiles('[data-testid="folder-input"]', folder);
   const name = `${path.basename(folder)}/notes/tides.md`;
   await page.waitForSelector(`[data-testid="doc-status"][data-doc="${name}"][data-state="indexed"]`, { timeout: 60_000 });
   const names = await page.$$eval('[data-testid="doc-status"]', (els) => els.map((e) => e.dataset.doc));
-  assert.ok(!names.some((n) => n.includes('.draft') || n.endsWith('.jpg')), names.join(', '));
+  assert.ok(!names.some((n) => n.includes('.draft') || n.endsWith('.jpg') || n.endsWith('.bin')), names.join(', '));
+  // The files of other types are named to the user; hidden ones are not.
+  const leftOut = await page.textContent('[data-testid="left-out"]');
+  assert.match(leftOut, /^Left out 2 files of a type pocketrag does not read: /);
+  assert.match(leftOut, /junk\.bin \(\.bin\)/);
+  assert.match(leftOut, /photo\.jpg \(\.jpg\)/);
+  assert.ok(!leftOut.includes('draft'), leftOut);
+  assert.equal(await page.isVisible('[data-testid="left-out"]'), true);
 
   // A file over the size limit is refused by name, without being read.
   const big = path.join(folder, 'huge.txt');
