@@ -327,20 +327,56 @@ pub fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, Strin
     // pdf-extract panics on some malformed files; one bad PDF must not take the batch down.
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let out = std::panic::catch_unwind(|| pdf_extract::extract_text_from_mem_by_pages(bytes));
+    let out = std::panic::catch_unwind(|| extract_checked(bytes));
     std::panic::set_hook(prev);
-    match out {
-        Ok(Ok(pages)) => Ok(pages),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the PDF parser failed on this file (malformed PDF?)".to_string()),
+    out.unwrap_or_else(|_| Err("the PDF parser failed on this file (malformed PDF?)".to_string()))
+}
+
+/// pdf-extract, after checking the page tree it would otherwise walk forever.
+fn extract_checked(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+    let doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    if page_tree_loops(&doc) {
+        return Err("the PDF's page tree loops back on itself (a damaged or crafted file)".to_string());
     }
+    pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| e.to_string())
+}
+
+/// Whether following a page's /Parent links, or a page tree's /Kids, comes back to where it has
+/// been. pdf-extract looks up inherited page attributes up the /Parent chain without noticing a
+/// loop: a page that is its own parent hung it (found by `make fuzz`; in the page that is a PDF
+/// worker that never answers). A page listed twice counts as a loop too: the format gives every
+/// page one parent.
+fn page_tree_loops(doc: &pdf_extract::Document) -> bool {
+    use std::collections::HashSet;
+    for (&id, object) in &doc.objects {
+        let Ok(mut dict) = object.as_dict() else { continue };
+        let mut seen = HashSet::from([id]);
+        while let Ok(parent) = dict.get(b"Parent").and_then(|p| p.as_reference()) {
+            if !seen.insert(parent) {
+                return true;
+            }
+            let Ok(next) = doc.get_dictionary(parent) else { break };
+            dict = next;
+        }
+    }
+    let Ok(root) = doc.catalog().and_then(|c| c.get(b"Pages")).and_then(|p| p.as_reference()) else { return false };
+    let (mut seen, mut stack) = (HashSet::new(), vec![root]);
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            return true;
+        }
+        if let Ok(kids) = doc.get_dictionary(id).and_then(|d| d.get(b"Kids")).and_then(|k| k.as_array()) {
+            stack.extend(kids.iter().filter_map(|k| k.as_reference().ok()));
+        }
+    }
+    false
 }
 
 /// The text of each page of a PDF. Here a parser panic aborts the instance: call it where that
 /// costs nothing (the page runs it in a worker of its own).
 #[cfg(target_arch = "wasm32")]
 pub fn extract_pdf_pages(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
-    pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| e.to_string())
+    extract_checked(bytes)
 }
 
 #[cfg(test)]
@@ -438,6 +474,23 @@ mod tests {
 
         let e = ingest("scan.pdf", &pdf_bytes(&[None])).unwrap_err().to_string();
         assert!(e.contains("scan.pdf") && e.contains("no extractable text"), "{e}");
+    }
+
+    /// A page that is its own parent, with no resources of its own (so they are looked up the
+    /// parent chain): found by `make fuzz`, where it hung the PDF reader. Now refused at once;
+    /// the loop is run on a thread so that a regression fails instead of hanging the suite.
+    #[test]
+    fn a_pdf_whose_page_tree_loops_is_refused() {
+        let good = String::from_utf8(pdf_bytes(&[Some("Tides follow the moon.")])).unwrap();
+        // Same lengths, so the cross-reference offsets still hold.
+        let looped = good.replacen("/Parent 2 0 R", "/Parent 4 0 R", 1).replacen("/Resources", "/Vesources", 1);
+        assert_ne!(looped, good);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(ingest("loop.pdf", looped.as_bytes()).map(|_| ()).map_err(|e| e.to_string())));
+        let e = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the reader came back").unwrap_err();
+        assert!(e.contains("loop.pdf") && e.contains("page tree loops back on itself"), "{e}");
+        // The file it was made from still reads.
+        assert!(ingest("good.pdf", good.as_bytes()).is_ok());
     }
 
     #[test]

@@ -283,6 +283,16 @@ fn consistent(saved: &Saved) -> std::result::Result<(), String> {
     let range_ok = |text: &str, start: usize, end: usize| {
         start <= end && end <= text.len() && text.is_char_boundary(start) && text.is_char_boundary(end)
     };
+    // Settings the file carries are used to chunk and to build the graph from here on: each
+    // must be one those can run with (found by `make fuzz`: an ef_search of 0 was kept, built
+    // into a graph, saved, and then refused when that file was loaded).
+    let (c, h) = (&saved.chunk_config, &saved.hnsw);
+    if c.max_tokens == 0 || c.max_tokens > 512 || c.overlap_tokens >= c.max_tokens {
+        return Err(format!("chunks of {} tokens overlapping by {}", c.max_tokens, c.overlap_tokens));
+    }
+    if !(1..=10_000).contains(&h.ef_search) || !(1..=10_000).contains(&h.ef_construction) {
+        return Err(format!("search graph settings ef_search {}, ef_construction {}", h.ef_search, h.ef_construction));
+    }
     let mut ids = std::collections::HashMap::new();
     // Which document lists each slot as its own.
     let mut owner: Vec<Option<u32>> = vec![None; saved.chunks.len()];
@@ -503,6 +513,11 @@ mod tests {
             ("two documents with one id", Box::new(|s| s.docs[1].id = s.docs[0].id)),
             ("id not below next_id", Box::new(|s| s.next_id = 0)),
             ("next_id with no room to count up", Box::new(|s| s.next_id = u32::MAX)),
+            // Found by `make fuzz` (fuzz/regressions/index/): settings no chunker or graph runs with.
+            ("ef_search of 0", Box::new(|s| s.hnsw.ef_search = 0)),
+            ("ef_construction of 0", Box::new(|s| s.hnsw.ef_construction = 0)),
+            ("chunks of 0 tokens", Box::new(|s| s.chunk_config.max_tokens = 0)),
+            ("overlap as long as a chunk", Box::new(|s| s.chunk_config.overlap_tokens = s.chunk_config.max_tokens)),
         ];
         for (what, change) in crafted {
             let mut saved = good();
