@@ -372,6 +372,8 @@ async function addAndStore(files) {
   }
   let saved = performance.now();
   for (const [i, { name, bytes }] of stored.entries()) {
+    // Removed by the user while it waited its turn (requests interleave on the CPU).
+    if ((await storedDocCount(name)) === 0) continue;
     try {
       await indexStored(name, bytes);
     } catch (e) {
