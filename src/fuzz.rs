@@ -365,6 +365,12 @@ pub fn pdf_file(pages: &[&[&str]]) -> Vec<u8> {
         ));
         objects.push(format!("<< /Length {} >>\nstream\n{content}endstream", content.len()));
     }
+    pdf_from_objects(&objects)
+}
+
+/// A PDF file around `objects` (numbered from 1 in order; the first is the catalog), with the
+/// cross-reference table and trailer that readers look for.
+pub fn pdf_from_objects(objects: &[String]) -> Vec<u8> {
     let mut out = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {

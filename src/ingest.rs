@@ -446,21 +446,7 @@ mod tests {
             let stream = text.map(|t| format!("BT /F1 12 Tf 72 720 Td ({t}) Tj ET")).unwrap_or_default();
             objects.push(format!("<< /Length {} >>\nstream\n{stream}\nendstream", stream.len()));
         }
-        let mut out = b"%PDF-1.4\n".to_vec();
-        let mut offsets = vec![];
-        for (i, o) in objects.iter().enumerate() {
-            offsets.push(out.len());
-            out.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
-        }
-        let xref = out.len();
-        out.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());
-        for off in offsets {
-            out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
-        }
-        out.extend_from_slice(
-            format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).as_bytes(),
-        );
-        out
+        crate::fuzz::pdf_from_objects(&objects)
     }
 
     #[test]
