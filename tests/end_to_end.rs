@@ -142,7 +142,7 @@ fn the_default_mode_quotes_the_answering_sentence_without_a_language_model() {
             assert!(a.answer.contains(&format!("{} [{}]", c.quote, c.n)), "{:?}", a.answer);
         }
         assert_eq!(a.generated_tokens, 0);
-        assert!(a.support.unwrap() >= pocketrag::rag::evidence::GATE_THRESHOLD);
+        assert!(a.support.unwrap() >= engine.scorer().threshold);
     }
     let a = engine.answer("What is the capital of France?", Mode::Quote, 4, &mut |_| {}, &|| false).unwrap();
     assert!(a.abstained && a.answer == NOT_FOUND && a.citations.is_empty());
@@ -297,7 +297,8 @@ fn an_index_with_vectors_of_another_size_is_refused_and_the_current_one_kept() {
     use pocketrag::chunk::{Chunk, ChunkConfig};
     use pocketrag::index::HnswConfig;
     let text = "Four numbers are not a MiniLM vector.";
-    let mut lib = pocketrag::library::Library::new(pocketrag::rag::EMBEDDER_NAME, ChunkConfig::default(), HnswConfig::default());
+    let mut lib =
+        pocketrag::library::Library::new(pocketrag::rag::EMBEDDER_NAME, ChunkConfig::default(), HnswConfig::default());
     let chunk = Chunk { start: 0, end: text.len(), text: text.into(), heading: None, page: None, tokens: 9 };
     lib.add(pocketrag::ingest::ingest("short.txt", text.as_bytes()).unwrap(), vec![chunk], vec![vec![0.5; 4]]);
     let mut engine = library_engine();

@@ -328,9 +328,13 @@ function renderHow(a) {
   const tps = t.decode > 0 ? (a.generated_tokens / (t.decode / 1000)).toFixed(1) : '–';
   const support = a.support == null ? '' : ` The support gate gave ${a.support.toFixed(2)}.`;
   if (a.mode === 'quote') {
+    const read = a.evidence.find((e) => e.features.reading !== undefined);
+    const model = read
+      ? ` The language model wrote nothing: it only read the best sentence for the check (the question's least supported word changed by ${read.features.reading.toFixed(2)} in log-probability).`
+      : ' No language model was run.';
     body.append(el('p', {}, a.abstained
-      ? `No sentence of the retrieved passages answers the question well enough, so the answer says so; no language model was run.${support}`
-      : `Answer quoted from your documents: the best-scored sentences below, word for word; no language model was run.${support}`));
+      ? `No sentence of the retrieved passages answers the question well enough, so the answer says so.${model}${support}`
+      : `Answer quoted from your documents: the best-scored sentences below, word for word.${model}${support}`));
   } else {
     body.append(el('p', {}, `Model: ${a.tuned ? 'SmolLM2-135M-Instruct with our LoRA fine-tune' : 'SmolLM2-135M-Instruct (base)'}.`));
     body.append(el('p', {}, a.abstained
@@ -344,13 +348,15 @@ function renderHow(a) {
     const quoted = (e) => a.citations.some((c) => c.doc === e.doc && c.start <= e.start && e.end <= c.end);
     const table = el('table', { 'data-testid': 'evidence' });
     const head = el('tr');
-    for (const h of ['source', 'sentence', 'score', 'meaning (cosine)', 'question words', 'with neighbours', 'quoted']) head.append(el('th', {}, h));
+    for (const h of ['source', 'sentence', 'score', 'meaning (cosine)', 'question words', 'with neighbours', 'model reading', 'quoted']) head.append(el('th', {}, h));
     table.append(head);
     for (const e of a.evidence) {
       const row = el('tr', { 'data-chosen': quoted(e) ? 'yes' : 'no' });
       const f = e.features;
       row.append(el('td', {}, `[${e.source + 1}]`), el('td', {}, e.text), el('td', {}, e.score.toFixed(3)),
         el('td', {}, f.similarity.toFixed(2)), el('td', {}, f.overlap.toFixed(2)), el('td', {}, f.context_overlap.toFixed(2)),
+        el('td', { title: 'the lowest change in log-probability the sentence brings to a word of the question (best sentence only)' },
+          f.reading === undefined ? '' : f.reading.toFixed(2)),
         el('td', {}, quoted(e) ? 'yes' : ''));
       table.append(row);
     }

@@ -26,8 +26,19 @@ struct Cli {
     /// Folder holding the fetched models (see `make models`).
     #[arg(long, global = true, default_value = "models", env = "POCKETRAG_MODELS")]
     models: PathBuf,
+    /// In the default mode, let the support gate read the best sentence with the language model
+    /// (loads it; README, "Abstention"). Off by default: measured, it did not help yet.
+    #[arg(long, global = true)]
+    read: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--read`, set once in `main`, read wherever an engine is opened.
+static READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn reading() -> bool {
+    READ.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Subcommand)]
@@ -242,6 +253,7 @@ enum Command {
 fn main() {
     restore_broken_pipe();
     let cli = Cli::parse();
+    READ.store(cli.read, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -309,8 +321,8 @@ fn run(cli: Cli) -> Result<()> {
                 _ => Mode::Quote,
             };
             let weights = if low_memory { Weights::Quantized } else { Weights::QuantizedAndDense };
-            // The default mode quotes the documents and needs no language model.
-            let generator = mode.uses_model().then_some((model.as_path(), weights));
+            // The default mode quotes the documents; the model only reads for the gate.
+            let generator = (mode.uses_model() || reading()).then_some((model.as_path(), weights));
             let mut engine = open(&cli.models, index.as_deref(), generator)?;
             if let Some(path) = adapter.filter(|_| mode.uses_model()) {
                 let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -682,7 +694,8 @@ fn calibrate(
         .iter()
         .map(|t| all.iter().find(|a| &a.title == t).with_context(|| format!("{}: no article {t:?}", file.display())))
         .collect::<Result<_>>()?;
-    let mut engine = open(models_dir, None, None)?;
+    let generator = models::generator_path(models_dir);
+    let mut engine = open(models_dir, None, reading().then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
     for a in &articles {
         let (name, text) = squad::document(a);
         engine.add_document(&name, text.as_bytes(), &mut |_, _| {})?;
@@ -692,7 +705,7 @@ fn calibrate(
     let bar = counting_bar(qas.len(), "questions");
     let mut obs = Vec::with_capacity(qas.len());
     for qa in qas {
-        obs.push(cal::observe(&engine, qa, k)?);
+        obs.push(cal::observe(&mut engine, qa, k)?);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -705,7 +718,7 @@ fn calibrate(
             .collect();
         let bar = counting_bar(qas.len(), "near misses");
         for qa in qas {
-            obs.push(cal::observe_without_answer(&engine, qa, k)?);
+            obs.push(cal::observe_without_answer(&mut engine, qa, k)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -722,7 +735,7 @@ fn calibrate(
             .collect();
         let bar = counting_bar(qas.len(), "foreign questions");
         for qa in qas {
-            obs.push(cal::observe_foreign(&engine, qa, k)?);
+            obs.push(cal::observe_foreign(&mut engine, qa, k)?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -754,7 +767,7 @@ fn calibrate(
         for (r, hit, quoted) in &c.selection {
             println!("  {r:.1}  {hit:.3}  {quoted:.2}");
         }
-        print!("{}", cal::constants(&c));
+        print!("{}", cal::constants(&c, if engine.reads() { "READ_" } else { "" }));
     }
     Ok(())
 }
@@ -860,7 +873,7 @@ fn evaluate_qa(
             Ok((Mode::parse(name)?, tuned, m.as_str()))
         })
         .collect::<Result<_>>()?;
-    let wants_model = configs.iter().any(|(m, _, _)| m.uses_model());
+    let wants_model = reading() || configs.iter().any(|(m, _, _)| m.uses_model());
     let generator = models::generator_path(models_dir);
     let mut engine = open(models_dir, None, wants_model.then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
     if configs.iter().any(|(_, tuned, _)| *tuned) {
@@ -941,6 +954,7 @@ fn open(models_dir: &Path, index: Option<&Path>, generator: Option<(&Path, Weigh
     let embedder = models::load_embedder(models_dir)?;
     let generator = generator.map(|(path, weights)| models::load_generator_with(path, weights)).transpose()?;
     let mut engine = Engine::new(embedder, generator);
+    engine.set_reading(reading());
     if let Some(path) = index {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read index {}", path.display()))?;
         engine.load(&bytes).with_context(|| format!("{}", path.display()))?;
@@ -1002,7 +1016,11 @@ fn index(models_dir: &Path, out: &Path, fresh: bool, backend: Backend, paths: &[
     // of scanning every vector (below `HnswConfig::exact_below` chunks there is none to build).
     let clock = std::time::Instant::now();
     if engine.maintain() {
-        eprintln!("built the search graph over {} chunks in {:.1} s", engine.library().chunk_count(), clock.elapsed().as_secs_f64());
+        eprintln!(
+            "built the search graph over {} chunks in {:.1} s",
+            engine.library().chunk_count(),
+            clock.elapsed().as_secs_f64()
+        );
     }
     let bytes = engine.save()?;
     let tmp = out.with_extension("part");

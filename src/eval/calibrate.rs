@@ -28,7 +28,7 @@ pub struct Observation {
 }
 
 /// Retrieve for `qa` as the default answer mode does and record the evidence.
-pub fn observe(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
+pub fn observe(engine: &mut Engine, qa: &Qa, k: usize) -> Result<Observation> {
     let (found, qv) = engine.search_with_vector(&qa.question, k)?;
     let min = engine.settings.min_relevance;
     let best = found.hits.iter().map(|h| h.score).fold(f32::NEG_INFINITY, f32::max);
@@ -42,7 +42,7 @@ pub fn observe(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
 /// sentence holding a gold answer is taken away. The topic stays (the nearby paragraphs of the
 /// same article are still there), only the fact is gone: the near miss a user meets when the
 /// documents discuss the subject but never state what was asked.
-pub fn observe_without_answer(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
+pub fn observe_without_answer(engine: &mut Engine, qa: &Qa, k: usize) -> Result<Observation> {
     let (found, qv) = engine.search_with_vector(&qa.question, k + 4)?;
     let min = engine.settings.min_relevance;
     let kept: Vec<_> = found.hits.into_iter().filter(|h| !squad::contains(&h.text, &qa.answers)).take(k).collect();
@@ -55,7 +55,7 @@ pub fn observe_without_answer(engine: &Engine, qa: &Qa, k: usize) -> Result<Obse
 }
 
 /// [`observe`] for a question of an article outside the collection: unanswerable here.
-pub fn observe_foreign(engine: &Engine, qa: &Qa, k: usize) -> Result<Observation> {
+pub fn observe_foreign(engine: &mut Engine, qa: &Qa, k: usize) -> Result<Observation> {
     let mut o = observe(engine, qa, k)?;
     o.answerable = false;
     o.foreign = true;
@@ -309,10 +309,11 @@ pub fn calibrate(mut obs: Vec<Observation>, max_wrong_abstain: f64) -> Calibrati
 }
 
 /// The constants for `rag::evidence`, as Rust.
-pub fn constants(c: &Calibration) -> String {
+/// `prefix` is "" for the plain scorer, "VERIFIED_" for the one fitted with the verifier.
+pub fn constants(c: &Calibration, prefix: &str) -> String {
     let list = |w: &[f32]| w.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ");
     format!(
-        "pub const RANK_WEIGHTS: [f32; {}] = [{}];\npub const GATE_WEIGHTS: [f32; {}] = [{}];\npub const GATE_THRESHOLD: f32 = {:.3};\n",
+        "pub const {prefix}RANK_WEIGHTS: [f32; {}] = [{}];\npub const {prefix}GATE_WEIGHTS: [f32; {}] = [{}];\npub const {prefix}GATE_THRESHOLD: f32 = {:.3};\n",
         c.rank_weights.len(),
         list(&c.rank_weights),
         c.gate_weights.len(),

@@ -241,6 +241,39 @@ impl Generator {
         }
     }
 
+    /// The log-probability of each token of `continuation` after `context` and the tokens of
+    /// `continuation` before it, on the CPU (the model's cache is cleared first and after).
+    /// The prompt's slices go through at once; each later token is one decoding step.
+    pub fn log_probs(&mut self, context: &[u32], continuation: &[u32]) -> Result<Vec<f32>> {
+        if context.is_empty() || context.len() + continuation.len() >= self.context {
+            return Err(Error::Input(format!(
+                "{} + {} tokens to read; the model's context holds {}",
+                context.len(),
+                continuation.len(),
+                self.context
+            )));
+        }
+        let at = |ids: &[u32], pos: usize, model: &mut Llama| -> Result<Vec<f32>> {
+            let logits = model.forward(&Tensor::new(ids, &self.device)?.unsqueeze(0)?, pos)?;
+            Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+        };
+        self.model.clear_cache();
+        let mut out = Vec::with_capacity(continuation.len());
+        let mut logits = at(context, 0, &mut self.model)?;
+        for (i, &t) in continuation.iter().enumerate() {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = logits.iter().map(|z| (z - max).exp()).sum::<f32>().ln() + max;
+            let z =
+                *logits.get(t as usize).ok_or_else(|| Error::Internal(format!("token {t} outside the vocabulary")))?;
+            out.push(z - log_sum);
+            if i + 1 < continuation.len() {
+                logits = at(&[t], context.len() + i, &mut self.model)?;
+            }
+        }
+        self.model.clear_cache();
+        Ok(out)
+    }
+
     /// The most tokens (prompt plus answer) one generation can hold.
     pub fn context_size(&self) -> usize {
         self.context
@@ -549,7 +582,8 @@ pub(crate) fn check_complete(ct: &Content, len: u64, file: &str) -> Result<()> {
             return Err(Error::model(file, format!("tensor {name} has a shape that does not fit its type")));
         }
         let bytes = (elems / dtype.block_size()).checked_mul(dtype.type_size()).ok_or_else(too_big)? as u64;
-        let end = ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes)).ok_or_else(too_big)?;
+        let end =
+            ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes)).ok_or_else(too_big)?;
         needed = needed.max(end);
     }
     if needed > len {

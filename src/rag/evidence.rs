@@ -79,6 +79,11 @@ pub struct Features {
     /// were often made by adding a "not", which a gate fitted on them would learn instead.
     #[serde(default)]
     pub negated: f32,
+    /// For the best sentence only, when the generator reads it: how much less likely the
+    /// question's least supported token becomes after the sentence ([`super::reading`]). Read
+    /// by the gate, not the ranker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<f32>,
 }
 
 impl Features {
@@ -123,8 +128,8 @@ pub const RANK_WEIGHTS: [f32; 11] = [-5.758, 2.802, 2.567, 1.321, 0.856, -1.665,
 /// are written to look answerable from the paragraph, which is not the usual way a user's
 /// documents fail to answer. Made by
 /// `pocketrag calibrate ../shared/data/squad/squad2-dev-16-articles.json --every 2 --near-miss-every 2`.
-pub const GATE_WEIGHTS: [f32; 12] =
-    [-2.693, 0.809, 0.397, -0.003, 0.079, -0.720, 2.177, 0.031, -0.274, -0.205, 0.466, 0.512];
+pub const GATE_WEIGHTS: [f32; 13] =
+    [-2.693, 0.809, 0.397, -0.003, 0.079, -0.720, 2.177, 0.031, -0.274, -0.205, 0.466, 0.512, 0.0];
 
 /// The gate answers when its probability reaches this; chosen on the calibration articles so
 /// that it abstains on at most 15 % of their answerable questions.
@@ -148,10 +153,13 @@ pub struct GateFeatures {
     pub passage: f32,
     /// How far the best sentence's score stands above the second's.
     pub margin: f32,
+    /// The generator's reading of the best sentence ([`Features::reading`]); 0 without one.
+    #[serde(default)]
+    pub reading: f32,
 }
 
 impl GateFeatures {
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "best",
         "best_overlap",
         "best_context_overlap",
@@ -163,9 +171,10 @@ impl GateFeatures {
         "coverage",
         "passage",
         "margin",
+        "reading",
     ];
 
-    pub fn values(&self) -> [f32; 11] {
+    pub fn values(&self) -> [f32; 12] {
         [
             self.best,
             self.best_overlap,
@@ -178,6 +187,7 @@ impl GateFeatures {
             self.coverage,
             self.passage,
             self.margin,
+            self.reading,
         ]
     }
 
@@ -196,6 +206,8 @@ impl GateFeatures {
             coverage: ranked.iter().take(3).map(|s| s.features.context_overlap).fold(0.0, f32::max),
             passage: ranked.iter().map(|s| s.features.passage).fold(0.0, f32::max),
             margin: top.score - second,
+            // The engine reads only the best sentence; calibration may re-rank after reading.
+            reading: ranked.iter().find_map(|s| s.features.reading).unwrap_or(0.0),
         }
     }
 }
@@ -213,12 +225,33 @@ pub fn rescore(ranked: &mut [Scored], weights: &[f32]) {
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.sentence.start.cmp(&b.sentence.start)));
 }
 
+/// A fitted gate: its weights and the probability at which it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Scorer {
+    pub gate: &'static [f32],
+    pub threshold: f32,
+}
+
+/// The gate without the generator's reading (its weight for `reading` is 0), for an engine with
+/// no generator on the CPU: the CLI's `ask` in the default mode, or a page generating on WebGPU.
+pub const PLAIN: Scorer = Scorer { gate: &GATE_WEIGHTS, threshold: GATE_THRESHOLD };
+
+/// The gate with the generator's reading, fitted by the same command on the same articles with
+/// the generator loaded (`pocketrag calibrate ../shared/data/squad/squad2-dev-16-articles.json
+/// --every 2 --near-miss-every 2`; without `--no-read` it reads). Its weight for `reading` is
+/// small: the near misses, half of the unanswerable questions it is fitted on, lack the answer
+/// but not the question's words, which is what the reading sees.
+pub const READ: Scorer = Scorer { gate: &READ_GATE_WEIGHTS, threshold: READ_GATE_THRESHOLD };
+pub const READ_GATE_WEIGHTS: [f32; 13] =
+    [-2.676, 0.791, 0.396, 0.002, 0.094, -0.697, 2.174, 0.033, -0.279, -0.189, 0.474, 0.528, 0.051];
+pub const READ_GATE_THRESHOLD: f32 = 0.232;
+
 /// Probability that the documents answer the question, from the ranked evidence.
-pub fn support(ranked: &[Scored]) -> f32 {
+pub fn support(ranked: &[Scored], scorer: &Scorer) -> f32 {
     if ranked.is_empty() {
         return 0.0;
     }
-    logistic(&GATE_WEIGHTS, &GateFeatures::of(ranked).values())
+    logistic(scorer.gate, &GateFeatures::of(ranked).values())
 }
 
 /// At most this many sentences make a quoted answer: one usually answers, a second often holds
@@ -667,6 +700,7 @@ pub fn rank(
             kind,
             novelty,
             negated: f32::from(u8::from(plain && decide::negates(&sentence.text, question))),
+            reading: None,
         };
         scored.push(Scored { sentence, features, score: 0.0 });
     }

@@ -7,6 +7,7 @@ pub mod constrain;
 pub mod decide;
 pub mod evidence;
 pub mod prompt;
+pub mod reading;
 pub mod support;
 
 use crate::chunk::{self, ChunkConfig};
@@ -332,6 +333,9 @@ pub struct Engine {
     /// weights, so switching costs nothing.
     adapter: Option<Adapter>,
     tuned: bool,
+    /// Whether the support gate reads the best sentence with the generator (see
+    /// [`Engine::set_reading`]).
+    reading: bool,
 }
 
 impl Engine {
@@ -339,7 +343,35 @@ impl Engine {
     /// answer (the indexing CLI does not need to load the language model).
     pub fn new(embedder: Embedder, generator: Option<Generator>) -> Self {
         let library = Library::new(EMBEDDER_NAME, ChunkConfig::default(), HnswConfig::default());
-        Engine { embedder, generator, library, settings: Settings::default(), adapter: None, tuned: false }
+        Engine {
+            embedder,
+            generator,
+            library,
+            settings: Settings::default(),
+            adapter: None,
+            tuned: false,
+            reading: false,
+        }
+    }
+
+    /// Let the support gate read the best evidence sentence with the generator, where one is
+    /// loaded (true), or not (false, the default: measured, the reading did not yet help).
+    pub fn set_reading(&mut self, on: bool) {
+        self.reading = on;
+    }
+
+    /// Whether the gate reads with the generator: asked for and a generator on the CPU is loaded.
+    pub fn reads(&self) -> bool {
+        self.reading && self.generator.as_ref().is_some_and(|g| g.backend() == "cpu")
+    }
+
+    /// The ranker and gate fitted for the evidence this engine makes.
+    pub fn scorer(&self) -> &'static evidence::Scorer {
+        if self.reads() {
+            &evidence::READ
+        } else {
+            &evidence::PLAIN
+        }
     }
 
     /// Keep `adapter` (checked against the generator's shapes) for [`Engine::use_adapter`].
@@ -527,7 +559,14 @@ impl Engine {
                 })
             })
             .collect();
-        Ok((SearchResult { hits, timings_ms: Timings { embed, search, ..Default::default() }, index: self.index_kind() }, qv))
+        Ok((
+            SearchResult {
+                hits,
+                timings_ms: Timings { embed, search, ..Default::default() },
+                index: self.index_kind(),
+            },
+            qv,
+        ))
     }
 
     fn index_kind(&self) -> String {
@@ -536,7 +575,12 @@ impl Engine {
 
     /// The sentences of `hits`, scored as answers to `question` (whose embedding is
     /// `question_vector`), best first. Each sentence's `source` indexes `hits`.
-    pub fn evidence(&self, question: &str, question_vector: &[f32], hits: &[Source]) -> Result<Vec<evidence::Scored>> {
+    pub fn evidence(
+        &mut self,
+        question: &str,
+        question_vector: &[f32],
+        hits: &[Source],
+    ) -> Result<Vec<evidence::Scored>> {
         let sentences = evidence::sentences(&self.passages(hits));
         if sentences.is_empty() {
             return Ok(vec![]);
@@ -545,7 +589,14 @@ impl Engine {
         let vectors = self.embedder.embed(&texts)?;
         let similarity: Vec<f32> = vectors.iter().map(|v| crate::index::vector::dot(v, question_vector)).collect();
         let passage_scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
-        Ok(evidence::rank(question, sentences, &similarity, &passage_scores, &self.library.index().keywords))
+        let mut ranked =
+            evidence::rank(question, sentences, &similarity, &passage_scores, &self.library.index().keywords);
+        if let (true, Some(top)) = (self.reads(), ranked.first_mut()) {
+            let generator =
+                self.generator.as_mut().ok_or_else(|| Error::Internal("reads() without a generator".into()))?;
+            top.features.reading = Some(reading::question_pmi(generator, &top.sentence.text, question)?);
+        }
+        Ok(ranked)
     }
 
     /// Each hit as `(its index, its document, start, end)`, what `evidence::sentences` splits.
@@ -616,8 +667,8 @@ impl Engine {
                     let clock = Stopwatch::start();
                     let ranked = self.evidence(question, &qv, &relevant)?;
                     timings.evidence = clock.ms();
-                    let support = evidence::support(&ranked);
-                    if ranked.is_empty() || support < evidence::GATE_THRESHOLD {
+                    let support = evidence::support(&ranked, self.scorer());
+                    if ranked.is_empty() || support < self.scorer().threshold {
                         return ready(self.not_found(mode, relevant, Some(support), ranked, timings));
                     }
                 }
@@ -736,8 +787,8 @@ impl Engine {
     /// finds that they answer the question; NOT_FOUND otherwise.
     /// A yes/no question's answer opens with the decision the best sentence supports.
     fn quote(&self, question: &str, sources: Vec<Source>, ranked: Vec<evidence::Scored>, timings: Timings) -> Answer {
-        let support = evidence::support(&ranked);
-        if ranked.is_empty() || support < evidence::GATE_THRESHOLD {
+        let support = evidence::support(&ranked, self.scorer());
+        if ranked.is_empty() || support < self.scorer().threshold {
             return self.not_found(Mode::Quote, sources, Some(support), ranked, timings);
         }
         let chosen = self.complete(evidence::select(&ranked, evidence::QUOTE_RELATIVE));
@@ -1044,7 +1095,9 @@ impl Engine {
         // different lengths.
         if let Some(dim) = library.vector_dim().filter(|&d| d != self.embedder.dim()) {
             let want = self.embedder.dim();
-            return Err(Error::Index(format!("the file is damaged: its vectors have {dim} numbers, the embedder's {want}")));
+            return Err(Error::Index(format!(
+                "the file is damaged: its vectors have {dim} numbers, the embedder's {want}"
+            )));
         }
         self.library = library;
         Ok(())
