@@ -201,8 +201,7 @@ pub fn prompt_builder(data: &[u8]) -> bool {
         let encode = |s: &str| g.encode(s).expect("text tokenizes");
         let texts: Vec<Vec<u32>> = sources.iter().map(|s| encode(s.text)).collect();
         let cites = (1..=texts.len()).map(|n| encode(&format!(" [{n}]"))).collect();
-        let joiners =
-            constrain::JOINERS.iter().filter_map(|j| <[u32; 1]>::try_from(encode(j)).ok()).map(|[t]| t).collect();
+        let joiners = constrain::JOINERS.iter().filter_map(|j| <[u32; 1]>::try_from(encode(j)).ok()).map(|[t]| t).collect();
         let mut c = constrain::QuoteConstraint::new(texts.clone(), cites, joiners, g.stop_ids().to_vec(), 2);
         for &pick in data.iter().take(40) {
             let Some(allowed) = c.allowed() else { break };

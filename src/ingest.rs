@@ -472,9 +472,7 @@ mod tests {
         let looped = good.replacen("/Parent 2 0 R", "/Parent 4 0 R", 1).replacen("/Resources", "/Vesources", 1);
         assert_ne!(looped, good);
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            tx.send(ingest("loop.pdf", looped.as_bytes()).map(|_| ()).map_err(|e| e.to_string()))
-        });
+        std::thread::spawn(move || tx.send(ingest("loop.pdf", looped.as_bytes()).map(|_| ()).map_err(|e| e.to_string())));
         let e = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the reader came back").unwrap_err();
         assert!(e.contains("loop.pdf") && e.contains("page tree loops back on itself"), "{e}");
         // The file it was made from still reads.

@@ -244,11 +244,8 @@ impl Library {
         let decode = |e: postcard::Error| Error::Index(format!("cannot decode: {e}"));
         // Postcard writes a struct's fields one after another, so format 2 is format 1's fields
         // and then the graph.
-        let (saved, graph): (Saved, Option<Vec<u8>>) = if version == 1 {
-            (postcard::from_bytes(payload).map_err(decode)?, None)
-        } else {
-            postcard::from_bytes(payload).map_err(decode)?
-        };
+        let (saved, graph): (Saved, Option<Vec<u8>>) =
+            if version == 1 { (postcard::from_bytes(payload).map_err(decode)?, None) } else { postcard::from_bytes(payload).map_err(decode)? };
         if saved.embedder != expect_embedder {
             return Err(Error::Index(format!(
                 "built with embedder {:?}, but this engine uses {:?}; index the documents again",
@@ -273,10 +270,7 @@ impl Library {
             }
         }
         if let Some(graph) = graph {
-            lib.index
-                .vectors
-                .restore_graph(&graph)
-                .map_err(|why| Error::Index(format!("the file is damaged: {why}")))?;
+            lib.index.vectors.restore_graph(&graph).map_err(|why| Error::Index(format!("the file is damaged: {why}")))?;
         }
         Ok(lib)
     }
@@ -416,8 +410,7 @@ mod tests {
     }
     #[test]
     fn the_search_graph_is_saved_with_the_library_and_format_1_still_loads() {
-        let mut lib =
-            Library::new("test-embedder", ChunkConfig::default(), HnswConfig { exact_below: 3, ..Default::default() });
+        let mut lib = Library::new("test-embedder", ChunkConfig::default(), HnswConfig { exact_below: 3, ..Default::default() });
         for (name, text) in [("a.txt", "One. Two. Three"), ("b.txt", "Four. Five"), ("c.txt", "Six")] {
             let (doc, chunks, vectors) = document(name, text);
             lib.add(doc, chunks, vectors);
@@ -455,8 +448,7 @@ mod tests {
             lib.add(doc, chunks, vectors);
         }
         assert!(lib.needs_graph());
-        let graph =
-            Library::build_graph(&lib.save().unwrap(), "test-embedder").unwrap().expect("a graph over 5 chunks");
+        let graph = Library::build_graph(&lib.save().unwrap(), "test-embedder").unwrap().expect("a graph over 5 chunks");
         let (doc, chunks, vectors) = document("c.txt", "Six");
         lib.add(doc, chunks, vectors);
         let mut other = Library::load(&lib.save().unwrap(), "test-embedder").unwrap();

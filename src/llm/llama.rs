@@ -412,8 +412,7 @@ fn tensor_shape_error(ct: &Content, n_layer: usize, dim: usize, n_head: usize, n
     let Some(vocab) = vocab.filter(|&v| v > 0) else {
         return Some(format!("token_embd.weight is {:?}, not (vocabulary, {dim})", shape("token_embd.weight")));
     };
-    let mut want: Vec<(String, Vec<usize>)> =
-        vec![("output.weight".into(), vec![vocab, dim]), ("output_norm.weight".into(), vec![dim])];
+    let mut want: Vec<(String, Vec<usize>)> = vec![("output.weight".into(), vec![vocab, dim]), ("output_norm.weight".into(), vec![dim])];
     for i in 0..n_layer {
         let hidden = shape(&format!("blk.{i}.ffn_gate.weight")).map_or(0, |d| d[0]);
         if hidden == 0 {
@@ -447,9 +446,8 @@ fn tensor_shape_error(ct: &Content, n_layer: usize, dim: usize, n_head: usize, n
 fn row_blocks_error(name: &str, dtype: GgmlDType, cols: usize) -> Option<String> {
     let pairs = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
     let multiple = dtype.block_size() * if pairs { 2 } else { 1 };
-    (cols % multiple != 0).then(|| {
-        format!("{name} is {dtype:?} with rows of {cols} values; that type's products need a multiple of {multiple}")
-    })
+    (cols % multiple != 0)
+        .then(|| format!("{name} is {dtype:?} with rows of {cols} values; that type's products need a multiple of {multiple}"))
 }
 
 impl Llama {
@@ -1012,9 +1010,7 @@ mod tests {
         for (tokens, pos) in [(&one, 3), (&two, 4), (&one, MAX_SEQ_LEN + 1)] {
             match model.forward(tokens, pos) {
                 Err(Error::Internal(why)) => assert!(why.contains("position"), "{why}"),
-                other => {
-                    panic!("position {pos}: expected an internal error, got {:?}", other.map(|t| t.shape().clone()))
-                }
+                other => panic!("position {pos}: expected an internal error, got {:?}", other.map(|t| t.shape().clone())),
             }
         }
     }

@@ -232,13 +232,13 @@ pub struct Scorer {
     pub threshold: f32,
 }
 
-/// The gate without the generator's reading (its weight for `reading` is 0), for an engine with
-/// no generator on the CPU: the CLI's `ask` in the default mode, or a page generating on WebGPU.
+/// The gate without the generator's reading (its weight for `reading` is 0): the default, and
+/// the only one for an engine whose generator is missing or on the GPU.
 pub const PLAIN: Scorer = Scorer { gate: &GATE_WEIGHTS, threshold: GATE_THRESHOLD };
 
 /// The gate with the generator's reading, fitted by the same command on the same articles with
 /// the generator loaded (`pocketrag calibrate ../shared/data/squad/squad2-dev-16-articles.json
-/// --every 2 --near-miss-every 2`; without `--no-read` it reads). Its weight for `reading` is
+/// --every 2 --near-miss-every 2 --read`). Its weight for `reading` is
 /// small: the near misses, half of the unanswerable questions it is fitted on, lack the answer
 /// but not the question's words, which is what the reading sees.
 pub const READ: Scorer = Scorer { gate: &READ_GATE_WEIGHTS, threshold: READ_GATE_THRESHOLD };

@@ -591,10 +591,10 @@ impl Engine {
         let passage_scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
         let mut ranked =
             evidence::rank(question, sentences, &similarity, &passage_scores, &self.library.index().keywords);
-        if let (true, Some(top)) = (self.reads(), ranked.first_mut()) {
-            let generator =
-                self.generator.as_mut().ok_or_else(|| Error::Internal("reads() without a generator".into()))?;
-            top.features.reading = Some(reading::question_pmi(generator, &top.sentence.text, question)?);
+        if self.reads() {
+            if let (Some(generator), Some(top)) = (self.generator.as_mut(), ranked.first_mut()) {
+                top.features.reading = Some(reading::question_pmi(generator, &top.sentence.text, question)?);
+            }
         }
         Ok(ranked)
     }
