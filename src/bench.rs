@@ -4,6 +4,7 @@
 
 use crate::embed::Embedder;
 use crate::index::vector::{HnswConfig, VectorIndex};
+use crate::kernels::random::pseudo_random;
 use crate::time::Stopwatch;
 use serde::Serialize;
 
@@ -23,19 +24,6 @@ pub fn synthetic_vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
             let v: Vec<f32> = c.iter().map(|x| x + 0.8 * rnd()).collect();
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             v.into_iter().map(|x| x / norm).collect()
-        })
-        .collect()
-}
-
-/// `n` numbers spread evenly over [-0.5, 0.5), the same for the same seed (xorshift).
-pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         })
         .collect()
 }
@@ -134,7 +122,7 @@ pub struct KernelFigures {
     pub candle_matmul128_us: f64,
 }
 
-/// Our Q8_0 kernel (`llm::q8`) against candle's on the same quantized matrix and inputs. Each
+/// Our Q8_0 kernel (`kernels::q8`) against candle's on the same quantized matrix and inputs. Each
 /// figure is the median of 7 rounds, a round being as many products as fill ~50 ms.
 pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -143,7 +131,7 @@ pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
     let values = pseudo_random;
     let w = Tensor::from_vec(values(rows * cols, 1), (rows, cols), &Device::Cpu)?;
     let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
-    let ours = crate::llm::q8::Q8Matrix::from_qtensor(&q)?.expect("a Q8_0 matrix");
+    let ours = crate::kernels::q8::Q8Matrix::from_qtensor(&q)?.expect("a Q8_0 matrix");
     let theirs = QMatMul::from_qtensor(q)?;
     let time = |f: &mut dyn FnMut()| -> f64 {
         f();

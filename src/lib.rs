@@ -12,6 +12,7 @@ pub mod error;
 pub mod gpu;
 pub mod index;
 pub mod ingest;
+pub mod kernels;
 pub mod library;
 pub mod llm;
 pub mod memory;

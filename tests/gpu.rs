@@ -13,7 +13,8 @@
 
 mod common;
 
-use pocketrag::gpu::{self, llama::GpuLlama, Gpu};
+use pocketrag::gpu::{self, Gpu};
+use pocketrag::llm::gpu::GpuLlama;
 use pocketrag::llm::Message;
 use std::sync::Arc;
 

@@ -109,7 +109,7 @@ async function run() {
   result.prefill_tok_s_1t_quantized = q.prefill_tok_s_1t;
   result.decode_tok_s_1t_quantized = q.decode_tok_s_1t;
   result.ttft_ms_500_quantized = q.ttft_ms_500;
-  // The same with candle's quantized kernels in place of ours (llm/q8.rs), for the ratio.
+  // The same with candle's quantized kernels in place of ours (kernels/q8.rs), for the ratio.
   const c = await generation('candle', { candleKernels: true });
   result.prefill_tok_s_1t_candle_kernels = c.prefill_tok_s_1t;
   result.decode_tok_s_1t_candle_kernels = c.decode_tok_s_1t;

@@ -1,7 +1,7 @@
 //! all-MiniLM-L6-v2 on the CPU, written out: a 6-layer BERT encoder, then the mean of each text's
 //! token vectors scaled to unit length. It computes what candle-transformers' `BertModel` does (and
-//! `gpu/bert.rs` on the GPU), on plain slices of f32, so that in wasm the products run on our
-//! kernel (`llm::dense`) and GELU and softmax on `llm::vecmath`. Profiled under Node, embedding
+//! `embed/gpu.rs` on the GPU), on plain slices of f32, so that in wasm the products run on our
+//! kernel (`kernels::dense`) and GELU and softmax on `kernels::vecmath`. Profiled under Node, embedding
 //! through candle spent 69% of its time in gemm, 9% in `expf` and 7% in `erff`, one number per
 //! call. Natively the products go to the `gemm` crate that candle itself calls, on every core.
 //!
@@ -16,7 +16,7 @@
 //! → the mean of each text's positions → unit length.
 
 use crate::error::{Error, Result};
-use crate::llm::vecmath;
+use crate::kernels::vecmath;
 
 /// The model's sizes, from its config.json.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ impl Norm {
 }
 
 /// One encoder layer's parts, whatever holds their weights: `Linear` and `Norm` here, GPU
-/// buffers in `gpu/bert.rs`.
+/// buffers in `embed/gpu.rs`.
 pub(crate) struct Layer<L, N> {
     pub query: L,
     pub key: L,
@@ -310,7 +310,7 @@ fn product(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
     const SLICE: usize = 128;
     let outputs = w.len() / k;
     for (xs, ys) in x.chunks(SLICE * k).zip(out.chunks_mut(SLICE * outputs)) {
-        crate::llm::dense::matmul_t(xs, w, k, ys);
+        crate::kernels::dense::matmul_t(xs, w, k, ys);
     }
 }
 
@@ -388,7 +388,7 @@ mod tests {
             .filter(|(name, _)| name != skip)
             .enumerate()
             .map(|(seed, (name, dims))| {
-                let numbers = crate::bench::pseudo_random(dims.iter().product(), seed as u64 + 1);
+                let numbers = crate::kernels::random::pseudo_random(dims.iter().product(), seed as u64 + 1);
                 let bytes = match dtype {
                     Dtype::F16 => numbers.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
                     _ => numbers.iter().flat_map(|v| v.to_le_bytes()).collect(),

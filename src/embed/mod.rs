@@ -2,9 +2,10 @@
 //! (ignoring padding) and scaled to unit length, so a dot product is a cosine similarity.
 
 pub mod bert;
+pub mod gpu;
 
 use crate::error::{Error, Result};
-use crate::gpu::bert::GpuBert;
+use gpu::GpuBert;
 use crate::gpu::Gpu;
 use bert::{Bert, BertShape};
 use serde::Deserialize;
@@ -16,7 +17,7 @@ pub const MAX_SEQ_LEN: usize = 256;
 /// How many texts go through the model at once, and between progress reports. The GPU pads a
 /// batch to its longest text, so texts are sorted by length first; the CPU packs them unpadded.
 const BATCH: usize = 16;
-const _: () = assert!(BATCH * MAX_SEQ_LEN <= crate::gpu::bert::MAX_POSITIONS, "a batch must fit one GPU pass");
+const _: () = assert!(BATCH * MAX_SEQ_LEN <= gpu::MAX_POSITIONS, "a batch must fit one GPU pass");
 
 pub struct Embedder {
     model: Bert,
@@ -77,7 +78,7 @@ impl Embedder {
         let (ids, mask, len) = self.tokenize(&texts)?;
         let gpu = on_gpu.embed(&ids, &mask, len).await?;
         for (c, g) in cpu.iter().zip(&gpu) {
-            let cosine = crate::llm::vecmath::dot(c, g);
+            let cosine = crate::kernels::vecmath::dot(c, g);
             if !(cosine >= GPU_MIN_COSINE) {
                 return Err(Error::Gpu(format!("embedder self-test failed: cosine {cosine} to the CPU's vector")));
             }

@@ -5,17 +5,14 @@
 //!
 //! The pieces: [`Gpu`] (an adapter and its device), [`Kernel`] (one compiled shader), [`Op`] (a
 //! kernel bound to its buffers, recorded once at load), and the models built from them
-//! ([`llama::GpuLlama`]). A forward pass writes two numbers (how many positions, and where they
+//! (`llm::gpu::GpuLlama`, `embed::gpu::GpuBert`, each beside its model). A forward pass writes two numbers (how many positions, and where they
 //! start) and replays the recorded ops; the only copy back is the logits.
-
-pub mod bert;
-pub mod llama;
 
 /// A kernel's source with `exp.wgsl` (a function the CPU's `exp` is copied into, not a kernel)
 /// prepended, for the kernels that call it.
 macro_rules! with_exp {
     ($file:literal) => {
-        concat!(include_str!("shaders/exp.wgsl"), include_str!($file))
+        concat!(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/gpu/shaders/exp.wgsl")), include_str!($file))
     };
 }
 pub(crate) use with_exp;
@@ -30,8 +27,8 @@ use wgpu::util::DeviceExt;
 
 /// A GPU device and its queue.
 pub struct Gpu {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     /// The first error the device reported outside any request (a validation error, running out
     /// of memory). wgpu's default is to panic natively and to log in the browser; we keep it and
@@ -77,7 +74,7 @@ impl Gpu {
 
     /// The first fault the device has reported, as an error (once; the device is not trusted
     /// after it, so callers drop the model that met it).
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         match self.fault.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(Error::Gpu(e)),
             None => Ok(()),
@@ -100,7 +97,7 @@ impl Gpu {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+    pub(crate) fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: bytes,
@@ -108,7 +105,7 @@ impl Gpu {
         })
     }
 
-    fn zeros(&self, label: &str, values: usize) -> wgpu::Buffer {
+    pub(crate) fn zeros(&self, label: &str, values: usize) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (values.max(1) * 4) as u64,
@@ -117,7 +114,7 @@ impl Gpu {
         })
     }
 
-    fn uniform(&self, label: &str, words: [u32; 4]) -> wgpu::Buffer {
+    pub(crate) fn uniform(&self, label: &str, words: [u32; 4]) -> wgpu::Buffer {
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: &bytes_u32(&words),
@@ -125,7 +122,7 @@ impl Gpu {
         })
     }
 
-    fn staging(&self, label: &str, values: usize) -> wgpu::Buffer {
+    pub(crate) fn staging(&self, label: &str, values: usize) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (values * 4) as u64,
@@ -137,7 +134,7 @@ impl Gpu {
     /// The first `values` f32 of a MAP_READ buffer, once the GPU has written them. Natively this
     /// waits for the device here; in the browser the map completes from the event loop, so the
     /// caller must await it there.
-    async fn read(&self, staging: &wgpu::Buffer, values: usize) -> Result<Vec<f32>> {
+    pub(crate) async fn read(&self, staging: &wgpu::Buffer, values: usize) -> Result<Vec<f32>> {
         let slice = staging.slice(..(values * 4) as u64);
         let (done, mapped) = oneshot();
         slice.map_async(wgpu::MapMode::Read, move |r| done.send(r));
@@ -158,12 +155,12 @@ impl Gpu {
 }
 
 /// One compute shader, compiled; its bind group layout comes from the shader itself.
-struct Kernel {
+pub(crate) struct Kernel {
     pipeline: wgpu::ComputePipeline,
 }
 
 impl Kernel {
-    fn new(gpu: &Gpu, name: &str, source: &str, entry: &str) -> Kernel {
+    pub(crate) fn new(gpu: &Gpu, name: &str, source: &str, entry: &str) -> Kernel {
         let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -180,7 +177,7 @@ impl Kernel {
     }
 
     /// Bind `buffers` to bindings 0, 1, 2, ... in order.
-    fn bind(&self, gpu: &Gpu, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    pub(crate) fn bind(&self, gpu: &Gpu, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<_> = buffers
             .iter()
             .enumerate()
@@ -195,21 +192,21 @@ impl Kernel {
 }
 
 /// How many workgroups an op needs for `n` positions starting at `pos`.
-type Grid = Box<dyn Fn(u32, u32) -> [u32; 3] + Send + Sync>;
+pub(crate) type Grid = Box<dyn Fn(u32, u32) -> [u32; 3] + Send + Sync>;
 
 /// A kernel bound to its buffers, recorded once; a forward pass replays it.
-struct Op {
+pub(crate) struct Op {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: Grid,
 }
 
 impl Op {
-    fn new(gpu: &Gpu, kernel: &Kernel, buffers: &[&wgpu::Buffer], grid: Grid) -> Op {
+    pub(crate) fn new(gpu: &Gpu, kernel: &Kernel, buffers: &[&wgpu::Buffer], grid: Grid) -> Op {
         Op { pipeline: kernel.pipeline.clone(), bind_group: kernel.bind(gpu, buffers), grid }
     }
 
-    fn record(&self, pass: &mut wgpu::ComputePass, n: u32, pos: u32) {
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass, n: u32, pos: u32) {
         let [x, y, z] = (self.grid)(n, pos);
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
@@ -218,41 +215,41 @@ impl Op {
 }
 
 /// Workgroups of 64 threads covering `count` items.
-fn groups(count: u32) -> u32 {
+pub(crate) fn groups(count: u32) -> u32 {
     count.div_ceil(64)
 }
 
 /// One thread per value of a position's `width` values (or per output row of a product), for
 /// each position.
-fn per_value(width: u32) -> Grid {
+pub(crate) fn per_value(width: u32) -> Grid {
     Box::new(move |n, _| [groups(width), n, 1])
 }
 
 /// One thread per value of all n × `width` values (the element-wise kernels).
-fn per_element(width: u32) -> Grid {
+pub(crate) fn per_element(width: u32) -> Grid {
     Box::new(move |n, _| [groups(n * width), 1, 1])
 }
 
 /// One thread per position.
-fn per_position() -> Grid {
+pub(crate) fn per_position() -> Grid {
     Box::new(|n, _| [groups(n), 1, 1])
 }
 
 /// Shape uniforms (four words each): one buffer per distinct shape, shared by every op with it.
 #[derive(Default)]
-struct Shapes(RefCell<HashMap<[u32; 4], wgpu::Buffer>>);
+pub(crate) struct Shapes(RefCell<HashMap<[u32; 4], wgpu::Buffer>>);
 
 impl Shapes {
-    fn get(&self, gpu: &Gpu, words: [u32; 4]) -> wgpu::Buffer {
+    pub(crate) fn get(&self, gpu: &Gpu, words: [u32; 4]) -> wgpu::Buffer {
         self.0.borrow_mut().entry(words).or_insert_with(|| gpu.uniform("shape", words)).clone()
     }
 }
 
-fn bytes_u32(words: &[u32]) -> Vec<u8> {
+pub(crate) fn bytes_u32(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-fn bytes_f32(values: &[f32]) -> Vec<u8> {
+pub(crate) fn bytes_f32(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
@@ -268,7 +265,7 @@ type Slot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
 struct Sender<T>(Slot<T>);
 
 impl<T> Sender<T> {
-    fn send(self, value: T) {
+    pub(crate) fn send(self, value: T) {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         slot.0 = Some(value);
         if let Some(waker) = slot.1.take() {
@@ -316,7 +313,7 @@ impl Gpu {
     pub async fn arithmetic_is_exact(&self) -> Result<bool> {
         let n = 4096;
         let inputs: Vec<Vec<f32>> =
-            (1..=3).map(|seed| crate::bench::pseudo_random(n, seed).iter().map(|v| 4.0 * v).collect()).collect();
+            (1..=3).map(|seed| crate::kernels::random::pseudo_random(n, seed).iter().map(|v| 4.0 * v).collect()).collect();
         let source = with_exp!("shaders/arithmetic.wgsl");
         let kernel = Kernel::new(self, "arithmetic", source, "main");
         let buffers: Vec<_> = inputs.iter().map(|v| self.storage("arithmetic input", &bytes_f32(v))).collect();
@@ -333,7 +330,7 @@ impl Gpu {
             .map(|i| a[i] * b[i] + c[i])
             .chain((0..n).map(|i| a[i] / b[i]))
             .chain((0..n).map(|i| 1.0 / a[i].abs().sqrt()))
-            .chain((0..n).map(|i| crate::llm::vecmath::exp(48.0 * a[i])));
+            .chain((0..n).map(|i| crate::kernels::vecmath::exp(48.0 * a[i])));
         Ok(got.len() == 4 * n && got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits()))
     }
 }

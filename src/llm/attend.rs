@@ -8,8 +8,8 @@
 //! keeps each head's positions together (`llama::Cache`): its keys are read front to back, its
 //! values in columns of eight numbers that sweep the same few hundred KB.
 
-use super::f4::F4;
-use super::vecmath::{dot_lanes, softmax_in_place};
+use crate::kernels::f4::F4;
+use crate::kernels::vecmath::{dot_lanes, softmax_in_place};
 
 /// `q`: one position's query heads, `n_head × head_dim`; `keys[h]`, `values[h]`: key/value head
 /// `h` at every cached position, `cached × head_dim`, so one head's keys are read front to back,
@@ -18,7 +18,7 @@ use super::vecmath::{dot_lanes, softmax_in_place};
 /// allocates nothing here.
 ///
 /// Every shape computes the same numbers in the same order (each score a four-lane dot product,
-/// `vecmath::dot_lanes`), which the GPU's attention kernels repeat (src/gpu/shaders/attn_*.wgsl).
+/// `vecmath::dot_lanes`), which the GPU's attention kernels repeat (src/llm/shaders/attn_*.wgsl).
 pub fn attend(
     q: &[f32],
     keys: &[Vec<f32>],
@@ -163,9 +163,9 @@ mod tests {
             [(9, 3, 64, 37), (8, 2, 128, 5), (4, 4, 64, 1), (4, 2, 20, 5), (2, 1, 7, 3)]
         {
             let kv_dim = n_kv_head * head_dim;
-            let q = crate::bench::pseudo_random(n_head * head_dim, 1);
-            let keys = crate::bench::pseudo_random(positions * kv_dim, 2);
-            let values = crate::bench::pseudo_random(positions * kv_dim, 3);
+            let q = crate::kernels::random::pseudo_random(n_head * head_dim, 1);
+            let keys = crate::kernels::random::pseudo_random(positions * kv_dim, 2);
+            let values = crate::kernels::random::pseudo_random(positions * kv_dim, 3);
             // The cache keeps each key/value head's positions together.
             let by_head = |rows: &[f32]| -> Vec<Vec<f32>> {
                 (0..n_kv_head)

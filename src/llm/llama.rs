@@ -28,8 +28,8 @@
 
 use super::attend::attend;
 use super::lora::{Adapter, LoraPair};
-use super::q8::Q8Matrix;
-use super::vecmath::{dot, silu_mul};
+use crate::kernels::q8::Q8Matrix;
+use crate::kernels::vecmath::{dot, silu_mul};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul};
@@ -186,7 +186,7 @@ fn dense_product_with(x: &Tensor, w: &Tensor, ours: bool) -> Result<Tensor> {
     let ws = &all[from..to];
     split_over_threads(w.dim(0)?, 256, D::Minus1, |start, rows| {
         let mut out = vec![0f32; batch * n * rows];
-        super::dense::matmul_t(&xs, &ws[start * k..(start + rows) * k], k, &mut out);
+        crate::kernels::dense::matmul_t(&xs, &ws[start * k..(start + rows) * k], k, &mut out);
         Ok(Tensor::from_vec(out, (batch, n, rows), x.device())?)
     })
 }
@@ -702,7 +702,7 @@ impl Llama {
     }
 }
 
-/// The model's shape and weights, as the GPU forward pass (`crate::gpu::llama`) uploads them.
+/// The model's shape and weights, as the GPU forward pass (`super::gpu`) uploads them.
 pub(crate) struct Parts<'a> {
     pub n_head: usize,
     pub n_kv_head: usize,
@@ -1000,7 +1000,7 @@ mod tests {
     /// it says so (Error::Internal) on both paths, the one-token decode and the prompt slice.
     #[test]
     fn a_position_out_of_step_with_the_cache_is_an_internal_error() {
-        let bytes = crate::fuzz::tiny_gguf();
+        let bytes = crate::llm::tiny::tiny_gguf();
         let ct = crate::llm::read_header(&bytes, "tiny.gguf").unwrap();
         let mut model =
             Llama::from_gguf(&ct, &mut std::io::Cursor::new(&bytes), Weights::Quantized, &Device::Cpu).unwrap();
@@ -1021,8 +1021,7 @@ mod tests {
     #[test]
     fn a_model_whose_shape_cannot_run_is_refused() {
         use candle_core::quantized::gguf_file::{self, Value};
-        let path = crate::models::generator_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-        let bytes = std::fs::read(&path).expect("generator file (run `make models`)");
+        let bytes = crate::llm::tiny::tiny_gguf();
         let header = crate::llm::read_header(&bytes, "model").unwrap();
         // Metadata only: the shape is checked before any tensor is read.
         let with = |key: &str, value: u32| {
@@ -1059,8 +1058,7 @@ mod tests {
     #[test]
     fn a_model_whose_weights_do_not_fit_its_metadata_is_refused() {
         use candle_core::quantized::{gguf_file, QTensor};
-        let path = crate::models::generator_path(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-        let bytes = std::fs::read(&path).expect("generator file (run `make models`)");
+        let bytes = crate::llm::tiny::tiny_gguf();
         let header = crate::llm::read_header(&bytes, "model").unwrap();
         let vocab = header.tensor_infos["token_embd.weight"].shape.dims()[0];
         let (dim, hidden) = (8usize, 16usize);
@@ -1079,7 +1077,7 @@ mod tests {
         let write = |q_rows: usize| {
             let t = |dims: &[usize], seed: u64| {
                 let n = dims.iter().product();
-                let w = Tensor::from_vec(crate::bench::pseudo_random(n, seed), dims, &Device::Cpu).unwrap();
+                let w = Tensor::from_vec(crate::kernels::random::pseudo_random(n, seed), dims, &Device::Cpu).unwrap();
                 QTensor::quantize(&w, GgmlDType::F32).unwrap()
             };
             let tensors = [
@@ -1114,8 +1112,8 @@ mod tests {
     #[test]
     fn our_dense_products_match_candles() -> Result<()> {
         let (n, k, rows) = (7, 64, 40);
-        let x = Tensor::from_vec(crate::bench::pseudo_random(n * k, 1), (1, n, k), &Device::Cpu)?;
-        let whole = Tensor::from_vec(crate::bench::pseudo_random(3 * rows * k, 2), (3 * rows, k), &Device::Cpu)?;
+        let x = Tensor::from_vec(crate::kernels::random::pseudo_random(n * k, 1), (1, n, k), &Device::Cpu)?;
+        let whole = Tensor::from_vec(crate::kernels::random::pseudo_random(3 * rows * k, 2), (3 * rows, k), &Device::Cpu)?;
         for w in [whole.clone(), whole.narrow(0, rows, rows)?] {
             let (ours, candles) = (dense_product_with(&x, &w, true)?, dense_product_with(&x, &w, false)?);
             let off = (ours - candles)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;

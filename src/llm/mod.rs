@@ -3,17 +3,16 @@
 //! streaming, stop tokens, sampling and cancellation.
 
 pub(crate) mod attend;
-pub(crate) mod dense;
-mod f4;
+pub mod gpu;
 pub mod llama;
 pub mod lora;
-pub mod q8;
 pub mod quantize;
+pub mod tiny;
 pub mod tokenizer;
-pub(crate) mod vecmath;
 
 use crate::error::{Error, Result};
-use crate::gpu::{llama::GpuLlama, Gpu};
+use crate::gpu::Gpu;
+use gpu::GpuLlama;
 use crate::time::Stopwatch;
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::{Device, Tensor};
@@ -52,7 +51,7 @@ impl std::fmt::Display for SelfTest {
 /// 531-token prompt (best of 5): slices of 256 / 128 / 64 gave 177 / 168 / 159 tok/s; 128 keeps
 /// Stop within about 2.5 s at the browser's single-thread prefill speed.
 const PREFILL_SLICE: usize = 128;
-const _: () = assert!(PREFILL_SLICE <= crate::gpu::llama::MAX_POSITIONS, "a prompt slice must fit one GPU pass");
+const _: () = assert!(PREFILL_SLICE <= gpu::MAX_POSITIONS, "a prompt slice must fit one GPU pass");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {

@@ -1,4 +1,4 @@
-// eˣ exactly as the CPU path computes it (`vecmath::exp` in src/llm/vecmath.rs): the same
+// eˣ exactly as the CPU path computes it (`vecmath::exp` in src/kernels/vecmath.rs): the same
 // constants, the same operations in the same order, so that on an adapter whose f32 arithmetic
 // is IEEE's without fused multiply-adds (lavapipe; `Gpu::arithmetic_is_exact` checks) it gives
 // the same bits. WGSL's own `exp` need only be within a few units in the last place, and one such

@@ -89,8 +89,8 @@ mod tests {
         // Full tiles, a last odd position, a short last block of weight rows, k not a multiple
         // of 4 (all plain dot products then).
         for (n, k, m) in [(4, 8, 8), (5, 12, 10), (1, 16, 3), (3, 6, 5), (7, 576, 9)] {
-            let x = crate::bench::pseudo_random(n * k, 1);
-            let w = crate::bench::pseudo_random(m * k, 2);
+            let x = crate::kernels::random::pseudo_random(n * k, 1);
+            let w = crate::kernels::random::pseudo_random(m * k, 2);
             let mut out = vec![f32::NAN; n * m];
             matmul_t(&x, &w, k, &mut out);
             for i in 0..n {

@@ -15,13 +15,13 @@
 //!   x += (silu(h W_gate) * h W_up) W_down   quantize + matmul_q8 × 2, silu_mul, quantize + matmul_q8, add
 //! then rms_norm and the output projection for the last position only.
 
-use super::{
+use crate::gpu::{
     bytes_f32, bytes_u32, groups, per_element, per_position, per_value, with_exp, Gpu, Grid, Kernel, Op, Shapes,
 };
 use crate::error::{Error, Result};
-use crate::llm::llama::{Llama, Parts, MAX_SEQ_LEN};
-use crate::llm::lora::LoraPair;
-use crate::llm::q8::Q8Matrix;
+use super::llama::{Llama, Parts, MAX_SEQ_LEN};
+use super::lora::LoraPair;
+use crate::kernels::q8::Q8Matrix;
 use std::sync::Arc;
 
 /// The most positions one forward pass takes (prompts are fed in slices of at most this many).
@@ -409,7 +409,7 @@ impl GpuLlama {
     }
 
     /// Run `tokens` at positions pos..pos + n (after the cached ones) and return the logits of
-    /// the last. Natively it completes at once (`super::now`); in the browser, await it.
+    /// the last. Natively it completes at once (`crate::gpu::now`); in the browser, await it.
     pub async fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>> {
         let n = tokens.len();
         if n == 0 || n > MAX_POSITIONS {

@@ -380,7 +380,7 @@ mod tests {
     use super::*;
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
-        crate::bench::pseudo_random(n, seed as u64)
+        crate::kernels::random::pseudo_random(n, seed as u64)
     }
 
     /// The kernel against the definition: dequantized weights times the dequantized vector, in

@@ -10,8 +10,8 @@
 //!   x = layer_norm(x + gelu(x W_1 + b_1) W_2 + b_2)   linear (with GELU), linear, layer_norm
 //! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
 
-use super::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
-use crate::embed::bert::{unit_length, BertShape, Layer};
+use crate::gpu::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
+use super::bert::{unit_length, BertShape, Layer};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -157,7 +157,7 @@ impl GpuBert {
     }
 
     /// Unit-length sentence vectors for `texts` texts of `len` token ids each (padded; `mask`
-    /// is 1 for real tokens). Natively it completes at once (`super::now`); in the browser, await.
+    /// is 1 for real tokens). Natively it completes at once (`crate::gpu::now`); in the browser, await.
     pub async fn embed(&self, ids: &[u32], mask: &[u32], len: usize) -> Result<Vec<Vec<f32>>> {
         let positions = ids.len();
         if len == 0
