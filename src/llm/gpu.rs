@@ -19,7 +19,8 @@ use crate::gpu::{
     bytes_f32, bytes_u32, groups, per_element, per_position, per_value, with_exp, Gpu, Grid, Kernel, Op, Shapes,
 };
 use crate::error::{Error, Result};
-use super::llama::{Llama, Parts, MAX_SEQ_LEN};
+use super::decode::Parts;
+use super::llama::{Llama, MAX_SEQ_LEN};
 use super::lora::LoraPair;
 use crate::kernels::q8::Q8Matrix;
 use std::sync::Arc;

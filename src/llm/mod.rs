@@ -3,12 +3,15 @@
 //! streaming, stop tokens, sampling and cancellation.
 
 pub(crate) mod attend;
+mod decode;
 pub mod gpu;
+pub(crate) mod linear;
 pub mod llama;
 pub mod lora;
 pub mod quantize;
 pub mod tiny;
 pub mod tokenizer;
+mod validate;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;

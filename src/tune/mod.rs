@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod data;
+mod forward;
 pub mod optim;
 pub mod plot;
 pub mod train;
