@@ -9,22 +9,27 @@ pub(crate) mod linear;
 pub mod llama;
 pub mod lora;
 pub mod quantize;
+mod run;
 pub mod tiny;
 pub mod tokenizer;
 mod validate;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use gpu::GpuLlama;
 use crate::time::Stopwatch;
-use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
+use gpu::GpuLlama;
 use llama::{Llama, Weights, MAX_SEQ_LEN};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
+
+pub use run::{Constraint, Run, Step};
+pub(crate) use validate::read_header;
+use validate::meta_str;
+use run::only;
 
 /// How far the GPU's logits may be from the CPU's in the start-up self-test. The GPU's kernels
 /// do the CPU's arithmetic in the CPU's order, so on an adapter with the CPU's f32 arithmetic
@@ -440,167 +445,3 @@ impl Generator {
     }
 }
 
-/// What one [`Generator::step`] did. Serialised as `{"type": "prefill", "done", "total"}`,
-/// `{"type": "token", "text"}` or `{"type": "done", "stop"}` (the wasm API returns it as is).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Step {
-    /// Fed the prompt up to token `done` of `total`.
-    Prefill {
-        done: usize,
-        total: usize,
-    },
-    /// Produced one token; the text is empty while a multi-byte character is still incomplete.
-    Token {
-        text: String,
-    },
-    Done {
-        stop: StopReason,
-    },
-}
-
-/// A generation in progress. It owns everything but the model, whose KV cache holds the rest.
-pub struct Run {
-    params: GenerateParams,
-    sampler: LogitsProcessor,
-    /// Prompt followed by the generated tokens: the repeat penalty looks back over both.
-    history: Vec<u32>,
-    prompt_tokens: usize,
-    /// How many prompt tokens the model has seen.
-    fed: usize,
-    logits: Option<Tensor>,
-    tokens: Vec<u32>,
-    /// Generated tokens not yet printed because they end inside a UTF-8 character.
-    unprinted: Vec<u32>,
-    text: String,
-    /// Set when the run ends, by a step or by `cancel`.
-    stop: Option<StopReason>,
-    prefill_ms: f64,
-    decode_ms: f64,
-    constraint: Option<Box<dyn Constraint>>,
-}
-
-/// Limits which tokens generation may produce next: quote-constrained decoding
-/// (`rag::constrain`) lets the model copy from its sources and nothing else.
-pub trait Constraint: Send {
-    /// The tokens allowed next, or None for any. An empty list ends the answer.
-    fn allowed(&mut self) -> Option<&[u32]>;
-    /// `token` was produced.
-    fn advance(&mut self, token: u32);
-}
-
-/// A byte-level token may hold part of a character; past this many tokens the bytes are
-/// printed anyway (as U+FFFD) rather than held back for ever.
-const MAX_UNPRINTED: usize = 4;
-
-/// `logits` with every token but `allowed` made impossible.
-fn only(logits: &Tensor, allowed: &[u32]) -> Result<Tensor> {
-    let all = logits.to_vec1::<f32>()?;
-    let mut masked = vec![f32::NEG_INFINITY; all.len()];
-    for &t in allowed {
-        if let Some(&v) = all.get(t as usize) {
-            masked[t as usize] = v;
-        }
-    }
-    Ok(Tensor::from_vec(masked, all.len(), logits.device())?)
-}
-
-impl Run {
-    /// From the next token on, produce only what `constraint` allows.
-    pub fn constrain(&mut self, constraint: Box<dyn Constraint>) {
-        self.constraint = Some(constraint);
-    }
-
-    /// Stop at the next step. The text so far is kept.
-    pub fn cancel(&mut self) {
-        self.stop.get_or_insert(StopReason::Cancelled);
-    }
-
-    /// Byte-level BPE decodes token by token, so the text of the tokens held back so far is
-    /// printable once it no longer ends in a broken character.
-    fn printable(&mut self, tokenizer: &Tokenizer, next: u32) -> Result<String> {
-        self.unprinted.push(next);
-        let text = self.held_back(tokenizer)?;
-        if text.ends_with('\u{FFFD}') && self.unprinted.len() < MAX_UNPRINTED {
-            return Ok(String::new());
-        }
-        Ok(self.print(text))
-    }
-
-    fn held_back(&self, tokenizer: &Tokenizer) -> Result<String> {
-        tokenizer
-            .decode(&self.unprinted, true)
-            .map_err(|e| Error::Input(format!("cannot decode tokens {:?}: {e}", self.unprinted)))
-    }
-
-    /// `text`, the text of the held-back tokens, is printed.
-    fn print(&mut self, text: String) -> String {
-        self.unprinted.clear();
-        self.text.push_str(&text);
-        text
-    }
-
-    /// The text of the tokens still held back, printed as it stands: the run has stopped, so no
-    /// token will complete the character.
-    fn flush(&mut self, tokenizer: &Tokenizer) -> Result<String> {
-        if self.unprinted.is_empty() {
-            return Ok(String::new());
-        }
-        let text = self.held_back(tokenizer)?;
-        Ok(self.print(text))
-    }
-
-    /// The text generated so far.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    pub fn finish(self) -> Generation {
-        Generation {
-            text: self.text,
-            tokens: self.tokens,
-            prompt_tokens: self.prompt_tokens,
-            stop: self.stop.unwrap_or(StopReason::Cancelled),
-            prefill_ms: self.prefill_ms,
-            decode_ms: self.decode_ms,
-        }
-    }
-}
-
-fn meta_str(ct: &Content, key: &str) -> Option<String> {
-    ct.metadata.get(key).and_then(|v| v.to_string().ok()).cloned()
-}
-
-/// A truncated download still has a valid header; without this check it would fail deep inside
-/// weight loading with an error that names no file.
-pub(crate) fn check_complete(ct: &Content, len: u64, file: &str) -> Result<()> {
-    let mut needed = ct.tensor_data_offset;
-    for (name, info) in &ct.tensor_infos {
-        let dtype = info.ggml_dtype;
-        // Shapes and offsets are read from the file: a crafted one overflows a plain product.
-        let too_big = || Error::model(file, format!("tensor {name} is larger than any file can hold"));
-        let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_big)?;
-        if elems % dtype.block_size() != 0 {
-            return Err(Error::model(file, format!("tensor {name} has a shape that does not fit its type")));
-        }
-        let bytes = (elems / dtype.block_size()).checked_mul(dtype.type_size()).ok_or_else(too_big)? as u64;
-        let end =
-            ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes)).ok_or_else(too_big)?;
-        needed = needed.max(end);
-    }
-    if needed > len {
-        return Err(Error::model(
-            file,
-            format!("file is truncated: it has {len} bytes but its tensors need {needed} (download it again)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Read just the GGUF header (for tools that rewrite the file).
-pub(crate) fn read_header(bytes: &[u8], file: &str) -> Result<Content> {
-    let ct = gguf_file::Content::read(&mut Cursor::new(bytes))
-        .map_err(|e| Error::model(file, format!("not a readable GGUF file ({e})")))?;
-    check_complete(&ct, bytes.len() as u64, file)?;
-    Ok(ct)
-}

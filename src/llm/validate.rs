@@ -2,8 +2,10 @@
 //! metadata, and every matrix's shape against it. A crafted or damaged file is refused with the
 //! reason instead of dividing by zero or slicing out of bounds in the forward pass.
 
-use candle_core::quantized::gguf_file::Content;
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::GgmlDType;
+use std::io::Cursor;
 
 /// Why a model's shape from its metadata cannot be run, if it cannot: every later division and
 /// slice in this file relies on these.
@@ -90,6 +92,44 @@ pub(crate) fn row_blocks_error(name: &str, dtype: GgmlDType, cols: usize) -> Opt
     (cols % multiple != 0).then(|| {
         format!("{name} is {dtype:?} with rows of {cols} values; that type's products need a multiple of {multiple}")
     })
+}
+
+pub(super) fn meta_str(ct: &Content, key: &str) -> Option<String> {
+    ct.metadata.get(key).and_then(|v| v.to_string().ok()).cloned()
+}
+
+/// A truncated download still has a valid header; without this check it would fail deep inside
+/// weight loading with an error that names no file.
+fn check_complete(ct: &Content, len: u64, file: &str) -> Result<()> {
+    let mut needed = ct.tensor_data_offset;
+    for (name, info) in &ct.tensor_infos {
+        let dtype = info.ggml_dtype;
+        // Shapes and offsets are read from the file: a crafted one overflows a plain product.
+        let too_big = || Error::model(file, format!("tensor {name} is larger than any file can hold"));
+        let elems = info.shape.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_big)?;
+        if elems % dtype.block_size() != 0 {
+            return Err(Error::model(file, format!("tensor {name} has a shape that does not fit its type")));
+        }
+        let bytes = (elems / dtype.block_size()).checked_mul(dtype.type_size()).ok_or_else(too_big)? as u64;
+        let end =
+            ct.tensor_data_offset.checked_add(info.offset).and_then(|o| o.checked_add(bytes)).ok_or_else(too_big)?;
+        needed = needed.max(end);
+    }
+    if needed > len {
+        return Err(Error::model(
+            file,
+            format!("file is truncated: it has {len} bytes but its tensors need {needed} (download it again)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Read just the GGUF header (for tools that rewrite the file).
+pub(crate) fn read_header(bytes: &[u8], file: &str) -> Result<Content> {
+    let ct = gguf_file::Content::read(&mut Cursor::new(bytes))
+        .map_err(|e| Error::model(file, format!("not a readable GGUF file ({e})")))?;
+    check_complete(&ct, bytes.len() as u64, file)?;
+    Ok(ct)
 }
 
 #[cfg(test)]
