@@ -8,7 +8,9 @@ pub mod decide;
 pub mod evidence;
 pub mod prompt;
 pub mod reading;
+mod sentences;
 pub mod support;
+mod terms;
 
 mod answer;
 mod fit;
