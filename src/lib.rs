@@ -3,7 +3,7 @@
 //!
 //! Data flows one way through the modules:
 //! `ingest` → `chunk` → `embed` → `index` (inside `library`) → `rag` (prompt, `llm`, citations).
-//! The CLI (`src/bin/pocketrag.rs`) and the browser bindings are thin front ends over `rag::Engine`.
+//! The CLI (`src/bin/pocketrag/`) and the browser bindings are thin front ends over `rag::Engine`.
 
 pub mod bench;
 pub mod chunk;

@@ -1,0 +1,370 @@
+//! `pocketrag eval` and `pocketrag calibrate`: the question sets asked, scored and printed.
+
+use crate::args::reading;
+use crate::{counting_bar, open, write_atomically};
+use anyhow::{Context, Result};
+use pocketrag::llm::llama::Weights;
+use pocketrag::{models, Engine, Mode};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn evaluate(
+    models_dir: &Path,
+    file: &Path,
+    limit: Option<usize>,
+    json: bool,
+    adapters: &[PathBuf],
+    k: usize,
+    max_tokens: usize,
+    records_path: Option<&Path>,
+    shard: Option<(usize, usize)>,
+) -> Result<()> {
+    use pocketrag::tune::data;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // The corpus is every entry of the file, even with --limit: distractors stay the same.
+    let all = data::read_pubmedqa(&bytes, &file.display().to_string())?;
+    let file_sha = models::sha256_hex(&bytes);
+    let default_adapter = models_dir.join(models::ADAPTER_FILE);
+    let paths: Vec<PathBuf> = if adapters.is_empty() { vec![default_adapter] } else { adapters.to_vec() };
+    let mut loaded = Vec::new();
+    for p in &paths {
+        let b = std::fs::read(p).with_context(|| format!("cannot read adapter {}", p.display()))?;
+        loaded.push(pocketrag::llm::lora::Adapter::from_bytes(&b, &p.display().to_string())?);
+    }
+    // Fold assignment needs the whole file, so adapters are matched before --limit applies.
+    let assigned = pocketrag::eval::assign_adapters(&all, &file_sha, &loaded)?;
+    let (shard_i, shard_n) = shard.unwrap_or((0, 1));
+    let (entries, assigned): (Vec<&data::QaEntry>, Vec<usize>) = all
+        .iter()
+        .zip(assigned)
+        .take(limit.unwrap_or(all.len()))
+        .enumerate()
+        .filter(|(i, _)| i % shard_n == shard_i)
+        .map(|(_, pair)| pair)
+        .unzip();
+    let generator = models::load_generator_with(&models::generator_path(models_dir), Weights::QuantizedAndDense)?;
+    let mut engine = Engine::new(models::load_embedder(models_dir)?, Some(generator));
+    engine.settings.generate.max_tokens = max_tokens;
+    let refs: Vec<&data::QaEntry> = all.iter().collect();
+    let bar = counting_bar(refs.len(), "abstracts indexed");
+    data::index_entries(&mut engine, &refs, &mut |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    // Records of an earlier, stopped run of the same file are kept and not asked again.
+    let mut done: std::collections::HashMap<String, pocketrag::eval::Record> = std::collections::HashMap::new();
+    if let Some(path) = records_path.filter(|p| p.exists()) {
+        for (i, line) in std::fs::read_to_string(path)?.lines().enumerate() {
+            let r: pocketrag::eval::Record = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not an eval record", path.display(), i + 1))?;
+            done.insert(r.id.clone(), r);
+        }
+    }
+    let mut out = match records_path {
+        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+        None => None,
+    };
+    let clock = std::time::Instant::now();
+    let bar = counting_bar(entries.len(), "questions, 4 answers each");
+    let mut records = Vec::with_capacity(entries.len());
+    for (entry, &a) in entries.iter().copied().zip(&assigned) {
+        let record = match done.remove(&entry.id) {
+            Some(r) => r,
+            None => {
+                let r = pocketrag::eval::evaluate_one(&mut engine, entry, &loaded[a], k)?;
+                if let Some(f) = out.as_mut() {
+                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                }
+                r
+            }
+        };
+        records.push(record);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let report = pocketrag::eval::report(&records, clock.elapsed().as_secs_f64());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", pocketrag::eval::table(&report));
+    }
+    Ok(())
+}
+
+/// Unanswerable questions that `calibrate` makes besides the file's own.
+pub(crate) struct Unanswerable<'a> {
+    pub(crate) foreign: Option<(&'a Path, usize)>,
+    pub(crate) near_miss_every: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn calibrate(
+    models_dir: &Path,
+    file: &Path,
+    titles: &[String],
+    every: usize,
+    k: usize,
+    max_wrong_abstain: f64,
+    json: bool,
+    extra: Unanswerable,
+) -> Result<()> {
+    use pocketrag::eval::{calibrate as cal, squad};
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let all = squad::read(&bytes, &file.display().to_string())?;
+    let articles: Vec<&squad::Article> = titles
+        .iter()
+        .map(|t| all.iter().find(|a| &a.title == t).with_context(|| format!("{}: no article {t:?}", file.display())))
+        .collect::<Result<_>>()?;
+    let generator = models::generator_path(models_dir);
+    let mut engine = open(models_dir, None, reading().then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
+    for a in &articles {
+        let (name, text) = squad::document(a);
+        engine.add_document(&name, text.as_bytes(), &mut |_, _| {})?;
+    }
+    let qas: Vec<&squad::Qa> =
+        articles.iter().flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas)).step_by(every.max(1)).collect();
+    let bar = counting_bar(qas.len(), "questions");
+    let mut obs = Vec::with_capacity(qas.len());
+    for qa in qas {
+        obs.push(cal::observe(&mut engine, qa, k)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if extra.near_miss_every > 0 {
+        let qas: Vec<&squad::Qa> = articles
+            .iter()
+            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
+            .filter(|qa| qa.answerable())
+            .step_by(extra.near_miss_every)
+            .collect();
+        let bar = counting_bar(qas.len(), "near misses");
+        for qa in qas {
+            obs.push(cal::observe_without_answer(&mut engine, qa, k)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    if let Some((path, every)) = extra.foreign {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let others = squad::read(&bytes, &path.display().to_string())?;
+        let qas: Vec<&squad::Qa> = others
+            .iter()
+            .filter(|a| !titles.contains(&a.title))
+            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
+            .filter(|qa| qa.answerable())
+            .step_by(every.max(1))
+            .collect();
+        let bar = counting_bar(qas.len(), "foreign questions");
+        for qa in qas {
+            obs.push(cal::observe_foreign(&mut engine, qa, k)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    let c = cal::calibrate(obs, max_wrong_abstain);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        println!(
+            "{} questions ({} answerable) from {}\n\
+             best sentence holds a gold answer: {:.3} before fitting, {:.3} after (top 2: {:.3}, top 3: {:.3})\n\
+             gate at {:.3}: abstains on {:.3} of unanswerable questions (precision {:.3}), wrongly on {:.3} of answerable\n\
+             and on {:.3} of {} constructed unanswerable questions (near misses, other articles' questions)\n",
+            c.questions,
+            c.answerable,
+            titles.join(", "),
+            c.top1_before,
+            c.top1,
+            c.top2,
+            c.top3,
+            c.gate_threshold,
+            c.abstain_recall,
+            c.abstain_precision,
+            c.wrongly_abstained,
+            c.foreign_abstained,
+            c.foreign
+        );
+        println!("quoted answers (after fitting): relative bar, answers holding a gold answer, sentences quoted");
+        for (r, hit, quoted) in &c.selection {
+            println!("  {r:.1}  {hit:.3}  {quoted:.2}");
+        }
+        print!("{}", cal::constants(&c, if engine.reads() { "READ_" } else { "" }));
+    }
+    Ok(())
+}
+
+/// Which question set `evaluate_qa` reads, and how much of it.
+pub(crate) struct QaSet<'a> {
+    pub(crate) format: &'a str,
+    pub(crate) file: &'a Path,
+    pub(crate) articles: &'a [String],
+    pub(crate) every: usize,
+    pub(crate) limit: Option<usize>,
+}
+
+/// The documents and questions of a question set: (name, bytes) pairs to index, and the
+/// questions.
+pub(crate) fn qa_set(set: &QaSet) -> Result<(Vec<(String, Vec<u8>)>, Vec<pocketrag::eval::qa::Question>)> {
+    use pocketrag::eval::{qa, squad};
+    let bytes = std::fs::read(set.file).with_context(|| format!("cannot read {}", set.file.display()))?;
+    let (docs, mut questions) = if set.format == "squad" {
+        let all = squad::read(&bytes, &set.file.display().to_string())?;
+        let mut picked = Vec::new();
+        for title in set.articles {
+            let a = all.iter().find(|a| &a.title == title);
+            picked.push(a.with_context(|| format!("{}: no article {title:?}", set.file.display()))?.clone());
+        }
+        let docs = picked.iter().map(squad::document).map(|(name, text)| (name, text.into_bytes())).collect();
+        (docs, qa::squad_questions(&picked, set.every))
+    } else {
+        #[derive(serde::Deserialize)]
+        struct Set {
+            books: std::collections::BTreeMap<String, PathBuf>,
+            questions: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            id: String,
+            question: String,
+            answers: Vec<String>,
+            kind: Option<String>,
+        }
+        let s: Set = serde_json::from_slice(&bytes).with_context(|| format!("{}", set.file.display()))?;
+        let mut docs = Vec::new();
+        for (book, dir) in &s.books {
+            let mut pages: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| {
+                    format!("book {book}: cannot read {} (rustup component add rust-docs)", dir.display())
+                })?
+                .collect::<std::io::Result<Vec<_>>>()?
+                .into_iter()
+                .map(|e| e.path())
+                .collect();
+            // Pages in subfolders too (the Edition Guide has one per edition).
+            let mut i = 0;
+            while i < pages.len() {
+                if pages[i].is_dir() {
+                    let dir = pages.remove(i);
+                    for e in std::fs::read_dir(&dir)? {
+                        pages.push(e?.path());
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            pages.retain(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.ends_with(".html") && !["print.html", "toc.html", "404.html"].contains(&name)
+            });
+            pages.sort();
+            for page in pages {
+                let rel = page.strip_prefix(dir).unwrap_or(&page).display().to_string();
+                docs.push((format!("{book}/{rel}"), std::fs::read(&page)?));
+            }
+        }
+        let questions = s
+            .questions
+            .into_iter()
+            .step_by(set.every.max(1))
+            .map(|e| qa::Question { id: e.id, question: e.question, answers: e.answers, kind: e.kind })
+            .collect();
+        (docs, questions)
+    };
+    if let Some(n) = set.limit {
+        questions.truncate(n);
+    }
+    Ok((docs, questions))
+}
+
+pub(crate) fn evaluate_qa(
+    models_dir: &Path,
+    set: &QaSet,
+    modes: &[String],
+    k: usize,
+    max_tokens: usize,
+    json: bool,
+    records: Option<&Path>,
+    index_cache: Option<&Path>,
+) -> Result<()> {
+    use pocketrag::eval::qa;
+    let configs: Vec<(Mode, bool, &str)> = modes
+        .iter()
+        .map(|m| {
+            let (name, tuned) = m.strip_suffix("-tuned").map_or((m.as_str(), false), |n| (n, true));
+            Ok((Mode::parse(name)?, tuned, m.as_str()))
+        })
+        .collect::<Result<_>>()?;
+    let wants_model = reading() || configs.iter().any(|(m, _, _)| m.uses_model());
+    let generator = models::generator_path(models_dir);
+    let mut engine = open(models_dir, None, wants_model.then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
+    if configs.iter().any(|(_, tuned, _)| *tuned) {
+        let path = models_dir.join(models::ADAPTER_FILE);
+        let bytes = models::read(&path)?;
+        engine.load_adapter(pocketrag::llm::lora::Adapter::from_bytes(&bytes, &path.display().to_string())?)?;
+    }
+    engine.settings.generate.max_tokens = max_tokens;
+    let (docs, questions) = qa_set(set)?;
+    // A cache made from other documents (another set, other books) is not used.
+    let cache = index_cache.and_then(|p| std::fs::read(p).ok()).filter(|bytes| {
+        let Ok(lib) = pocketrag::library::Library::load(bytes, &engine.library().embedder) else { return false };
+        let mut names: Vec<&str> = lib.documents().iter().map(|d| d.name.as_str()).collect();
+        let mut wanted: Vec<&str> = docs.iter().map(|(name, _)| name.as_str()).collect();
+        names.sort_unstable();
+        wanted.sort_unstable();
+        names == wanted
+    });
+    let cached = cache.is_some_and(|bytes| engine.load(&bytes).is_ok());
+    if !cached {
+        let bar = counting_bar(docs.len(), "documents indexed");
+        for (name, bytes) in &docs {
+            engine.add_document(name, bytes, &mut |_, _| {}).with_context(|| name.clone())?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        if let Some(path) = index_cache {
+            write_atomically(path, &engine.save()?)?;
+        }
+    }
+    let mut out = records.map(std::fs::File::create).transpose()?;
+    let mut rows = Vec::new();
+    for (mode, tuned, name) in &configs {
+        if mode.uses_model() {
+            engine.use_adapter(*tuned)?;
+        }
+        let bar = counting_bar(questions.len(), &format!("questions ({name})"));
+        let mut got = Vec::new();
+        for q in &questions {
+            let r = qa::ask(&mut engine, q, *mode, k).with_context(|| format!("question {}", q.id))?;
+            if let Some(f) = out.as_mut() {
+                writeln!(f, "{}", serde_json::to_string(&r)?)?;
+            }
+            got.push(r);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        rows.push((name.to_string(), qa::score(&got)));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{} documents, {} questions ({} answerable) from {}",
+            docs.len(),
+            questions.len(),
+            questions.iter().filter(|q| q.answerable()).count(),
+            set.file.display()
+        );
+        print!("{}", qa::table(&rows));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: a shard is I/N with 0 <= I < N, e.g. 0/2");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+    if i < n {
+        Ok((i, n))
+    } else {
+        Err(bad())
+    }
+}
