@@ -3,7 +3,9 @@
 //! and configuration with the log-probabilities of the label tokens, for offline analysis of
 //! decision rules (argmax, prior correction, contextual calibration).
 //!
-//! cargo run --release --example decision_probe -- MODELS PQAL.json OUT.jsonl [ADAPTER ...]
+//! cargo run --release --example decision_probe -- MODELS PQAL.json OUT.jsonl [ADAPTER FOLD]
+//!
+//! With an adapter, only the questions of the fold it held out (of the config's two) are asked.
 
 use candle_core::{Device, Tensor};
 use pocketrag::llm::llama::Weights;
@@ -35,14 +37,11 @@ fn main() -> anyhow::Result<()> {
     let all = data::read_pubmedqa(&bytes, &args[1])?;
     let mut out = std::fs::File::create(&args[2])?;
     let mut adapters = Vec::new();
-    for p in &args[3..] {
+    if let Some(p) = args.get(3) {
         adapters.push(pocketrag::llm::lora::Adapter::from_bytes(&std::fs::read(p)?, p)?);
     }
-    let assigned = if adapters.is_empty() {
-        vec![usize::MAX; all.len()]
-    } else {
-        pocketrag::eval::assign_adapters(&all, &models::sha256_hex(&bytes), &adapters)?
-    };
+    let held_out: Option<usize> = args.get(4).map(|f| f.parse()).transpose()?;
+    let folds = data::folds(&all, 2);
     let generator = models::load_generator_with(&models::generator_path(dir), Weights::QuantizedAndDense)?;
     let mut engine = Engine::new(models::load_embedder(dir)?, Some(generator));
     engine.settings.generate.max_tokens = 96;
@@ -60,6 +59,9 @@ fn main() -> anyhow::Result<()> {
     // Content-free prompts for contextual calibration, once per configuration.
     let na = "N/A";
     for (i, entry) in all.iter().enumerate() {
+        if held_out.is_some_and(|f| folds[i] != f) {
+            continue;
+        }
         let q = data::asked(entry);
         let (found, _) = engine.search_with_vector(&q, 4)?;
         let relevant: Vec<_> = found.hits.into_iter().filter(|h| h.score >= engine.settings.min_relevance).collect();
@@ -75,14 +77,14 @@ fn main() -> anyhow::Result<()> {
         let free_plain = g.encode(&g.render_chat(&prompt::plain_messages(&free_q))?)?;
         for &tuned in &configs {
             if tuned {
-                engine.load_adapter(adapters[assigned[i]].clone())?;
+                engine.load_adapter(adapters[0].clone())?;
                 engine.use_adapter(true)?;
             }
             for (rag, ids) in [(false, &plain_ids), (true, &rag_ids)] {
                 let lp = next_log_probs(&mut engine, ids)?;
                 let labels: Vec<f32> = label_ids.iter().map(|&t| lp[t as usize]).collect();
                 let top = lp.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-                let free = if i == 0 {
+                let free = if i < 2 {
                     let f = next_log_probs(&mut engine, if rag { &free_rag } else { &free_plain })?;
                     Some(label_ids.iter().map(|&t| f[t as usize]).collect::<Vec<f32>>())
                 } else {

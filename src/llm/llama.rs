@@ -20,9 +20,8 @@
 //! shape cannot run.
 //!
 //! We own this file, rather than using candle-transformers' `quantized_llama`, because the app
-//! needs to change what happens inside: weights kept twice for prompt processing, our own
-//! kernels, low-rank adapters (our fine-tune) and GPU kernels. `tests/llama_parity.rs` holds it
-//! to candle's implementation.
+//! needs to change what happens inside: weights kept twice for prompts, our own kernels, low-rank
+//! adapters (our fine-tune) and GPU kernels. `tests/llama_parity.rs` holds it to candle's.
 
 use super::attend::attend;
 use super::linear::{split_over_threads, Linear, Quantized};
@@ -166,7 +165,8 @@ pub struct Llama {
     pub(crate) blocks: Vec<Block>,
     pub(crate) norm: RmsNorm,
     pub(crate) output: Quantized,
-    /// The output projection as f32, for training (kept only with `Weights::QuantizedAndDense`).
+    /// The output projection as f32 (`Weights::QuantizedAndDense`), for training (native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) output_dense: Option<Tensor>,
     /// Whether the output projection is the token embedding table.
     pub(crate) tied: bool,

@@ -9,6 +9,9 @@ use js_sys::Function;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+mod extras;
+pub use extras::*;
+
 // The shapes of the plain objects the methods below return (serde turns the Rust structs into
 // them). Kept next to the bindings so the two change together.
 #[wasm_bindgen(typescript_custom_section)]
@@ -494,75 +497,4 @@ impl WasmEngine {
         self.prepared = Some(prepared);
         texts
     }
-}
-
-/// The embedder on its own, for helper workers that embed while the engine's worker does the
-/// rest (and for `make bench-web`).
-#[wasm_bindgen(js_name = Embedder)]
-pub struct WasmEmbedder {
-    inner: Embedder,
-}
-
-#[wasm_bindgen(js_class = Embedder)]
-impl WasmEmbedder {
-    #[wasm_bindgen(constructor)]
-    pub fn new(weights: &[u8], tokenizer: &[u8], config: &[u8]) -> Result<WasmEmbedder, JsError> {
-        Ok(WasmEmbedder { inner: Embedder::from_bytes(weights, tokenizer, config).map_err(js_err)? })
-    }
-
-    pub fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-
-    /// Unit vectors for `texts`, one after another in one array (`texts.length * dim()` floats).
-    pub fn embed(&self, texts: Vec<String>) -> Result<Vec<f32>, JsError> {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        Ok(self.inner.embed(&refs).map_err(js_err)?.concat())
-    }
-
-    /// `n` different texts of about 128 word pieces cut from `corpus`: the benchmark's chunks.
-    #[wasm_bindgen(js_name = benchChunks)]
-    pub fn bench_chunks(&self, corpus: &str, n: usize) -> Vec<String> {
-        crate::bench::chunk_texts(&self.inner, corpus, n)
-    }
-}
-
-/// Starts the pool of Web Workers that rayon (and so our matrix products) runs on; JS awaits
-/// `initThreadPool(n)` once, after `init`. Only in the threaded build (`--features threads`).
-#[cfg(feature = "threads")]
-pub use wasm_bindgen_rayon::init_thread_pool;
-
-/// How many threads the generator's matrix products use: 1 unless this is the threaded build with
-/// its pool started.
-#[wasm_bindgen(js_name = threadCount)]
-pub fn thread_count() -> usize {
-    rayon::current_num_threads()
-}
-
-/// Our Q8_0 kernel against candle's on one matrix: microseconds per product (the same workload as
-/// `make bench`).
-#[wasm_bindgen(js_name = benchKernels, unchecked_return_type = "object")]
-pub fn bench_kernels() -> Result<JsValue, JsError> {
-    to_js(&crate::bench::q8_kernel_figures()?)
-}
-
-/// Vector-index figures at `n` synthetic chunks: build time, graph and exact search latency,
-/// recall@10 (the same workload as `make bench`).
-#[wasm_bindgen(js_name = benchIndex, unchecked_return_type = "object")]
-pub fn bench_index(n: usize) -> Result<JsValue, JsError> {
-    to_js(&crate::bench::index_figures(n))
-}
-
-/// Whether `addDocument` would read these bytes as a PDF (by content, then by name).
-#[wasm_bindgen(js_name = isPdf)]
-pub fn is_pdf(name: &str, bytes: &[u8]) -> bool {
-    crate::ingest::detect_format(name, bytes) == crate::ingest::Format::Pdf
-}
-
-/// The text of each page of a PDF. The PDF parser panics on some malformed files, and a panic
-/// aborts this wasm instance, so the page calls this in a worker of its own that it can throw
-/// away, never in the engine's.
-#[wasm_bindgen(js_name = extractPdfPages)]
-pub fn extract_pdf_pages(bytes: &[u8]) -> Result<Vec<String>, JsError> {
-    crate::ingest::extract_pdf_pages(bytes).map_err(|e| JsError::new(&format!("cannot read this PDF: {e}")))
 }
