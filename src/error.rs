@@ -32,10 +32,6 @@ pub enum Error {
     #[error("GPU: {0}")]
     Gpu(String),
 
-    /// Generation was stopped by the caller.
-    #[error("cancelled")]
-    Cancelled,
-
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
 

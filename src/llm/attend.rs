@@ -40,12 +40,26 @@ pub fn attend(
     macro_rules! shapes {
         ($(($hd:literal, $g:literal)),*) => {
             match (head_dim, group) {
-                $(($hd, $g) => attend_heads::<$hd, $g>(q, keys, values, positions, scores, out),)*
-                _ => attend_plain(q, keys, values, head_dim, positions, scores, out),
+                $(($hd, $g) => return attend_heads::<$hd, $g>(q, keys, values, positions, scores, out),)*
+                _ => {}
             }
         };
     }
     shapes!((64, 1), (64, 2), (64, 3), (64, 4), (128, 1), (128, 2), (128, 4));
+    // Any other head size and group: the same computation, one query head at a time.
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    scores.resize(positions, 0.0);
+    for (head, (query, out)) in q.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
+        let (keys, values) = (&keys[head / group], &values[head / group]);
+        for (s, key) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
+            *s = dot_lanes(query, key) * scale;
+        }
+        softmax_in_place(scores);
+        out.fill(0.0);
+        for (&w, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
+            out.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
+        }
+    }
 }
 
 /// `attend` for query heads of `HD` numbers, `G` of them per key/value head.
@@ -97,32 +111,6 @@ fn attend_heads<const HD: usize, const G: usize>(
                 acc[0].store(&mut out[0]);
                 acc[1].store(&mut out[1]);
             }
-        }
-    }
-}
-
-/// The same computation for any head size and group, one query head at a time.
-fn attend_plain(
-    q: &[f32],
-    keys: &[Vec<f32>],
-    values: &[Vec<f32>],
-    head_dim: usize,
-    positions: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let group = q.len() / (keys.len() * head_dim);
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    scores.resize(positions, 0.0);
-    for (head, (query, out)) in q.chunks_exact(head_dim).zip(out.chunks_exact_mut(head_dim)).enumerate() {
-        let (keys, values) = (&keys[head / group], &values[head / group]);
-        for (s, key) in scores.iter_mut().zip(keys.chunks_exact(head_dim)) {
-            *s = dot_lanes(query, key) * scale;
-        }
-        softmax_in_place(scores);
-        out.fill(0.0);
-        for (&w, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
-            out.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
         }
     }
 }

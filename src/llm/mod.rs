@@ -222,11 +222,6 @@ impl Generator {
         Ok(SelfTest { worst })
     }
 
-    /// Generate on the CPU (again).
-    pub fn use_cpu(&mut self) {
-        self.gpu = None;
-    }
-
     /// "gpu" or "cpu": where the next generation runs.
     pub fn backend(&self) -> &'static str {
         if self.gpu.is_some() {
@@ -279,11 +274,6 @@ impl Generator {
         }
         self.model.clear_cache();
         Ok(out)
-    }
-
-    /// The most tokens (prompt plus answer) one generation can hold.
-    pub fn context_size(&self) -> usize {
-        self.context
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -33,8 +33,6 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
-    /// How many chunks to retrieve for a question.
-    pub k: usize,
     /// Below this cosine similarity for the best chunk, the engine abstains without asking the
     /// model: nothing retrieved is about the question.
     pub min_relevance: f32,
@@ -51,7 +49,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            k: 4,
             min_relevance: 0.25,
             context_budget: 2048,
             generate: GenerateParams::default(),
@@ -135,10 +132,6 @@ impl Engine {
         generator.set_adapter(if tuned { self.adapter.as_ref() } else { None })?;
         self.tuned = tuned;
         Ok(())
-    }
-
-    pub fn uses_adapter(&self) -> bool {
-        self.tuned
     }
 
     pub fn generator(&self) -> Option<&Generator> {
