@@ -193,3 +193,68 @@ pub fn table(rows: &[(String, Scores)]) -> String {
     }
     out
 }
+
+/// One way of answering a set: a mode, with the adapter or without, and the name it is reported
+/// under ("quote", "rag-tuned").
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub tuned: bool,
+    pub name: String,
+}
+
+impl Config {
+    /// A config from its report name: a mode, optionally with "-tuned".
+    pub fn parse(name: &str) -> Result<Config> {
+        let (mode, tuned) = name.strip_suffix("-tuned").map_or((name, false), |m| (m, true));
+        Ok(Config { mode: Mode::parse(mode)?, tuned, name: name.to_string() })
+    }
+}
+
+/// Index `docs` (name, bytes) into `engine`; `progress` gets (done, total) after each.
+pub fn index_set(
+    engine: &mut Engine,
+    docs: &[(String, Vec<u8>)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    for (i, (name, bytes)) in docs.iter().enumerate() {
+        engine.add_document(name, bytes, &mut |_, _| {}).map_err(|e| about(name, e))?;
+        progress(i + 1, docs.len());
+    }
+    Ok(())
+}
+
+/// Ask every question of `questions` in each config of `configs` and score them; `record` gets
+/// every answer as it is made, `progress` (config name, done, total).
+pub fn run(
+    engine: &mut Engine,
+    questions: &[Question],
+    configs: &[Config],
+    k: usize,
+    record: &mut dyn FnMut(&Record) -> Result<()>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<(String, Scores)>> {
+    let mut rows = Vec::with_capacity(configs.len());
+    for c in configs {
+        if c.mode.uses_model() {
+            engine.use_adapter(c.tuned)?;
+        }
+        let mut got = Vec::with_capacity(questions.len());
+        for (i, q) in questions.iter().enumerate() {
+            let r = ask(engine, q, c.mode, k).map_err(|e| about(&format!("question {}", q.id), e))?;
+            record(&r)?;
+            got.push(r);
+            progress(&c.name, i + 1, questions.len());
+        }
+        rows.push((c.name.clone(), score(&got)));
+    }
+    Ok(rows)
+}
+
+/// `e`, saying which document or question it is about when it is about the input.
+fn about(what: &str, e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Input(m) => crate::Error::Input(format!("{what}: {m}")),
+        other => other,
+    }
+}

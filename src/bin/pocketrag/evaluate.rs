@@ -4,7 +4,7 @@ use crate::args::reading;
 use crate::{counting_bar, open, write_atomically};
 use anyhow::{Context, Result};
 use pocketrag::llm::llama::Weights;
-use pocketrag::{models, Engine, Mode};
+use pocketrag::{models, Engine};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -286,17 +286,11 @@ pub(crate) fn evaluate_qa(
     index_cache: Option<&Path>,
 ) -> Result<()> {
     use pocketrag::eval::qa;
-    let configs: Vec<(Mode, bool, &str)> = modes
-        .iter()
-        .map(|m| {
-            let (name, tuned) = m.strip_suffix("-tuned").map_or((m.as_str(), false), |n| (n, true));
-            Ok((Mode::parse(name)?, tuned, m.as_str()))
-        })
-        .collect::<Result<_>>()?;
-    let wants_model = reading() || configs.iter().any(|(m, _, _)| m.uses_model());
+    let configs: Vec<qa::Config> = modes.iter().map(|m| qa::Config::parse(m)).collect::<pocketrag::Result<_>>()?;
+    let wants_model = reading() || configs.iter().any(|c| c.mode.uses_model());
     let generator = models::generator_path(models_dir);
     let mut engine = open(models_dir, None, wants_model.then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
-    if configs.iter().any(|(_, tuned, _)| *tuned) {
+    if configs.iter().any(|c| c.tuned) {
         let path = models_dir.join(models::ADAPTER_FILE);
         let bytes = models::read(&path)?;
         engine.load_adapter(pocketrag::llm::lora::Adapter::from_bytes(&bytes, &path.display().to_string())?)?;
@@ -315,33 +309,39 @@ pub(crate) fn evaluate_qa(
     let cached = cache.is_some_and(|bytes| engine.load(&bytes).is_ok());
     if !cached {
         let bar = counting_bar(docs.len(), "documents indexed");
-        for (name, bytes) in &docs {
-            engine.add_document(name, bytes, &mut |_, _| {}).with_context(|| name.clone())?;
-            bar.inc(1);
-        }
+        qa::index_set(&mut engine, &docs, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         if let Some(path) = index_cache {
             write_atomically(path, &engine.save()?)?;
         }
     }
     let mut out = records.map(std::fs::File::create).transpose()?;
-    let mut rows = Vec::new();
-    for (mode, tuned, name) in &configs {
-        if mode.uses_model() {
-            engine.use_adapter(*tuned)?;
-        }
-        let bar = counting_bar(questions.len(), &format!("questions ({name})"));
-        let mut got = Vec::new();
-        for q in &questions {
-            let r = qa::ask(&mut engine, q, *mode, k).with_context(|| format!("question {}", q.id))?;
+    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    let rows = qa::run(
+        &mut engine,
+        &questions,
+        &configs,
+        k,
+        &mut |r| {
             if let Some(f) = out.as_mut() {
-                writeln!(f, "{}", serde_json::to_string(&r)?)?;
+                writeln!(f, "{}", serde_json::to_string(r).map_err(|e| pocketrag::Error::Internal(e.to_string()))?)?;
             }
-            got.push(r);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        rows.push((name.to_string(), qa::score(&got)));
+            Ok(())
+        },
+        &mut |name, done, total| {
+            if bar.as_ref().is_none_or(|(n, _)| n != name) {
+                if let Some((_, b)) = bar.take() {
+                    b.finish_and_clear();
+                }
+                bar = Some((name.to_string(), counting_bar(total, &format!("questions ({name})"))));
+            }
+            if let Some((_, b)) = &bar {
+                b.set_position(done as u64);
+            }
+        },
+    )?;
+    if let Some((_, b)) = bar {
+        b.finish_and_clear();
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
