@@ -1,6 +1,6 @@
 // The worker owns the wasm Engine, so indexing and generation never block the page. It receives
-// requests ({type, ...}) and answers with events: download, doc, prefill, token, answer, error,
-// notice, graph (the search graph was built and adopted), ready.
+// requests ({type, ...}) and answers with events; every message between the page, this worker
+// and its helpers, with its payload, is listed in docs/WORKERS.md.
 import { MODELS, loadModels } from './models.js';
 
 // The wasm bindings: pkg-threads/ (the same library built with threads) when more than one
