@@ -164,6 +164,32 @@ pub struct Adapter {
     pub info: BTreeMap<String, String>,
 }
 
+/// What an adapter is, in one shape for every front end (`pocketrag adapter`, the wasm
+/// `loadAdapter`): its LoRA settings, how many matrices it adapts and with how many numbers, and
+/// the provenance written into it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub matrices: usize,
+    pub parameters: usize,
+    pub info: BTreeMap<String, String>,
+}
+
+impl Adapter {
+    pub fn summary(&self) -> AdapterSummary {
+        AdapterSummary {
+            rank: self.config.rank,
+            alpha: self.config.alpha,
+            targets: self.config.targets.clone(),
+            matrices: self.pairs.len(),
+            parameters: self.pairs.values().map(|p| p.a.elem_count() + p.b.elem_count()).sum(),
+            info: self.info.clone(),
+        }
+    }
+}
+
 /// The trainable variables of an adapter: (name, A, B).
 pub type AdapterVars = Vec<(String, Var, Var)>;
 

@@ -96,7 +96,7 @@ export interface Answer {
   tuned: boolean;
 }
 /** What loadAdapter read: the LoRA settings and the provenance recorded by `pocketrag tune`. */
-export interface AdapterInfo { rank: number; alpha: number; targets: string[]; matrices: number; info: Record<string, string> }
+export interface AdapterInfo { rank: number; alpha: number; targets: string[]; matrices: number; parameters: number; info: Record<string, string> }
 export interface SearchResult { hits: Source[]; timings_ms: Timings; /** "hnsw" or "exact": which vector search answered. */ index: string }
 export interface DocReport { name: string; chunks: number; chars: number; embed_ms: number }
 export interface DocInfo { name: string; chunks: number }
@@ -406,13 +406,7 @@ impl WasmEngine {
     #[wasm_bindgen(js_name = loadAdapter, unchecked_return_type = "AdapterInfo")]
     pub fn load_adapter(&mut self, bytes: &[u8]) -> Result<JsValue, JsError> {
         let adapter = crate::llm::lora::Adapter::from_bytes(bytes, "adapter").map_err(js_err)?;
-        let info = serde_json::json!({
-            "rank": adapter.config.rank,
-            "alpha": adapter.config.alpha,
-            "targets": adapter.config.targets,
-            "matrices": adapter.pairs.len(),
-            "info": adapter.info,
-        });
+        let info = adapter.summary();
         self.inner.load_adapter(adapter).map_err(js_err)?;
         to_js(&info)
     }

@@ -192,14 +192,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Adapter { file, f16_out } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let adapter = pocketrag::llm::lora::Adapter::from_bytes(&bytes, &file.display().to_string())?;
-            let params: usize = adapter.pairs.values().map(|p| p.a.elem_count() + p.b.elem_count()).sum();
-            let summary = serde_json::json!({
-                "config": adapter.config,
-                "matrices": adapter.pairs.len(),
-                "parameters": params,
-                "info": adapter.info,
-            });
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            println!("{}", serde_json::to_string_pretty(&adapter.summary())?);
             if let Some(out) = f16_out {
                 write_atomically(&out, &adapter.to_bytes_as(candle_core::DType::F16)?)?;
                 eprintln!("wrote {}", out.display());
