@@ -7,7 +7,6 @@
 //!
 //! With an adapter, only the questions of the fold it held out (of the config's two) are asked.
 
-use candle_core::{Device, Tensor};
 use pocketrag::llm::llama::Weights;
 use pocketrag::models;
 use pocketrag::rag::prompt::{self, PromptSource};
@@ -17,18 +16,6 @@ use std::io::Write;
 use std::path::Path;
 
 const LABELS: &[&str] = &["Yes", "No", "Maybe", "yes", "no", "maybe"];
-
-fn next_log_probs(engine: &mut Engine, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
-    let g = engine.generator_mut().unwrap();
-    let m = g.model_mut();
-    m.clear_cache();
-    let logits = m.forward(&Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?, 0)?;
-    m.clear_cache();
-    let z: Vec<f32> = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = z.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
-    Ok(z.iter().map(|v| v - lse).collect())
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,8 +43,10 @@ fn main() -> anyhow::Result<()> {
     eprintln!("label ids {label_ids:?}");
     let budget = engine.settings.context_budget - engine.settings.generate.max_tokens;
     let configs: Vec<bool> = if adapters.is_empty() { vec![false] } else { vec![true] };
-    // Content-free prompts for contextual calibration, once per configuration.
+    // Content-free prompts for contextual calibration, once per configuration (on the first
+    // question asked in it).
     let na = "N/A";
+    let mut calibrated: Vec<(bool, bool)> = Vec::new();
     for (i, entry) in all.iter().enumerate() {
         if held_out.is_some_and(|f| folds[i] != f) {
             continue;
@@ -81,11 +70,13 @@ fn main() -> anyhow::Result<()> {
                 engine.use_adapter(true)?;
             }
             for (rag, ids) in [(false, &plain_ids), (true, &rag_ids)] {
-                let lp = next_log_probs(&mut engine, ids)?;
+                let lp = engine.generator_mut().unwrap().next_log_probs(ids)?;
                 let labels: Vec<f32> = label_ids.iter().map(|&t| lp[t as usize]).collect();
                 let top = lp.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-                let free = if i < 2 {
-                    let f = next_log_probs(&mut engine, if rag { &free_rag } else { &free_plain })?;
+                let free = if !calibrated.contains(&(tuned, rag)) {
+                    calibrated.push((tuned, rag));
+                    let f =
+                        engine.generator_mut().unwrap().next_log_probs(if rag { &free_rag } else { &free_plain })?;
                     Some(label_ids.iter().map(|&t| f[t as usize]).collect::<Vec<f32>>())
                 } else {
                     None

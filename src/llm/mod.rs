@@ -247,33 +247,49 @@ impl Generator {
     /// `continuation` before it, on the CPU (the model's cache is cleared first and after).
     /// The prompt's slices go through at once; each later token is one decoding step.
     pub fn log_probs(&mut self, context: &[u32], continuation: &[u32]) -> Result<Vec<f32>> {
-        if context.is_empty() || context.len() + continuation.len() >= self.context {
-            return Err(Error::Input(format!(
-                "{} + {} tokens to read; the model's context holds {}",
-                context.len(),
-                continuation.len(),
-                self.context
-            )));
-        }
-        let at = |ids: &[u32], pos: usize, model: &mut Llama| -> Result<Vec<f32>> {
-            let logits = model.forward(&Tensor::new(ids, &self.device)?.unsqueeze(0)?, pos)?;
-            Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
-        };
+        self.check_reads(context, continuation.len())?;
         self.model.clear_cache();
         let mut out = Vec::with_capacity(continuation.len());
-        let mut logits = at(context, 0, &mut self.model)?;
+        let mut logits = self.logits_at(context, 0)?;
         for (i, &t) in continuation.iter().enumerate() {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_sum = logits.iter().map(|z| (z - max).exp()).sum::<f32>().ln() + max;
             let z =
                 *logits.get(t as usize).ok_or_else(|| Error::Internal(format!("token {t} outside the vocabulary")))?;
-            out.push(z - log_sum);
+            out.push(z - log_sum_exp(&logits));
             if i + 1 < continuation.len() {
-                logits = at(&[t], context.len() + i, &mut self.model)?;
+                logits = self.logits_at(&[t], context.len() + i)?;
             }
         }
         self.model.clear_cache();
         Ok(out)
+    }
+
+    /// The log-probability of every token of the vocabulary coming next after `context`, on the
+    /// CPU (the model's cache is cleared first and after): one prompt pass for all of them.
+    pub fn next_log_probs(&mut self, context: &[u32]) -> Result<Vec<f32>> {
+        self.check_reads(context, 0)?;
+        self.model.clear_cache();
+        let logits = self.logits_at(context, 0)?;
+        self.model.clear_cache();
+        let lse = log_sum_exp(&logits);
+        Ok(logits.iter().map(|z| z - lse).collect())
+    }
+
+    /// Refuse an empty context, or one that with `more` tokens after it overflows the window.
+    fn check_reads(&self, context: &[u32], more: usize) -> Result<()> {
+        if context.is_empty() || context.len() + more >= self.context {
+            return Err(Error::Input(format!(
+                "{} + {more} tokens to read; the model's context holds {}",
+                context.len(),
+                self.context
+            )));
+        }
+        Ok(())
+    }
+
+    /// The logits after `ids` placed at `pos`, as plain numbers.
+    fn logits_at(&mut self, ids: &[u32], pos: usize) -> Result<Vec<f32>> {
+        let logits = self.model.forward(&Tensor::new(ids, &self.device)?.unsqueeze(0)?, pos)?;
+        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -435,3 +451,8 @@ impl Generator {
     }
 }
 
+/// log Σ eᶻ, with the largest z taken out first so that it stays finite.
+fn log_sum_exp(z: &[f32]) -> f32 {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    z.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max
+}

@@ -316,7 +316,8 @@ pub(crate) fn evaluate_qa(
         }
     }
     let mut out = records.map(std::fs::File::create).transpose()?;
-    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    // One bar per config: `run` reports each config's questions from 1.
+    let mut bar: Option<indicatif::ProgressBar> = None;
     let rows = qa::run(
         &mut engine,
         &questions,
@@ -329,20 +330,13 @@ pub(crate) fn evaluate_qa(
             Ok(())
         },
         &mut |name, done, total| {
-            if bar.as_ref().is_none_or(|(n, _)| n != name) {
-                if let Some((_, b)) = bar.take() {
-                    b.finish_and_clear();
-                }
-                bar = Some((name.to_string(), counting_bar(total, &format!("questions ({name})"))));
+            if done == 1 {
+                bar.take().inspect(|b| b.finish_and_clear());
             }
-            if let Some((_, b)) = &bar {
-                b.set_position(done as u64);
-            }
+            bar.get_or_insert_with(|| counting_bar(total, &format!("questions ({name})"))).set_position(done as u64);
         },
     )?;
-    if let Some((_, b)) = bar {
-        b.finish_and_clear();
-    }
+    bar.inspect(|b| b.finish_and_clear());
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
