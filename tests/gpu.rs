@@ -13,7 +13,7 @@
 
 mod common;
 
-use pocketrag::gpu::{self, Gpu};
+use pocketrag::gpu::{self, Backend, Gpu};
 use pocketrag::llm::gpu::GpuLlama;
 use pocketrag::llm::Message;
 use std::sync::Arc;
@@ -180,7 +180,7 @@ fn generator_runs_on_the_gpu_after_its_self_test() {
     let gpu = gpu();
     let mut generator = common::generator();
     gpu::now(generator.use_gpu(gpu.clone())).unwrap().unwrap();
-    assert_eq!(generator.backend(), "gpu");
+    assert_eq!(generator.backend(), Backend::Gpu);
     let chat = generator.render_chat(&[Message::new("user", "Name a colour.")]).unwrap();
     let ids = generator.encode(&chat).unwrap();
     let params = pocketrag::llm::GenerateParams { max_tokens: 8, ..Default::default() };
@@ -214,7 +214,7 @@ fn gpu_embedder_matches_the_cpu() {
     let cpu = embedder.embed(&texts).unwrap();
     let weights = std::fs::read(common::models_dir().join("minilm/model.safetensors")).unwrap();
     gpu::now(embedder.use_gpu(gpu, &weights)).unwrap().unwrap();
-    assert_eq!(embedder.backend(), "gpu");
+    assert_eq!(embedder.backend(), Backend::Gpu);
     let on_gpu = embedder.embed(&texts).unwrap();
     let single = embedder.embed(&texts[1..2]).unwrap();
     let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();

@@ -19,7 +19,7 @@ const QUESTIONS = [
 ];
 
 const handlers = {
-  async init({ generator, densePrefill, candleKernels, module, threads, gpu }) {
+  async init({ generator, densePrefill, module, threads, gpu }) {
     if (threads > 1) {
       pkg = await import('./pkg-threads/pocketrag.js');
       await pkg.default({ module_or_path: 'pkg-threads/pocketrag_bg.wasm' });
@@ -34,7 +34,7 @@ const handlers = {
       (loaded, total) => post({ type: 'status', text: `downloading models: ${(loaded / 1e6).toFixed(0)} / ${(total / 1e6).toFixed(0)} MB` }));
     embedder = new Embedder(w, t, c);
     if (generator) {
-      engine = new Engine(w, t, c, g, densePrefill, candleKernels);
+      engine = new Engine(w, t, c, g, densePrefill);
       const res = await fetch('library.idx');
       if (!res.ok) throw new Error(`cannot load library.idx: HTTP ${res.status}`);
       engine.load(new Uint8Array(await res.arrayBuffer()));

@@ -109,10 +109,6 @@ async function run() {
   result.prefill_tok_s_1t_quantized = q.prefill_tok_s_1t;
   result.decode_tok_s_1t_quantized = q.decode_tok_s_1t;
   result.ttft_ms_500_quantized = q.ttft_ms_500;
-  // The same with candle's quantized kernels in place of ours (kernels/q8.rs), for the ratio.
-  const c = await generation('candle', { candleKernels: true });
-  result.prefill_tok_s_1t_candle_kernels = c.prefill_tok_s_1t;
-  result.decode_tok_s_1t_candle_kernels = c.decode_tok_s_1t;
   const main = start('main');
   await main.request({ type: 'init', generator: true, densePrefill: true, module });
   Object.assign(result, (await main.request({ type: 'generation' })).figures);

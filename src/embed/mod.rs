@@ -6,7 +6,7 @@ pub mod gpu;
 
 use crate::error::{Error, Result};
 use gpu::GpuBert;
-use crate::gpu::Gpu;
+use crate::gpu::{Backend, Gpu};
 use bert::{Bert, BertShape};
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -87,12 +87,12 @@ impl Embedder {
         Ok(())
     }
 
-    /// "gpu" or "cpu": where texts are embedded.
-    pub fn backend(&self) -> &'static str {
+    /// Where texts are embedded.
+    pub fn backend(&self) -> Backend {
         if self.gpu.is_some() {
-            "gpu"
+            Backend::Gpu
         } else {
-            "cpu"
+            Backend::Cpu
         }
     }
 

@@ -25,6 +25,42 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use wgpu::util::DeviceExt;
 
+/// Where a model runs: on the CPU (candle and our SIMD kernels) or on the GPU (our WGSL kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl Backend {
+    /// The name the CLI takes and the page shows: "cpu" or "gpu".
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Backend> {
+        match s {
+            "cpu" => Ok(Backend::Cpu),
+            "gpu" => Ok(Backend::Gpu),
+            other => Err(Error::Input(format!("unknown backend {other:?}: expected cpu or gpu"))),
+        }
+    }
+}
+
 /// A GPU device and its queue.
 pub struct Gpu {
     pub(crate) device: wgpu::Device,

@@ -17,10 +17,7 @@ pub(crate) enum Quantized {
 }
 
 impl Quantized {
-    pub(crate) fn new(q: candle_core::quantized::QTensor, weights: Weights) -> Result<Self> {
-        if weights == Weights::CandleKernels {
-            return Ok(Quantized::Candle(QMatMul::from_qtensor(q)?));
-        }
+    pub(crate) fn new(q: candle_core::quantized::QTensor) -> Result<Self> {
         Ok(match Q8Matrix::from_qtensor(&q)? {
             Some(m) => Quantized::Q8(m),
             None => Quantized::Candle(QMatMul::from_qtensor(q)?),
@@ -59,10 +56,10 @@ pub(crate) struct Linear {
 impl Linear {
     pub(crate) fn new(q: candle_core::quantized::QTensor, weights: Weights, device: &Device) -> Result<Self> {
         let dense = match weights {
-            Weights::Quantized | Weights::CandleKernels => None,
+            Weights::Quantized => None,
             Weights::QuantizedAndDense => Some(q.dequantize(device)?),
         };
-        Ok(Linear { quantized: Quantized::new(q, weights)?, dense, lora: None })
+        Ok(Linear { quantized: Quantized::new(q)?, dense, lora: None })
     }
 
     /// (out, in) of W.

@@ -15,7 +15,7 @@
 //! (`gpu.rs`). All use our Q8_0 kernel (`kernels::q8`, through `linear.rs`), attention position
 //! by position (`attend.rs`), RMSNorm, softmax and SiLU (`kernels::vecmath`), so with 8-bit
 //! weights they give the same bits. A prompt may instead take f32 weights (`kernels::dense` in
-//! wasm, gemm natively), and `Weights::CandleKernels` takes candle's operations throughout.
+//! wasm, gemm natively).
 //! Training's differentiable pass is `tune/forward.rs`; `validate.rs` refuses a model file whose
 //! shape cannot run.
 //!
@@ -24,13 +24,13 @@
 //! adapters (our fine-tune) and GPU kernels. `tests/llama_parity.rs` holds it to candle's.
 
 use super::attend::attend;
-use super::linear::{split_over_threads, Linear, Quantized};
+use super::linear::{Linear, Quantized};
 use super::lora::Adapter;
 use super::validate::{shape_error, tensor_shape_error};
 use crate::kernels::vecmath::{dot, silu_mul};
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{Device, IndexOp, Tensor};
 use std::io::{Read, Seek};
 
 /// Longest sequence the rotary tables cover.
@@ -48,16 +48,14 @@ pub enum Weights {
     /// thread, 117-token prompt, with candle's gemm): 109 vs 59 tok/s prompt processing, for ~4x
     /// the weight memory (about +425 MB for SmolLM2-135M).
     QuantizedAndDense,
-    /// As stored, multiplied by candle's quantized kernels instead of ours, with candle's RMSNorm,
-    /// batched attention, softmax, SiLU and f32 rotary tables: candle-transformers' computation,
-    /// the reference that `tests/llama_parity.rs` and `make bench` hold ours to.
-    CandleKernels,
 }
 
 /// The weight matrices that low-rank adapters can target, by their GGUF names.
 pub const PROJECTIONS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
 pub(crate) struct RmsNorm {
+    /// The weights as a tensor, for training's differentiable pass (native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) weight: Tensor,
     /// The same weights as a plain vector, for the buffer decode path.
     pub(crate) values: Vec<f32>,
@@ -65,13 +63,9 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Each position of `x` (..., dim): with `candle_ops` by candle's operation, otherwise as
-    /// `forward_slice` does it, so that a prompt's positions get the numbers a decode step (and
-    /// the GPU's rms_norm.wgsl) would give them.
-    pub(crate) fn forward(&self, x: &Tensor, candle_ops: bool) -> Result<Tensor> {
-        if candle_ops {
-            return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?);
-        }
+    /// Each position of `x` (..., dim), as `forward_slice` does it, so that a prompt's positions
+    /// get the numbers a decode step (and the GPU's rms_norm.wgsl) would give them.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dim = self.values.len();
         let input = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; input.len()];
@@ -95,8 +89,7 @@ impl RmsNorm {
 
 /// Keys and values of every position seen so far, one block's: one vector per key/value head,
 /// holding that head's keys (or values) position after position. Plain vectors, so that `attend`
-/// reads them in place, one head's front to back, and candle's attention (`Weights::CandleKernels`)
-/// copies them into (heads, positions, head_dim) tensors without reordering.
+/// reads them in place, one head's front to back.
 pub(crate) struct Cache {
     pub(crate) keys: Vec<Vec<f32>>,
     pub(crate) values: Vec<Vec<f32>>,
@@ -125,14 +118,6 @@ impl Cache {
         for (to, from) in self.values.iter_mut().zip(values.chunks_exact(per_head)) {
             to.extend_from_slice(from);
         }
-    }
-
-    /// Keys and values of every position as tensors (1, kv heads, positions, head dim).
-    pub(crate) fn tensors(&self) -> Result<(Tensor, Tensor)> {
-        let t = |heads: &[Vec<f32>]| -> Result<Tensor> {
-            Ok(Tensor::from_vec(heads.concat(), (1, heads.len(), self.len(), self.head_dim), &Device::Cpu)?)
-        };
-        Ok((t(&self.keys)?, t(&self.values)?))
     }
 }
 
@@ -177,8 +162,6 @@ pub struct Llama {
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
     pub(crate) device: Device,
-    /// `Weights::CandleKernels`: candle's operations throughout, ours nowhere.
-    pub(crate) candle_ops: bool,
 }
 
 impl Llama {
@@ -211,13 +194,13 @@ impl Llama {
             Ok(t) => {
                 let dense = match weights {
                     Weights::QuantizedAndDense => Some(t.dequantize(device)?),
-                    Weights::Quantized | Weights::CandleKernels => None,
+                    Weights::Quantized => None,
                 };
-                (Quantized::new(t, weights)?, dense, false)
+                (Quantized::new(t)?, dense, false)
             }
             Err(_) => {
                 let dense = (weights == Weights::QuantizedAndDense).then(|| embeddings.clone());
-                (Quantized::new(embeddings_q, weights)?, dense, true)
+                (Quantized::new(embeddings_q)?, dense, true)
             }
         };
         let mut blocks = Vec::with_capacity(n_layer);
@@ -236,10 +219,7 @@ impl Llama {
                 cache: Cache::new(n_kv_head, dim / n_head),
             });
         }
-        let (cos, sin) = match weights {
-            Weights::CandleKernels => rotary_tables_as_candle(rope_dim, rope_base, device)?,
-            _ => rotary_tables(rope_dim, rope_base, device)?,
-        };
+        let (cos, sin) = rotary_tables(rope_dim, rope_base, device)?;
         Ok(Llama {
             embeddings,
             blocks,
@@ -253,7 +233,6 @@ impl Llama {
             cos,
             sin,
             device: device.clone(),
-            candle_ops: weights == Weights::CandleKernels,
         })
     }
 
@@ -312,31 +291,17 @@ impl Llama {
         if n == 1 && self.decodes_on_buffers() {
             return self.forward_one(tokens.flatten_all()?.to_vec1::<u32>()?[0], pos);
         }
-        let group = self.n_head / self.n_kv_head;
-        let mask = match n > 1 && self.candle_ops {
-            true => Some(causal_mask(n, pos, group, &self.device)?),
-            false => None,
-        };
         let mut x = self.embeddings.embedding(&tokens.flatten_all()?)?.unsqueeze(0)?;
         let (cos, sin) = (self.cos.narrow(0, pos, n)?, self.sin.narrow(0, pos, n)?);
         let shape = (self.n_head, self.n_kv_head, self.head_dim);
-        let candle_ops = self.candle_ops;
         for b in &mut self.blocks {
-            let h = b.attn_norm.forward(&x, candle_ops)?;
-            let h = match candle_ops {
-                true => attention(b, &h, mask.as_ref(), &cos, &sin, pos, shape)?,
-                false => attention_by_position(b, &h, &cos, &sin, pos, shape)?,
-            };
-            x = (x + h)?;
-            let h = b.ffn_norm.forward(&x, candle_ops)?;
+            let h = b.attn_norm.forward(&x)?;
+            x = (x + attention_by_position(b, &h, &cos, &sin, pos, shape)?)?;
+            let h = b.ffn_norm.forward(&x)?;
             let (gate, up) = (b.w1.forward(&h)?, b.w3.forward(&h)?);
-            let h = match candle_ops {
-                true => b.w2.forward(&(candle_nn::ops::silu(&gate)? * up)?)?,
-                false => b.w2.forward(&silu_times(&gate, &up)?)?,
-            };
-            x = (x + h)?;
+            x = (x + b.w2.forward(&silu_times(&gate, &up)?)?)?;
         }
-        let x = self.norm.forward(&x.i((.., n - 1.., ..))?, candle_ops)?.squeeze(1)?;
+        let x = self.norm.forward(&x.i((.., n - 1.., ..))?)?.squeeze(1)?;
         self.output.forward(&x)
     }
 }
@@ -397,57 +362,6 @@ fn attention_by_position(
     b.wo.forward(&Tensor::from_vec(y, (batch, n, dim), x.device())?)
 }
 
-/// Self-attention of `x` (1, n, dim) over the cached positions and itself, from candle's
-/// operations (`Weights::CandleKernels`, the reference `tests/llama_parity.rs` holds us to).
-fn attention(
-    b: &mut Block,
-    x: &Tensor,
-    mask: Option<&Tensor>,
-    cos: &Tensor,
-    sin: &Tensor,
-    pos: usize,
-    (n_head, n_kv_head, head_dim): (usize, usize, usize),
-) -> Result<Tensor> {
-    let (batch, n, dim) = x.dims3()?;
-    let heads = |t: Tensor, count: usize| t.reshape((batch, n, count, head_dim))?.transpose(1, 2);
-    let q = heads(b.wq.forward(x)?, n_head)?;
-    let k = heads(b.wk.forward(x)?, n_kv_head)?;
-    let v = heads(b.wv.forward(x)?, n_kv_head)?.contiguous()?;
-    // GGUF llama weights are laid out for rotating interleaved pairs (x0, x1), (x2, x3), ...
-    let q = candle_nn::rotary_emb::rope_i(&q.contiguous()?, cos, sin)?;
-    let k = candle_nn::rotary_emb::rope_i(&k.contiguous()?, cos, sin)?;
-    if pos == 0 {
-        b.cache.clear();
-    }
-    if b.cache.len() != pos {
-        return Err(Error::Internal(format!("position {pos} after {} cached positions", b.cache.len())));
-    }
-    b.cache.push(&k.flatten_all()?.to_vec1::<f32>()?, &v.flatten_all()?.to_vec1::<f32>()?);
-    let (k, v) = b.cache.tensors()?;
-
-    // Grouped-query attention: query heads kv*group .. kv*group + group - 1 share key/value head
-    // kv. Folding each group's heads into the rows of one matrix lets them use their shared keys
-    // and values in place, instead of copying those once per query head.
-    let group = n_head / n_kv_head;
-    let q = q.reshape((batch, n_kv_head, group * n, head_dim))?;
-    let scale = (head_dim as f64).sqrt();
-    // Each row (one query head at one position) is computed on its own, so rows can be split
-    // over threads without changing a bit.
-    let y = split_over_threads(group * n, 64, D::Minus2, |start, rows| {
-        let scores = (q.narrow(2, start, rows)?.matmul(&k.t()?)? / scale)?;
-        let scores = match mask {
-            Some(m) => {
-                let m = m.narrow(0, start, rows)?.broadcast_as(scores.shape())?;
-                m.where_cond(&Tensor::new(f32::NEG_INFINITY, x.device())?.broadcast_as(scores.shape())?, &scores)?
-            }
-            None => scores,
-        };
-        Ok(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?)
-    })?;
-    let y = y.reshape((batch, n_head, n, head_dim))?.transpose(1, 2)?.reshape((batch, n, dim))?;
-    b.wo.forward(&y)
-}
-
 /// silu(gate) · up, element by element, through `vecmath` rather than candle's operations, whose
 /// `exp` is a library call per number in wasm.
 fn silu_times(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -461,13 +375,6 @@ fn through_vec(t: &Tensor, f: impl FnOnce(&mut [f32])) -> Result<Tensor> {
     let mut v = t.flatten_all()?.to_vec1::<f32>()?;
     f(&mut v);
     Ok(Tensor::from_vec(v, t.shape(), t.device())?)
-}
-
-/// 1 where position `pos + i` must not see key `j` (j > pos + i), for the `group` query heads
-/// folded into one matrix: (group * n, pos + n).
-pub(crate) fn causal_mask(n: usize, pos: usize, group: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<u8> = (0..group * n).flat_map(|row| (0..pos + n).map(move |j| u8::from(j > pos + row % n))).collect();
-    Ok(Tensor::from_slice(&mask, (group * n, pos + n), device)?)
 }
 
 /// The rotary angles' cosines and sines, MAX_SEQ_LEN × dim / 2 each: angle = position ·
@@ -487,14 +394,3 @@ fn rotary_tables(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tens
     let shape = (MAX_SEQ_LEN, dim / 2);
     Ok((Tensor::from_vec(cos, shape, device)?, Tensor::from_vec(sin, shape, device)?))
 }
-
-/// The same tables as candle-transformers computes them (f32 throughout, so the platform's
-/// maths library decides their last bits): for `Weights::CandleKernels`, the reference.
-fn rotary_tables_as_candle(dim: usize, base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let freqs: Vec<f32> = (0..dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / dim as f32)).collect();
-    let freqs = Tensor::new(freqs.as_slice(), device)?.reshape((1, dim / 2))?;
-    let positions = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?.to_dtype(DType::F32)?.reshape((MAX_SEQ_LEN, 1))?;
-    let angles = positions.matmul(&freqs)?;
-    Ok((angles.cos()?, angles.sin()?))
-}
-

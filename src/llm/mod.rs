@@ -15,7 +15,7 @@ pub mod tokenizer;
 mod validate;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Backend, Gpu};
 use crate::time::Stopwatch;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -222,12 +222,12 @@ impl Generator {
         Ok(SelfTest { worst })
     }
 
-    /// "gpu" or "cpu": where the next generation runs.
-    pub fn backend(&self) -> &'static str {
+    /// Where the next generation runs.
+    pub fn backend(&self) -> Backend {
         if self.gpu.is_some() {
-            "gpu"
+            Backend::Gpu
         } else {
-            "cpu"
+            Backend::Cpu
         }
     }
 

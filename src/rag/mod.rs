@@ -21,6 +21,7 @@ pub use answer::*;
 
 use crate::chunk::{self, ChunkConfig};
 use crate::embed::Embedder;
+use crate::gpu::Backend;
 use crate::error::{Error, Result};
 use crate::index::HnswConfig;
 use crate::ingest;
@@ -97,7 +98,7 @@ impl Engine {
 
     /// Whether the gate reads with the generator: asked for and a generator on the CPU is loaded.
     pub fn reads(&self) -> bool {
-        self.reading && self.generator.as_ref().is_some_and(|g| g.backend() == "cpu")
+        self.reading && self.generator.as_ref().is_some_and(|g| g.backend() == Backend::Cpu)
     }
 
     /// The ranker and gate fitted for the evidence this engine makes.

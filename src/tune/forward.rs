@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::llm::linear::Linear;
-use crate::llm::llama::{causal_mask, Block, Llama, RmsNorm, MAX_SEQ_LEN};
+use crate::llm::llama::{Block, Llama, RmsNorm, MAX_SEQ_LEN};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 
 impl Linear {
@@ -163,4 +163,11 @@ fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
     let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
     Ok(Tensor::cat(&[r0, r1], 4)?.reshape((batch, heads, n, d))?)
+}
+
+/// 1 where position `pos + i` must not see key `j` (j > pos + i), for the `group` query heads
+/// folded into one matrix: (group * n, pos + n).
+fn causal_mask(n: usize, pos: usize, group: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<u8> = (0..group * n).flat_map(|row| (0..pos + n).map(move |j| u8::from(j > pos + row % n))).collect();
+    Ok(Tensor::from_slice(&mask, (group * n, pos + n), device)?)
 }

@@ -2,6 +2,7 @@
 //! Nothing here knows an algorithm; every method forwards to `rag::Engine`.
 
 use crate::embed::Embedder;
+use crate::gpu::Backend;
 use crate::llm::llama::Weights;
 use crate::llm::Generator;
 use crate::rag::{Engine, Mode, PendingAnswer, PreparedDocument};
@@ -159,8 +160,6 @@ impl WasmEngine {
     ///
     /// `densePrefill`: also keep the generator's weights as f32 for reading prompts, which is
     /// about 1.85x faster here and takes about 425 MB more memory (see `llm::llama::Weights`).
-    /// `candleKernels`: multiply with candle's quantized kernels instead of ours, for
-    /// `make bench-web` to compare the two in one run (it overrides `densePrefill`).
     #[wasm_bindgen(constructor)]
     pub fn new(
         embedder_weights: &[u8],
@@ -168,12 +167,10 @@ impl WasmEngine {
         embedder_config: &[u8],
         generator_gguf: Option<Vec<u8>>,
         dense_prefill: Option<bool>,
-        candle_kernels: Option<bool>,
     ) -> Result<WasmEngine, JsError> {
         let embedder = Embedder::from_bytes(embedder_weights, embedder_tokenizer, embedder_config).map_err(js_err)?;
-        let weights = match (candle_kernels, dense_prefill) {
-            (Some(true), _) => Weights::CandleKernels,
-            (_, Some(true)) => Weights::QuantizedAndDense,
+        let weights = match dense_prefill {
+            Some(true) => Weights::QuantizedAndDense,
             _ => Weights::Quantized,
         };
         let generator = generator_gguf
@@ -366,7 +363,7 @@ impl WasmEngine {
     /// "gpu" or "cpu": where `embedAsync` embeds documents.
     #[wasm_bindgen(js_name = embedderBackend)]
     pub fn embedder_backend(&self) -> String {
-        self.inner.embedder().backend().to_string()
+        self.inner.embedder().backend().name().to_string()
     }
 
     /// Unit vectors for `texts`, one after another (`texts.length * dim` floats, the form
@@ -382,7 +379,7 @@ impl WasmEngine {
 
     /// "gpu" or "cpu": where answers are generated.
     pub fn backend(&self) -> String {
-        self.inner.generator().map_or("cpu", |g| g.backend()).to_string()
+        self.inner.generator().map_or(Backend::Cpu, |g| g.backend()).name().to_string()
     }
 
     /// Stop the pending answer at its next step, keeping what it has said.
@@ -478,7 +475,7 @@ impl WasmEngine {
     /// synchronous calls would give up on the read-back half-way and leave its buffer mapped.
     fn refuse_on_gpu(&self, call: &str) -> Result<(), JsError> {
         match self.inner.generator() {
-            Some(g) if g.backend() == "gpu" => {
+            Some(g) if g.backend() == Backend::Gpu => {
                 Err(JsError::new(&format!("{call}() cannot wait for the GPU; use stepAsync()")))
             }
             _ => Ok(()),

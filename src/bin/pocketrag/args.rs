@@ -1,14 +1,10 @@
 //! The command line's arguments and subcommands, as clap reads them.
 
 use crate::evaluate::parse_shard;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+use pocketrag::gpu::Backend;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Backend {
-    Cpu,
-    Gpu,
-}
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +43,7 @@ pub(crate) enum Command {
         fresh: bool,
         /// Where the embedder runs: `gpu` uses our WGSL kernels through wgpu, after a self-test
         /// against the CPU; it fails with the reason if there is no usable GPU.
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        #[arg(long, default_value_t = Backend::Cpu, value_parser = backend())]
         backend: Backend,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -106,7 +102,7 @@ pub(crate) enum Command {
         /// Where the language model runs: `gpu` uses our WGSL kernels through wgpu (Vulkan,
         /// Metal or DX12), after a self-test against the CPU; it fails with the reason if there
         /// is no usable GPU.
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        #[arg(long, default_value_t = Backend::Cpu, value_parser = backend())]
         backend: Backend,
         question: String,
     },
@@ -242,4 +238,9 @@ pub(crate) enum Command {
         input: PathBuf,
         output: PathBuf,
     },
+}
+
+/// `cpu` or `gpu`, listed in `--help`, read into the library's [`Backend`].
+fn backend() -> impl TypedValueParser<Value = Backend> {
+    PossibleValuesParser::new(["cpu", "gpu"]).try_map(|s| s.parse::<Backend>())
 }

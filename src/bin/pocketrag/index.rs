@@ -1,6 +1,6 @@
 //! `pocketrag index`: files and folders read, indexed and saved, each failure named.
 
-use crate::args::Backend;
+use pocketrag::gpu::Backend;
 use crate::{open, write_atomically};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};

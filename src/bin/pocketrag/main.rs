@@ -7,7 +7,8 @@ mod index;
 mod tune;
 
 use anyhow::{bail, Context, Result};
-use args::{reading, Backend, Cli, Command, READ};
+use args::{reading, Cli, Command, READ};
+use pocketrag::gpu::Backend;
 use clap::Parser;
 use evaluate::{calibrate, evaluate, evaluate_qa, QaSet, Unanswerable};
 use index::index;
