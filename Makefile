@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test vulkan wasm wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory fuzz fuzz-seeds clean-models
+.PHONY: all models build test vulkan wasm wasm-bench wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory fuzz fuzz-seeds clean-models
 
 all: build
 
@@ -50,6 +50,13 @@ wasm: wasm-target wasm-bindgen-cli
 	$(CARGO) build --release --locked --lib --target wasm32-unknown-unknown
 	wasm-bindgen --target nodejs --out-dir target/wasm-node $(WASM)
 
+# The same library with the benchmark entry points (`--features bench`), for `make bench-web` and
+# the Node tests of those entry points; its own target folder, so the site's build stays without.
+WASM_BENCH := target/wasm-bench/wasm32-unknown-unknown/release/pocketrag.wasm
+wasm-bench: wasm-target wasm-bindgen-cli
+	$(CARGO) build --release --locked --lib --features bench --target wasm32-unknown-unknown --target-dir target/wasm-bench
+	wasm-bindgen --target nodejs --out-dir target/wasm-node-bench $(WASM_BENCH)
+
 # The same library with threads (shared memory and atomics), for pages that are cross-origin
 # isolated: generation's matrix products run on every core. Stable Rust has no threaded standard
 # library for wasm, so this one build uses a pinned nightly toolchain to rebuild std with atomics.
@@ -74,7 +81,7 @@ vulkan:
 	@ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers)
 
-test: build models wasm site browser vulkan
+test: build models wasm wasm-bench site browser vulkan
 	$(CARGO) test --release --locked
 	node --test --test-reporter=tap --test-concurrency=1 tests/wasm/ tests/web/
 
@@ -114,8 +121,11 @@ browser:
 bench: build models
 	$(CARGO) bench --locked --bench pipeline
 
-# The browser's figures: www/bench.html run in headless Chromium; prints one JSON object.
-bench-web: site browser
+# The browser's figures: benches/web/bench.html run in headless Chromium; prints one JSON object.
+# The benchmark page and its wasm build join the site only here: the site itself does not ship them.
+bench-web: site wasm-bench browser
+	cp benches/web/*.html benches/web/*.js $(SITE)/
+	wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH)
 	node tools/bench_web.cjs
 
 # wasm memory for a 50 MB document set (MEGABYTES=N for another size), under Node.

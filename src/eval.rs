@@ -14,7 +14,8 @@ use crate::llm::lora::Adapter;
 use crate::rag::{Engine, Mode};
 use crate::tune::data::{self, QaEntry};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 pub mod calibrate;
 pub mod qa;
@@ -183,6 +184,67 @@ pub fn evaluate_one(engine: &mut Engine, entry: &QaEntry, adapter: &Adapter, k: 
     }
     engine.use_adapter(false)?;
     Ok(Record { id: entry.id.clone(), expected: entry.decision, gold_rank, answers })
+}
+
+/// Which questions of a PubMedQA file a run asks, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// The first N questions only (the corpus is still every abstract: distractors stay the same).
+    pub limit: Option<usize>,
+    pub k: usize,
+    pub max_tokens: usize,
+    /// Every N-th question starting at I, as (I, N), so that processes can share a machine.
+    pub shard: (usize, usize),
+}
+
+/// Ask the questions of `bytes` (PubMedQA's JSON, named `file`) four ways each, the tuned ones
+/// by an adapter of `adapters` that did not train on that question. Records in `done` (from an
+/// earlier, stopped run) are kept, not asked again; `record` sees each new one as it is made.
+/// `progress(what, done, total)` follows the indexing, then the questions.
+pub fn run(
+    models_dir: &Path,
+    bytes: &[u8],
+    file: &str,
+    adapters: &[Adapter],
+    options: &RunOptions,
+    mut done: HashMap<String, Record>,
+    record: &mut dyn FnMut(&Record) -> Result<()>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<Record>> {
+    let all = data::read_pubmedqa(bytes, file)?;
+    // Fold assignment needs the whole file, so adapters are matched before the limit applies.
+    let assigned = assign_adapters(&all, &crate::models::sha256_hex(bytes), adapters)?;
+    let (shard_i, shard_n) = options.shard;
+    let (entries, assigned): (Vec<&QaEntry>, Vec<usize>) = all
+        .iter()
+        .zip(assigned)
+        .take(options.limit.unwrap_or(all.len()))
+        .enumerate()
+        .filter(|(i, _)| i % shard_n == shard_i)
+        .map(|(_, pair)| pair)
+        .unzip();
+    let generator = crate::models::load_generator_with(
+        &crate::models::generator_path(models_dir),
+        crate::llm::llama::Weights::QuantizedAndDense,
+    )?;
+    let mut engine = Engine::new(crate::models::load_embedder(models_dir)?, Some(generator));
+    engine.settings.generate.max_tokens = options.max_tokens;
+    let corpus: Vec<&QaEntry> = all.iter().collect();
+    data::index_entries(&mut engine, &corpus, &mut |d, total| progress("abstracts indexed", d, total))?;
+    let mut records = Vec::with_capacity(entries.len());
+    for (i, (entry, &a)) in entries.iter().copied().zip(&assigned).enumerate() {
+        let r = match done.remove(&entry.id) {
+            Some(r) => r,
+            None => {
+                let r = evaluate_one(&mut engine, entry, &adapters[a], options.k)?;
+                record(&r)?;
+                r
+            }
+        };
+        records.push(r);
+        progress("questions, 4 answers each", i + 1, entries.len());
+    }
+    Ok(records)
 }
 
 /// The scores of a set of records.

@@ -5,6 +5,7 @@
 //! `ingest` → `chunk` → `embed` → `index` (inside `library`) → `rag` (prompt, `llm`, citations).
 //! The CLI (`src/bin/pocketrag/`) and the browser bindings are thin front ends over `rag::Engine`.
 
+#[cfg(any(feature = "bench", not(target_arch = "wasm32")))]
 pub mod bench;
 pub mod chunk;
 pub mod embed;

@@ -63,6 +63,91 @@ pub fn observe_foreign(engine: &mut Engine, qa: &Qa, k: usize) -> Result<Observa
     Ok(o)
 }
 
+/// The questions a calibration asks besides every `every`-th question of its own articles.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// Every N-th answerable question again, with its answer taken out of what retrieval
+    /// finds: an unanswerable near miss (0: none).
+    pub near_miss_every: usize,
+    /// Other articles' answerable questions, every N-th, asked of this collection as
+    /// unanswerable ones (articles of the collection itself are skipped).
+    pub foreign: Option<(&'a [squad::Article], usize)>,
+}
+
+/// Index `articles` into `engine` as one collection, then observe every `every`-th of their
+/// questions and the `extra` ones. `progress(what, done, total)` counts each kind from 1.
+pub fn observe_set(
+    engine: &mut Engine,
+    articles: &[&squad::Article],
+    every: usize,
+    k: usize,
+    extra: &Extra,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<Observation>> {
+    for a in articles {
+        let (name, text) = squad::document(a);
+        engine.add_document(&name, text.as_bytes(), &mut |_, _| {})?;
+    }
+    let own = || articles.iter().flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas));
+    let asked: Vec<&Qa> = own().step_by(every.max(1)).collect();
+    let near: Vec<&Qa> = match extra.near_miss_every {
+        0 => vec![],
+        n => own().filter(|qa| qa.answerable()).step_by(n).collect(),
+    };
+    let foreign: Vec<&Qa> = match extra.foreign {
+        None => vec![],
+        Some((others, n)) => others
+            .iter()
+            .filter(|o| !articles.iter().any(|a| a.title == o.title))
+            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
+            .filter(|qa| qa.answerable())
+            .step_by(n.max(1))
+            .collect(),
+    };
+    type Observe = fn(&mut Engine, &Qa, usize) -> Result<Observation>;
+    let kinds: [(&str, &[&Qa], Observe); 3] = [
+        ("questions", &asked, observe),
+        ("near misses", &near, observe_without_answer),
+        ("foreign questions", &foreign, observe_foreign),
+    ];
+    let mut obs = Vec::new();
+    for (what, qas, see) in kinds {
+        for (i, qa) in qas.iter().enumerate() {
+            obs.push(see(engine, qa, k)?);
+            progress(what, i + 1, qas.len());
+        }
+    }
+    Ok(obs)
+}
+
+/// The fit's figures as the command prints them, for the collection of `titles`.
+pub fn summary(c: &Calibration, titles: &[String]) -> String {
+    let mut out = format!(
+        "{} questions ({} answerable) from {}\n\
+         best sentence holds a gold answer: {:.3} before fitting, {:.3} after (top 2: {:.3}, top 3: {:.3})\n\
+         gate at {:.3}: abstains on {:.3} of unanswerable questions (precision {:.3}), wrongly on {:.3} of answerable\n\
+         and on {:.3} of {} constructed unanswerable questions (near misses, other articles' questions)\n\n",
+        c.questions,
+        c.answerable,
+        titles.join(", "),
+        c.top1_before,
+        c.top1,
+        c.top2,
+        c.top3,
+        c.gate_threshold,
+        c.abstain_recall,
+        c.abstain_precision,
+        c.wrongly_abstained,
+        c.foreign_abstained,
+        c.foreign
+    );
+    out.push_str("quoted answers (after fitting): relative bar, answers holding a gold answer, sentences quoted\n");
+    for (r, hit, quoted) in &c.selection {
+        out.push_str(&format!("  {r:.1}  {hit:.3}  {quoted:.2}\n"));
+    }
+    out
+}
+
 /// L2-regularised logistic regression by Newton's method. Returns the bias, then one weight per
 /// column of `x`. Rows are few thousand and columns under ten, so exact Newton steps are cheap
 /// and converge in a handful of iterations.

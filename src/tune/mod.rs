@@ -8,6 +8,7 @@ pub mod data;
 mod forward;
 pub mod optim;
 pub mod plot;
+pub mod pubmedqa;
 pub mod train;
 
 pub use config::TuneConfig;

@@ -1,8 +1,8 @@
 //! The bindings beside the engine: a bare embedder for the helper workers that embed while the
-//! engine's worker does the rest, the thread pool of the threaded build, PDF text for the parse
-//! worker, and the entry points `make bench-web` measures.
+//! engine's worker does the rest, the thread pool of the threaded build, and PDF text for the
+//! parse worker.
 
-use super::{js_err, to_js};
+use super::js_err;
 use crate::embed::Embedder;
 use wasm_bindgen::prelude::*;
 
@@ -10,7 +10,7 @@ use wasm_bindgen::prelude::*;
 /// rest (and for `make bench-web`).
 #[wasm_bindgen(js_name = Embedder)]
 pub struct WasmEmbedder {
-    inner: Embedder,
+    pub(super) inner: Embedder,
 }
 
 #[wasm_bindgen(js_class = Embedder)]
@@ -29,12 +29,6 @@ impl WasmEmbedder {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         Ok(self.inner.embed(&refs).map_err(js_err)?.concat())
     }
-
-    /// `n` different texts of about 128 word pieces cut from `corpus`: the benchmark's chunks.
-    #[wasm_bindgen(js_name = benchChunks)]
-    pub fn bench_chunks(&self, corpus: &str, n: usize) -> Vec<String> {
-        crate::bench::chunk_texts(&self.inner, corpus, n)
-    }
 }
 
 /// Starts the pool of Web Workers that rayon (and so our matrix products) runs on; JS awaits
@@ -47,20 +41,6 @@ pub use wasm_bindgen_rayon::init_thread_pool;
 #[wasm_bindgen(js_name = threadCount)]
 pub fn thread_count() -> usize {
     rayon::current_num_threads()
-}
-
-/// Our Q8_0 kernel against candle's on one matrix: microseconds per product (the same workload as
-/// `make bench`).
-#[wasm_bindgen(js_name = benchKernels, unchecked_return_type = "object")]
-pub fn bench_kernels() -> Result<JsValue, JsError> {
-    to_js(&crate::bench::q8_kernel_figures()?)
-}
-
-/// Vector-index figures at `n` synthetic chunks: build time, graph and exact search latency,
-/// recall@10 (the same workload as `make bench`).
-#[wasm_bindgen(js_name = benchIndex, unchecked_return_type = "object")]
-pub fn bench_index(n: usize) -> Result<JsValue, JsError> {
-    to_js(&crate::bench::index_figures(n))
 }
 
 /// Whether `addDocument` would read these bytes as a PDF (by content, then by name).

@@ -10,6 +10,8 @@ use js_sys::Function;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+#[cfg(feature = "bench")]
+mod bench;
 mod extras;
 pub use extras::*;
 

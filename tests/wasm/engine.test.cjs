@@ -6,7 +6,10 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..', '..');
-const { Engine, Embedder, benchIndex, buildSearchGraph, isPdf, extractPdfPages } = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const wasm = require(path.join(root, 'target', 'wasm-node', 'pocketrag.js'));
+const { Engine, Embedder, buildSearchGraph, isPdf, extractPdfPages } = wasm;
+// The build with the benchmark entry points (`make wasm-bench`), which the site does not ship.
+const bench = require(path.join(root, 'target', 'wasm-node-bench', 'pocketrag.js'));
 const { pdf } = require('../support/pdf.cjs');
 const model = (p) => fs.readFileSync(path.join(root, 'models', p));
 const doc = (name) => fs.readFileSync(path.join(root, 'tests', 'data', 'library', name));
@@ -128,7 +131,7 @@ test('wasm engine reports bad input as exceptions with readable messages', () =>
   assert.throws(() => engine.answer('tides\u0007?', 'quote', 4), /control character/);
 });
 
-test('the standalone embedder agrees with the engine, and the index benchmark runs', () => {
+test('the standalone embedder agrees with the engine; the benchmark entry points run, in the bench build only', () => {
   const embedder = new Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
   const dim = embedder.dim();
   const v = embedder.embed(['The lighthouse was first lit in 1871.', 'Feed the starter once a week.']);
@@ -144,9 +147,14 @@ test('the standalone embedder agrees with the engine, and the index benchmark ru
   const cos = q.reduce((s, x, i) => s + x * v[dim + i], 0);
   assert.ok(Math.abs(engine.search('How often do I feed the starter?', 1).hits[0].score - cos) < 1e-4);
 
-  const chunks = embedder.benchChunks(fs.readFileSync(path.join(root, 'samples', 'rag.md'), 'utf8'), 3);
+  for (const name of ['benchChunks', 'benchKernels', 'benchIndex']) {
+    assert.equal(wasm[name], undefined, `${name} is in the site's build`);
+    assert.equal(typeof bench[name], 'function', `${name} is missing from the bench build`);
+  }
+  const benchEmbedder = new bench.Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
+  const chunks = bench.benchChunks(benchEmbedder, fs.readFileSync(path.join(root, 'samples', 'rag.md'), 'utf8'), 3);
   assert.equal(chunks.length, 3);
-  const f = benchIndex(500);
+  const f = bench.benchIndex(500);
   assert.equal(f.chunks, 500);
   assert.ok(f.recall10 > 0.9 && f.search_p50_ms > 0 && f.exact_p50_ms > 0, JSON.stringify(f));
 });

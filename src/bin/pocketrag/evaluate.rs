@@ -4,7 +4,7 @@ use crate::args::reading;
 use crate::{counting_bar, open, write_atomically};
 use anyhow::{Context, Result};
 use pocketrag::llm::llama::Weights;
-use pocketrag::{models, Engine};
+use pocketrag::models;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,11 +20,7 @@ pub(crate) fn evaluate(
     records_path: Option<&Path>,
     shard: Option<(usize, usize)>,
 ) -> Result<()> {
-    use pocketrag::tune::data;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    // The corpus is every entry of the file, even with --limit: distractors stay the same.
-    let all = data::read_pubmedqa(&bytes, &file.display().to_string())?;
-    let file_sha = models::sha256_hex(&bytes);
     let default_adapter = models_dir.join(models::ADAPTER_FILE);
     let paths: Vec<PathBuf> = if adapters.is_empty() { vec![default_adapter] } else { adapters.to_vec() };
     let mut loaded = Vec::new();
@@ -32,26 +28,8 @@ pub(crate) fn evaluate(
         let b = std::fs::read(p).with_context(|| format!("cannot read adapter {}", p.display()))?;
         loaded.push(pocketrag::llm::lora::Adapter::from_bytes(&b, &p.display().to_string())?);
     }
-    // Fold assignment needs the whole file, so adapters are matched before --limit applies.
-    let assigned = pocketrag::eval::assign_adapters(&all, &file_sha, &loaded)?;
-    let (shard_i, shard_n) = shard.unwrap_or((0, 1));
-    let (entries, assigned): (Vec<&data::QaEntry>, Vec<usize>) = all
-        .iter()
-        .zip(assigned)
-        .take(limit.unwrap_or(all.len()))
-        .enumerate()
-        .filter(|(i, _)| i % shard_n == shard_i)
-        .map(|(_, pair)| pair)
-        .unzip();
-    let generator = models::load_generator_with(&models::generator_path(models_dir), Weights::QuantizedAndDense)?;
-    let mut engine = Engine::new(models::load_embedder(models_dir)?, Some(generator));
-    engine.settings.generate.max_tokens = max_tokens;
-    let refs: Vec<&data::QaEntry> = all.iter().collect();
-    let bar = counting_bar(refs.len(), "abstracts indexed");
-    data::index_entries(&mut engine, &refs, &mut |d, _| bar.set_position(d as u64))?;
-    bar.finish_and_clear();
     // Records of an earlier, stopped run of the same file are kept and not asked again.
-    let mut done: std::collections::HashMap<String, pocketrag::eval::Record> = std::collections::HashMap::new();
+    let mut done = std::collections::HashMap::new();
     if let Some(path) = records_path.filter(|p| p.exists()) {
         for (i, line) in std::fs::read_to_string(path)?.lines().enumerate() {
             let r: pocketrag::eval::Record = serde_json::from_str(line)
@@ -63,24 +41,23 @@ pub(crate) fn evaluate(
         Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
         None => None,
     };
+    let options = pocketrag::eval::RunOptions { limit, k, max_tokens, shard: shard.unwrap_or((0, 1)) };
     let clock = std::time::Instant::now();
-    let bar = counting_bar(entries.len(), "questions, 4 answers each");
-    let mut records = Vec::with_capacity(entries.len());
-    for (entry, &a) in entries.iter().copied().zip(&assigned) {
-        let record = match done.remove(&entry.id) {
-            Some(r) => r,
-            None => {
-                let r = pocketrag::eval::evaluate_one(&mut engine, entry, &loaded[a], k)?;
-                if let Some(f) = out.as_mut() {
-                    writeln!(f, "{}", serde_json::to_string(&r)?)?;
-                }
-                r
-            }
-        };
-        records.push(record);
-        bar.inc(1);
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let records = pocketrag::eval::run(
+        models_dir,
+        &bytes,
+        &file.display().to_string(),
+        &loaded,
+        &options,
+        done,
+        &mut |r| append_record(out.as_mut(), r),
+        // Each stage starts counting at 1: a new bar for it.
+        &mut |what, d, total| stage_bar(&mut bar, what, d, total),
+    )?;
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
     }
-    bar.finish_and_clear();
     let report = pocketrag::eval::report(&records, clock.elapsed().as_secs_f64());
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -114,79 +91,31 @@ pub(crate) fn calibrate(
         .iter()
         .map(|t| all.iter().find(|a| &a.title == t).with_context(|| format!("{}: no article {t:?}", file.display())))
         .collect::<Result<_>>()?;
+    let others = match extra.foreign {
+        Some((path, _)) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            squad::read(&bytes, &path.display().to_string())?
+        }
+        None => vec![],
+    };
     let generator = models::generator_path(models_dir);
     let mut engine = open(models_dir, None, reading().then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
-    for a in &articles {
-        let (name, text) = squad::document(a);
-        engine.add_document(&name, text.as_bytes(), &mut |_, _| {})?;
-    }
-    let qas: Vec<&squad::Qa> =
-        articles.iter().flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas)).step_by(every.max(1)).collect();
-    let bar = counting_bar(qas.len(), "questions");
-    let mut obs = Vec::with_capacity(qas.len());
-    for qa in qas {
-        obs.push(cal::observe(&mut engine, qa, k)?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    if extra.near_miss_every > 0 {
-        let qas: Vec<&squad::Qa> = articles
-            .iter()
-            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
-            .filter(|qa| qa.answerable())
-            .step_by(extra.near_miss_every)
-            .collect();
-        let bar = counting_bar(qas.len(), "near misses");
-        for qa in qas {
-            obs.push(cal::observe_without_answer(&mut engine, qa, k)?);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-    }
-    if let Some((path, every)) = extra.foreign {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let others = squad::read(&bytes, &path.display().to_string())?;
-        let qas: Vec<&squad::Qa> = others
-            .iter()
-            .filter(|a| !titles.contains(&a.title))
-            .flat_map(|a| a.paragraphs.iter().flat_map(|p| &p.qas))
-            .filter(|qa| qa.answerable())
-            .step_by(every.max(1))
-            .collect();
-        let bar = counting_bar(qas.len(), "foreign questions");
-        for qa in qas {
-            obs.push(cal::observe_foreign(&mut engine, qa, k)?);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
+    let wanted = cal::Extra {
+        near_miss_every: extra.near_miss_every,
+        foreign: extra.foreign.map(|(_, every)| (others.as_slice(), every)),
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let obs = cal::observe_set(&mut engine, &articles, every, k, &wanted, &mut |what, d, total| {
+        stage_bar(&mut bar, what, d, total)
+    })?;
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
     }
     let c = cal::calibrate(obs, max_wrong_abstain);
     if json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {
-        println!(
-            "{} questions ({} answerable) from {}\n\
-             best sentence holds a gold answer: {:.3} before fitting, {:.3} after (top 2: {:.3}, top 3: {:.3})\n\
-             gate at {:.3}: abstains on {:.3} of unanswerable questions (precision {:.3}), wrongly on {:.3} of answerable\n\
-             and on {:.3} of {} constructed unanswerable questions (near misses, other articles' questions)\n",
-            c.questions,
-            c.answerable,
-            titles.join(", "),
-            c.top1_before,
-            c.top1,
-            c.top2,
-            c.top3,
-            c.gate_threshold,
-            c.abstain_recall,
-            c.abstain_precision,
-            c.wrongly_abstained,
-            c.foreign_abstained,
-            c.foreign
-        );
-        println!("quoted answers (after fitting): relative bar, answers holding a gold answer, sentences quoted");
-        for (r, hit, quoted) in &c.selection {
-            println!("  {r:.1}  {hit:.3}  {quoted:.2}");
-        }
+        print!("{}", cal::summary(&c, titles));
         print!("{}", cal::constants(&c, if engine.reads() { "READ_" } else { "" }));
     }
     Ok(())
@@ -323,18 +252,8 @@ pub(crate) fn evaluate_qa(
         &questions,
         &configs,
         k,
-        &mut |r| {
-            if let Some(f) = out.as_mut() {
-                writeln!(f, "{}", serde_json::to_string(r).map_err(|e| pocketrag::Error::Internal(e.to_string()))?)?;
-            }
-            Ok(())
-        },
-        &mut |name, done, total| {
-            if done == 1 {
-                bar.take().inspect(|b| b.finish_and_clear());
-            }
-            bar.get_or_insert_with(|| counting_bar(total, &format!("questions ({name})"))).set_position(done as u64);
-        },
+        &mut |r| append_record(out.as_mut(), r),
+        &mut |name, done, total| stage_bar(&mut bar, &format!("questions ({name})"), done, total),
     )?;
     bar.inspect(|b| b.finish_and_clear());
     if json {
@@ -361,4 +280,21 @@ pub(crate) fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String
     } else {
         Err(bad())
     }
+}
+
+/// One JSON line per record, to the --records file when there is one.
+fn append_record<T: serde::Serialize>(out: Option<&mut std::fs::File>, record: &T) -> pocketrag::Result<()> {
+    if let Some(f) = out {
+        let line = serde_json::to_string(record).map_err(|e| pocketrag::Error::Internal(e.to_string()))?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Progress of a run in stages, each counted from 1: a new bar when a stage starts.
+fn stage_bar(bar: &mut Option<indicatif::ProgressBar>, what: &str, done: usize, total: usize) {
+    if done == 1 {
+        bar.take().inspect(|b| b.finish_and_clear());
+    }
+    bar.get_or_insert_with(|| counting_bar(total, what)).set_position(done as u64);
 }

@@ -2,7 +2,8 @@
 // page asks for, replying with one message per request.
 import { MODELS, loadModels } from './models.js';
 
-// pkg/ (one thread) or, for the two-thread figures, pkg-threads/ with rayon's pool started.
+// pkg-bench/ (one thread: the site's build plus the benchmark entry points, `make wasm-bench`)
+// or, for the two-thread figures, pkg-threads/ with rayon's pool started.
 let pkg = null;
 
 let engine = null;
@@ -25,8 +26,8 @@ const handlers = {
       await pkg.default({ module_or_path: 'pkg-threads/pocketrag_bg.wasm' });
       await pkg.initThreadPool(threads);
     } else {
-      pkg = await import('./pkg/pocketrag.js');
-      await pkg.default({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
+      pkg = await import('./pkg-bench/pocketrag.js');
+      await pkg.default({ module_or_path: module ?? 'pkg-bench/pocketrag_bg.wasm' });
     }
     const { Engine, Embedder } = pkg;
     const names = [MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig];
@@ -77,7 +78,7 @@ const handlers = {
   },
   chunks({ n }) {
     const corpus = engine.documents().map((d) => engine.documentText(d.name)).join('\n\n');
-    return { chunks: embedder.benchChunks(corpus, n) };
+    return { chunks: pkg.benchChunks(embedder, corpus, n) };
   },
   embed({ texts }) {
     const t0 = performance.now();

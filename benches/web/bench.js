@@ -41,7 +41,7 @@ async function run() {
   // Generation as the app runs it by default (prompts through f32 copies of the weights), then
   // with the 8-bit weights only (the low-memory setting), each in a fresh worker.
   // One compiled module for every worker, as the app does.
-  const module = await WebAssembly.compileStreaming(fetch('pkg/pocketrag_bg.wasm'));
+  const module = await WebAssembly.compileStreaming(fetch('pkg-bench/pocketrag_bg.wasm'));
   // Generation figures from a fresh worker set up by `init`, which is then let go.
   const generation = async (role, init) => {
     const w = start(role);
