@@ -123,13 +123,22 @@ bench: build models
 
 # The browser's figures: benches/web/bench.html run in headless Chromium; prints one JSON object.
 # The benchmark page and its wasm build join the site only here: the site itself does not ship them.
+# SIMD=relaxed measures a bench build with relaxed SIMD too (kernels::int8's 8-bit dot product;
+# PRECISION=int8 to use it), in a target folder of its own.
+WASM_BENCH_RELAXED := target/wasm-bench-relaxed/wasm32-unknown-unknown/release/pocketrag.wasm
 bench-web: site wasm-bench browser
 	cp benches/web/*.html benches/web/*.js $(SITE)/
-	wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH)
+	if [ "$(SIMD)" = relaxed ]; then \
+		RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" $(CARGO) build --release --locked --lib --features bench \
+			--target wasm32-unknown-unknown --target-dir target/wasm-bench-relaxed \
+		&& wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH_RELAXED); \
+	else wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH); fi
 	node tools/bench_web.cjs
 
-# wasm memory for a 50 MB document set (MEGABYTES=N for another size), under Node.
-bench-memory: models wasm
+# What 1,000 files / 50 MB cost under Node (wasm memory), in the page (headless Chromium) and in
+# the CLI (real embeddings; ~35 min here): tools/bench_memory.cjs. MEGABYTES=N FILES=N for
+# another set, PARTS=wasm,page,cli for some of the three.
+bench-memory: site browser
 	node tools/bench_memory.cjs
 
 # libFuzzer on each reader of untrusted bytes (src/fuzz.rs), FUZZ_SECONDS each, one after another

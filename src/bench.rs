@@ -122,8 +122,57 @@ pub struct KernelFigures {
     pub candle_matmul128_us: f64,
 }
 
-/// Our Q8_0 kernel (`kernels::q8`) against candle's on the same quantized matrix and inputs. Each
-/// figure is the median of 7 rounds, a round being as many products as fill ~50 ms.
+/// Microseconds per call of `f`: the median of 7 rounds, a round being as many calls as fill
+/// ~50 ms.
+fn time_us(f: &mut dyn FnMut()) -> f64 {
+    f();
+    let clock = Stopwatch::start();
+    let mut reps = 0;
+    while clock.ms() < 20.0 {
+        f();
+        reps += 1;
+    }
+    let reps = (reps * 50 / 20).max(1);
+    let mut rounds: Vec<f64> = (0..7)
+        .map(|_| {
+            let clock = Stopwatch::start();
+            for _ in 0..reps {
+                f();
+            }
+            clock.ms() * 1000.0 / reps as f64
+        })
+        .collect();
+    percentile(&mut rounds, 0.5)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedKernelFigures {
+    /// Positions × inputs × outputs of each product timed: the embedder's two shapes, for a
+    /// 128-token chunk.
+    pub shapes: Vec<[usize; 3]>,
+    /// Microseconds for all of them, f32 (`kernels::dense`) and 8-bit (`kernels::int8`).
+    pub f32_us: f64,
+    pub int8_us: f64,
+}
+
+/// The embedder's products in f32 and in 8 bits, on one thread, on the same inputs.
+pub fn embed_kernel_figures() -> EmbedKernelFigures {
+    use crate::kernels::{dense, int8};
+    let shapes = vec![[128, 384, 1536], [128, 1536, 384]];
+    let (mut f32_us, mut int8_us) = (0.0, 0.0);
+    for &[n, k, m] in &shapes {
+        let x = pseudo_random(n * k, 1);
+        let w = pseudo_random(m * k, 2);
+        let q = int8::I8Rows::quantize(&w, k);
+        let mut out = vec![0f32; n * m];
+        f32_us += time_us(&mut || dense::matmul_t(&x, &w, k, &mut out));
+        int8_us += time_us(&mut || int8::matmul_t(&x, &q, &mut out));
+    }
+    EmbedKernelFigures { shapes, f32_us, int8_us }
+}
+
+/// Our Q8_0 kernel (`kernels::q8`) against candle's on the same quantized matrix and inputs, each
+/// figure from `time_us`.
 pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
@@ -133,31 +182,11 @@ pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
     let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
     let ours = crate::kernels::q8::Q8Matrix::from_qtensor(&q)?.expect("a Q8_0 matrix");
     let theirs = QMatMul::from_qtensor(q)?;
-    let time = |f: &mut dyn FnMut()| -> f64 {
-        f();
-        let clock = Stopwatch::start();
-        let mut reps = 0;
-        while clock.ms() < 20.0 {
-            f();
-            reps += 1;
-        }
-        let reps = (reps * 50 / 20).max(1);
-        let mut rounds: Vec<f64> = (0..7)
-            .map(|_| {
-                let clock = Stopwatch::start();
-                for _ in 0..reps {
-                    f();
-                }
-                clock.ms() * 1000.0 / reps as f64
-            })
-            .collect();
-        percentile(&mut rounds, 0.5)
-    };
     let mut figures = [0.0; 4];
     for (i, n) in [1usize, 128].into_iter().enumerate() {
         let x = Tensor::from_vec(values(n * cols, 2 + n as u64), (1, n, cols), &Device::Cpu)?;
-        figures[2 * i] = time(&mut || drop(ours.forward(&x).expect("our product")));
-        figures[2 * i + 1] = time(&mut || drop(theirs.forward(&x).expect("candle's product")));
+        figures[2 * i] = time_us(&mut || drop(ours.forward(&x).expect("our product")));
+        figures[2 * i + 1] = time_us(&mut || drop(theirs.forward(&x).expect("candle's product")));
     }
     Ok(KernelFigures {
         rows,

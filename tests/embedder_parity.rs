@@ -74,3 +74,39 @@ fn our_bert_matches_candles() {
     }
     eprintln!("worst cosine to candle's BertModel {worst}");
 }
+
+/// The 8-bit embedder (`Precision::Int8`) gives every chunk of the demo's sample set and of the
+/// test library (text nobody tuned the rounding on) a vector within cosine 0.99 of the f32 one.
+#[test]
+fn int8_vectors_stay_within_cosine_0_99_of_f32_on_every_chunk() {
+    use pocketrag::embed::Precision;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut e = common::embedder();
+    let mut texts = Vec::new();
+    for dir in ["samples", "tests/data/library"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir)).unwrap().map(|f| f.unwrap().path()).collect();
+        files.sort();
+        for path in files {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let doc = pocketrag::ingest::ingest(&name, &std::fs::read(&path).unwrap()).unwrap();
+            let chunks = pocketrag::chunk::chunk(&doc, &Default::default(), &|t| e.count_tokens(t));
+            texts.extend(chunks.iter().map(|c| c.embedding_text()));
+        }
+    }
+    assert!(texts.len() >= 20, "{} chunks", texts.len());
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let exact = e.embed(&texts).unwrap();
+    e.set_precision(Precision::Int8);
+    assert_eq!(e.precision(), Precision::Int8);
+    let rounded = e.embed(&texts).unwrap();
+    let mut worst = 1.0f32;
+    for ((text, a), b) in texts.iter().zip(&exact).zip(&rounded) {
+        let cos = pocketrag::index::vector::dot(a, b);
+        worst = worst.min(cos);
+        assert!(cos >= 0.99, "cosine {cos} for {:?}", &text[..text.len().min(60)]);
+    }
+    // Back to f32: the same vectors as before, to the bit.
+    e.set_precision(Precision::F32);
+    assert_eq!(e.embed(&texts[..3]).unwrap(), exact[..3].to_vec());
+    eprintln!("int8 against f32 over {} chunks: worst cosine {worst}", texts.len());
+}

@@ -10,9 +10,12 @@ async function main() {
   try {
     const page = context.pages()[0] || await context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
-    // ONLY=generation or ONLY=embedding (make bench-web ONLY=…) times that alone.
-    const only = process.env.ONLY ? `?only=${encodeURIComponent(process.env.ONLY)}` : '';
-    await page.goto(`${server.url}bench.html${only}`);
+    // ONLY=generation or ONLY=embedding (make bench-web ONLY=…) times that alone; PRECISION=int8
+    // takes the embedder's products in 8 bits.
+    const query = new URLSearchParams();
+    if (process.env.ONLY) query.set('only', process.env.ONLY);
+    if (process.env.PRECISION) query.set('precision', process.env.PRECISION);
+    await page.goto(`${server.url}bench.html?${query}`);
     let last = '';
     const poll = setInterval(async () => {
       const s = await page.textContent('#status').catch(() => '');

@@ -9,7 +9,9 @@ on this origin. Prints the URL once listening; port 0 picks a free port.
 work there too, single-threaded and without shared memory); --log prints one line per request
 ("GET /path"), which the browser tests read to check what a visit downloaded; --fail PATH
 (repeatable) answers PATH with a script that throws as it starts, which the browser tests use to
-check that a worker that dies costs only the file it held.
+check that a worker that dies costs only the file it held; --replace PATH=FILE (repeatable)
+answers PATH with FILE instead, which `make bench-memory` uses to put a stand-in in place of the
+embedding helper.
 """
 import argparse
 import functools
@@ -40,10 +42,16 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     plain = False
     log = False
     fail = frozenset()
+    replace = {}
 
     def do_GET(self):
-        if self.path.split("?")[0] in self.fail:
-            body = b"throw new Error('this script was made to fail (serve.py --fail)');\n"
+        path = self.path.split("?")[0]
+        if path in self.fail or path in self.replace:
+            if path in self.fail:
+                body = b"throw new Error('this script was made to fail (serve.py --fail)');\n"
+            else:
+                with open(self.replace[path], "rb") as f:
+                    body = f.read()
             self.send_response(200)
             self.send_header("Content-Type", "text/javascript")
             self.send_header("Content-Length", str(len(body)))
@@ -77,8 +85,11 @@ def main():
     ap.add_argument("--log", action="store_true", help="print each request")
     ap.add_argument("--fail", action="append", default=[], metavar="PATH",
                     help="answer PATH (such as /parse-worker.js) with a script that throws")
+    ap.add_argument("--replace", action="append", default=[], metavar="PATH=FILE",
+                    help="answer PATH (such as /embed-worker.js) with the script in FILE")
     args = ap.parse_args()
     Handler.fail = frozenset(args.fail)
+    Handler.replace = dict(r.split("=", 1) for r in args.replace)
     Handler.plain = args.plain
     Handler.log = args.log
     handler = functools.partial(Handler, directory=args.dir)

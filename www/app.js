@@ -1,7 +1,8 @@
 // The page: renders what the worker reports. Everything that comes from a document or the model
 // is set with textContent, never as HTML.
 const $ = (id) => document.getElementById(id);
-const worker = new Worker('worker.js', { type: 'module' });
+// The engine's worker; replaced by a fresh one if its wasm instance traps (`restartEngine`).
+let worker = null;
 const params = new URLSearchParams(location.search);
 let busy = false;
 let lastAnswer = null;
@@ -393,7 +394,7 @@ function renderHow(a) {
 }
 
 // ---- worker events ----
-worker.onmessage = ({ data: m }) => {
+function onWorkerMessage({ data: m }) {
   switch (m.type) {
     case 'download': {
       const p = $('download');
@@ -440,7 +441,9 @@ worker.onmessage = ({ data: m }) => {
     case 'compare-done': setStatus('ready'); setBusy(false); break;
     case 'text': onText(m); break;
     case 'error':
-      if (m.during === 'compare') {
+      if (m.engineStopped) {
+        restartEngine(m.during, m.message);
+      } else if (m.during === 'compare') {
         setStatus(`error: ${m.message}`);
         setBusy(false);
       } else if (m.during === 'ask') {
@@ -452,7 +455,31 @@ worker.onmessage = ({ data: m }) => {
       }
       break;
   }
-};
+}
+
+// A trap (a panic, or the wasm instance running out of memory) leaves the engine unusable, but
+// everything the user added is stored: a fresh worker loads the saved index and indexes the
+// stored documents it lacks, as a reload would. A few restarts per visit, so that something that
+// traps at every start cannot loop forever.
+const MAX_RESTARTS = 3;
+let restarts = 0;
+function restartEngine(during, why) {
+  worker.terminate();
+  setBusy(false);
+  if (during === 'ask') {
+    $('answer').textContent = `The engine stopped while answering (${why}).`;
+    $('answer').dataset.state = 'error';
+  }
+  if (restarts >= MAX_RESTARTS) {
+    addNotice(`The engine stopped unexpectedly again (${why}). Reload the page; your stored documents are kept.`);
+    setStatus('stopped');
+    return;
+  }
+  restarts++;
+  addNotice(`The engine stopped unexpectedly (${why}); it was restarted, and your stored documents are kept.`);
+  setStatus('restarting the engine…');
+  startEngine();
+}
 
 setBusy(false);
 // Reading prompts with f32 copies of the weights is ~1.8x faster but takes ~425 MB more memory:
@@ -476,7 +503,12 @@ const backend = ['cpu', 'webgpu'].includes(params.get('backend')) ? params.get('
 // ?graph=N: build the HNSW search graph from N chunks on instead of 10,000, to watch it work on a
 // small collection (the teaching view says which search answered).
 const graphFrom = Number(params.get('graph')) || 0;
-worker.postMessage({ type: 'init', densePrefill, threads, answerThreads, tuned, backend, graphFrom });
+function startEngine() {
+  worker = new Worker('worker.js', { type: 'module' });
+  worker.onmessage = onWorkerMessage;
+  worker.postMessage({ type: 'init', densePrefill, threads, answerThreads, tuned: restarts === 0 ? tuned : $('model').value === 'tuned', backend, graphFrom });
+}
+startEngine();
 
 // The service worker keeps the page itself (and the wasm) for offline visits; the models are
 // cached by the worker above.

@@ -2,7 +2,7 @@
 // by sha256 itself) is answered from the network when it can be, so a new release shows up on
 // the next visit, and from the last copy seen when it cannot, so the page opens offline.
 const SHELL_CACHE = 'pocketrag-shell';
-const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'models.js', 'parse-worker.js', 'embed-worker.js', 'graph-worker.js', 'style.css', 'pkg/pocketrag.js',
+const SHELL = ['./', 'index.html', 'app.js', 'worker.js', 'storage.js', 'indexing.js', 'helpers.js', 'models.js', 'parse-worker.js', 'embed-worker.js', 'graph-worker.js', 'style.css', 'pkg/pocketrag.js',
   'pkg/pocketrag_bg.wasm', 'models/manifest.json'];
 
 self.addEventListener('install', (event) => {

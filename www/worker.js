@@ -1,7 +1,14 @@
-// The worker owns the wasm Engine, so indexing and generation never block the page. It receives
-// requests ({type, ...}) and answers with events; every message between the page, this worker
-// and its helpers, with its payload, is listed in docs/WORKERS.md.
+// The engine's worker: it owns the wasm Engine, so indexing and generation never block the page.
+// It receives requests ({type, ...}) and answers with events; every message between the page,
+// this worker and its helpers, with its payload, is listed in docs/WORKERS.md. Storage is
+// storage.js, the indexing queue indexing.js, the helper workers helpers.js; this file starts
+// the engine, chooses where it runs, drives answers and dispatches requests.
 import { MODELS, loadModels } from './models.js';
+import * as storage from './storage.js';
+import { shareModule } from './helpers.js';
+import {
+  addAndStore, announceDocuments, ctx, loadShipped, restore, saveOrSay, setAsideInterrupted, trapMessage,
+} from './indexing.js';
 
 // The wasm bindings: pkg-threads/ (the same library built with threads) when more than one
 // thread is wanted (one per core up to 4, or ?threads=N) and the page is cross-origin isolated,
@@ -16,6 +23,7 @@ const MEMORY_LIMIT = 3.5 * 2 ** 30;
 let stopRequested = false;
 
 const post = (msg) => self.postMessage(msg);
+ctx.post = post;
 
 // Streaming compilation needs the host to serve .wasm as application/wasm; not every host does.
 async function compileWasm(url) {
@@ -33,379 +41,6 @@ const waiting = [];
 tick.port1.onmessage = () => waiting.shift()();
 const nextTask = () => new Promise((resolve) => { waiting.push(resolve); tick.port2.postMessage(0); });
 
-// ---- storage: IndexedDB keeps the original bytes of every document and the saved index. The
-// documents are the source of truth: an index that cannot be loaded (another version, damaged)
-// is rebuilt from them, so nothing the user added is lost.
-const DB = 'pocketrag';
-function openDb() {
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 1);
-    req.onupgradeneeded = () => {
-      req.result.createObjectStore('docs');
-      req.result.createObjectStore('state');
-    };
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-  });
-}
-function tx(db, store, mode, fn) {
-  return new Promise((resolve, reject) => {
-    const t = db.transaction(store, mode);
-    const result = fn(t.objectStore(store));
-    t.oncomplete = () => resolve(result && 'result' in result ? result.result : undefined);
-    // A failed request says why on itself; the transaction's own error is set only at its abort
-    // (a full quota shows up there, at commit).
-    t.onerror = (e) => reject(e.target?.error ?? t.error);
-    t.onabort = () => reject(t.error ?? new Error('the storage transaction was aborted'));
-  });
-}
-let db = null;
-const storeDoc = (name, bytes) => tx(db, 'docs', 'readwrite', (s) => s.put(bytes, name));
-const deleteDoc = (name) => tx(db, 'docs', 'readwrite', (s) => s.delete(name));
-const storedDocNames = () => tx(db, 'docs', 'readonly', (s) => s.getAllKeys());
-const storedDoc = (name) => tx(db, 'docs', 'readonly', (s) => s.get(name));
-const storedDocCount = (name) => tx(db, 'docs', 'readonly', (s) => s.count(name));
-// How long the last save took: saving grows with the collection (50 MB of text makes a ~300 MB
-// index file), so a batch saves less often as it grows (`addAndStore`).
-let saveMs = 0;
-async function saveIndex() {
-  const t0 = performance.now();
-  // Serialised first: a save that fails for memory throws here, before the transaction.
-  const bytes = engine.save();
-  await tx(db, 'state', 'readwrite', (s) => s.put(bytes, 'index'));
-  saveMs = performance.now() - t0;
-  if (engine.needsGraph()) buildGraph(bytes);
-}
-
-// ---- the search graph: built from a save by graph-worker.js when the collection has grown past
-// the size where it pays, then adopted and saved with the index; until then, and for chunks added
-// since, search scans the vectors exactly. One build at a time; a build that fails is not retried
-// in this visit (search stays exact, which is slower but right).
-let graphWorker = null;
-let graphFailed = false;
-function buildGraph(saved) {
-  if (graphWorker || graphFailed) return;
-  graphWorker = new Worker('graph-worker.js', { type: 'module' });
-  graphWorker.postMessage({ module: wasmModule });
-  const done = () => { graphWorker?.terminate(); graphWorker = null; };
-  graphWorker.onmessage = ({ data }) => {
-    done();
-    if (data.error) {
-      graphFailed = true;
-      post({ type: 'notice', message: `The search graph could not be built (${data.error}); search scans every chunk instead.` });
-    } else if (data.graph) {
-      // On the GPU the engine may be borrowed by a pending step: wait for the queue there.
-      const adopt = async () => {
-        if (!engine.adoptGraph(data.graph)) return;
-        post({ type: 'graph', chunks: engine.documents().reduce((n, d) => n + d.chunks, 0) });
-        await saveOrSay();
-      };
-      if (onGpu) queue = queue.then(adopt); else adopt();
-    }
-  };
-  graphWorker.onerror = (e) => {
-    e.preventDefault?.();
-    done();
-    graphFailed = true;
-    post({ type: 'notice', message: `The search graph could not be built (${e.message || 'worker error'}); search scans every chunk instead.` });
-  };
-  graphWorker.postMessage({ saved });
-}
-const storedIndex = () => tx(db, 'state', 'readonly', (s) => s.get('index'));
-
-function announceDocuments() {
-  for (const d of engine.documents()) post({ type: 'doc', name: d.name, state: 'indexed', chunks: d.chunks });
-}
-
-const getState = (key) => tx(db, 'state', 'readonly', (s) => s.get(key));
-const setState = (key, value) => tx(db, 'state', 'readwrite', (s) => s.put(value, key));
-
-/// The site's own document collection: an index file made by `pocketrag index` (`make site
-/// DOCS=folder`), loaded as it is, so a visitor asks questions without embedding anything.
-async function loadShipped() {
-  const res = await fetch('library.idx');
-  if (!res.ok) return false;
-  engine.load(new Uint8Array(await res.arrayBuffer()));
-  // Shipped documents the user removed stay removed.
-  for (const name of (await getState('hidden')) ?? []) engine.removeDocument(name);
-  await setState('shipped', true);
-  return true;
-}
-
-/// Bring back what the user had: the saved index if it loads, else rebuild it from the site's
-/// collection and the user's stored documents. Returns false on a first visit.
-async function restore() {
-  const saved = await storedIndex();
-  if (!saved) return false;
-  try {
-    engine.load(saved);
-    announceDocuments();
-    // Documents stored after the last save (the tab closed mid-batch) are indexed again.
-    const have = new Set(engine.documents().map((d) => d.name));
-    const unsaved = retryOrder((await storedDocNames()).filter((name) => !have.has(name)));
-    for (const name of unsaved) await indexStored(name, new Uint8Array(await storedDoc(name)));
-    if (unsaved.length) await saveOrSay();
-    return true;
-  } catch (e) {
-    if (e instanceof WebAssembly.RuntimeError) throw e;
-    post({ type: 'notice', message: `The stored index could not be used (${e.message}); re-indexing your documents.` });
-  }
-  if (await getState('shipped')) {
-    try {
-      await loadShipped();
-    } catch (e) {
-      post({ type: 'notice', message: `The site's document collection could not be loaded: ${e.message}` });
-    }
-  }
-  announceDocuments();
-  for (const name of retryOrder(await storedDocNames())) await indexStored(name, new Uint8Array(await storedDoc(name)));
-  await saveOrSay();
-  return true;
-}
-
-let retryFirst = null;
-const retryOrder = (names) => [...names].sort((a, b) => (b === retryFirst) - (a === retryFirst));
-
-/// A file that visits have twice stopped while indexing (the tab ran out of memory on it, or was
-/// closed) is set aside, not tried again: a file that kills the tab would otherwise kill every
-/// visit after it. Once is forgiven: a reload mid-batch is not the file's fault. Its name is
-/// given, so the user can add it again.
-async function setAsideInterrupted() {
-  const under = await getState('indexing');
-  if (!under) return;
-  // Retried first, so that its count of tries is not lost to the files after it.
-  if (under.tries < 2) { retryFirst = under.name; return; }
-  const { name } = under;
-  await deleteDoc(name);
-  await setState('indexing', null);
-  post({ type: 'notice', message: `Visits twice stopped while indexing ${name}; it was set aside. Add it again to retry.` });
-}
-
-// ---- PDF text comes from a separate worker (see parse-worker.js), started when first needed and
-// replaced after a crash.
-let parser = null;
-let parseId = 0;
-const parsing = new Map();
-function extractPdf(bytes) {
-  if (!parser) {
-    parser = new Worker('parse-worker.js', { type: 'module' });
-    parser.postMessage({ module: wasmModule });
-    parser.onmessage = ({ data }) => {
-      const { resolve, reject } = parsing.get(data.id);
-      parsing.delete(data.id);
-      if (data.crashed) { parser.terminate(); parser = null; }
-      if (data.error) reject(new Error(data.error)); else resolve(data.pages);
-    };
-    // A worker that dies or cannot start answers no message: every file it holds fails (the
-    // queue names each one) and the next PDF gets a new worker.
-    parser.onerror = (e) => {
-      e.preventDefault?.();
-      for (const { reject } of parsing.values()) reject(new Error(`the PDF reader stopped (${e.message || 'worker error'})`));
-      parsing.clear();
-      parser?.terminate();
-      parser = null;
-    };
-  }
-  const id = ++parseId;
-  return new Promise((resolve, reject) => {
-    parsing.set(id, { resolve, reject });
-    parser.postMessage({ id, bytes });
-  });
-}
-
-// ---- embedding spread over helper workers (embed-worker.js), one per core the page may use
-// (?threads=N; 1 means the engine's worker embeds by itself). Started at the first document that
-// needs embedding; if they cannot start, indexing goes on without them.
-let helperCount = 1;
-let helpers = null;
-const EMBED_BATCH = 16;
-
-function startHelpers() {
-  helpers = [];
-  for (let i = 0; i < helperCount; i++) {
-    const worker = new Worker('embed-worker.js', { type: 'module' });
-    worker.postMessage({ module: wasmModule });
-    const waiting = new Map();
-    let id = 0;
-    worker.onmessage = ({ data }) => {
-      const { resolve, reject } = waiting.get(data.id);
-      waiting.delete(data.id);
-      if (data.error) reject(new Error(data.error)); else resolve(data.vectors);
-    };
-    // Handled here (the file falls back to the engine), so not reported on up to the page.
-    worker.onerror = (e) => {
-      e.preventDefault?.();
-      for (const { reject } of waiting.values()) reject(new Error(e.message || 'the embedding worker stopped'));
-      waiting.clear();
-    };
-    const embed = (texts) => new Promise((resolve, reject) => {
-      waiting.set(++id, { resolve, reject });
-      worker.postMessage({ id, texts });
-    });
-    helpers.push({ worker, embed });
-  }
-}
-
-function stopHelpers() {
-  for (const h of helpers ?? []) h.worker.terminate();
-  helpers = [];
-}
-
-/// The vectors of `texts`, in order, one after another; batches go to whichever helper is free.
-async function embedSpread(texts, progress) {
-  if (helpers === null) startHelpers();
-  const parts = [];
-  let next = 0;
-  let done = 0;
-  await Promise.all(helpers.map(async (h) => {
-    while (next < texts.length) {
-      const start = next;
-      next += EMBED_BATCH;
-      const batch = texts.slice(start, start + EMBED_BATCH);
-      parts[start / EMBED_BATCH] = await h.embed(batch);
-      done += batch.length;
-      progress(done, texts.length);
-    }
-  }));
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
-  return out;
-}
-
-// Documents are indexed one at a time even when requests overlap: the engine holds one prepared
-// document while its vectors are computed elsewhere.
-let indexing = Promise.resolve();
-function serially(fn) {
-  const run = indexing.then(fn);
-  indexing = run.catch(() => {});
-  return run;
-}
-
-// Whether documents may still be embedded on the GPU (when the embedder is there): false once
-// it has failed, after which the CPU embeds.
-let gpuEmbedding = true;
-
-/// Index one file; returns whether it was indexed.
-function addDocument(name, bytes) {
-  return serially(async () => {
-    post({ type: 'doc', name, state: 'indexing' });
-    // Decided here, not in `progress`: that runs inside engine calls, where the engine is
-    // borrowed and may not be called again.
-    let embedOn = onGpu && gpuEmbedding && engine.embedderBackend() === 'gpu' ? 'gpu' : helperCount;
-    const progress = (done, total) => post({ type: 'doc', name, state: 'indexing', done, total, workers: embedOn });
-    try {
-      const pages = pkg.isPdf(name, bytes) ? await extractPdf(bytes) : null;
-      let report = null;
-      // Embedded outside the engine's synchronous call: on the GPU by this worker, awaiting each
-      // batch's read-back (helpers on the CPU would only be slower), or by the helper workers. If
-      // that fails (not the document: it was read first), the engine embeds it itself, on this
-      // worker's CPU, and so do the documents after it.
-      const elsewhere = embedOn === 'gpu' ? (texts) => engine.embedAsync(texts, progress)
-        : helperCount > 1 && helpers?.length !== 0 ? (texts) => embedSpread(texts, progress) : null;
-      if (elsewhere) {
-        const texts = pages ? engine.preparePdfPages(name, pages) : engine.prepareDocument(name, bytes);
-        const t0 = performance.now();
-        try {
-          report = engine.addPrepared(await elsewhere(texts), performance.now() - t0);
-        } catch (e) {
-          if (embedOn === 'gpu') {
-            post({ type: 'notice', message: `Embedding on the GPU failed (${e.message || e}); embedding on the CPU.` });
-            gpuEmbedding = false;
-          } else {
-            post({ type: 'notice', message: `Embedding workers stopped (${e.message}); indexing on one thread.` });
-            stopHelpers();
-          }
-          embedOn = 1;
-        }
-      }
-      report ??= pages ? engine.addPdfPages(name, pages, progress) : engine.addDocument(name, bytes, progress);
-      post({ type: 'doc', name, state: 'indexed', chunks: report.chunks });
-      return true;
-    } catch (e) {
-      // The engine is dead: the batch must stop here (`addAndStore`).
-      if (e instanceof WebAssembly.RuntimeError) throw e;
-      post({ type: 'doc', name, state: 'error', reason: String(e.message || e) });
-      return false;
-    }
-  });
-}
-
-// What a trap (a panic, or running out of memory) said: the panic hook (src/wasm.rs) leaves the
-// message here, since the dead instance cannot be asked.
-const trapMessage = (e) => String(self.pocketragPanic ?? e.message);
-
-/// Index a document whose bytes are stored, noting it as the one under way (see
-/// `setAsideInterrupted`). A file that cannot be indexed is not kept, unless an earlier version of
-/// it is in the index (that one stays).
-async function indexStored(name, bytes) {
-  const under = await getState('indexing');
-  await setState('indexing', { name, tries: under?.name === name ? under.tries + 1 : 1 });
-  const added = await addDocument(name, bytes);
-  if (!added && !engine.documents().some((d) => d.name === name)) await deleteDoc(name);
-  await setState('indexing', null);
-  return added;
-}
-
-const notStored = (e) => (e?.name === 'QuotaExceededError'
-  ? "not added: this browser's storage for the page is full; remove documents you no longer need, then add it again"
-  : `not added: it could not be stored (${e?.message || e})`);
-
-// A batch is stored before any of it is indexed: a reload or a closed tab mid-batch loses none
-// of it, since the next visit indexes the stored documents its saved index lacks (`restore`).
-// A file that cannot be stored (a full quota) is refused by name, and what is stored stays.
-//
-// Saving serialises the whole index, so during a long batch it happens every few seconds rather
-// than after every file, and no sooner than 20 times the last save's duration, which keeps saving
-// under ~5 % of the work however large the collection grows.
-const SAVE_EVERY_MS = 5000;
-
-async function addAndStore(files) {
-  const stored = [];
-  for (const file of files) {
-    try {
-      await storeDoc(file.name, file.bytes);
-      stored.push(file);
-    } catch (e) {
-      post({ type: 'doc', name: file.name, state: 'error', reason: notStored(e) });
-    }
-  }
-  let saved = performance.now();
-  for (const [i, { name, bytes }] of stored.entries()) {
-    // Removed by the user while it waited its turn (requests interleave on the CPU).
-    if ((await storedDocCount(name)) === 0) continue;
-    try {
-      await indexStored(name, bytes);
-    } catch (e) {
-      if (!(e instanceof WebAssembly.RuntimeError)) throw e;
-      // The engine stopped on this file. It is not kept (it would stop the next visit too); the
-      // files after it are stored, so the next visit indexes them.
-      await deleteDoc(name);
-      await setState('indexing', null);
-      post({ type: 'doc', name, state: 'error', reason: `the engine stopped on this file (${trapMessage(e)}); it was not kept` });
-      for (const rest of stored.slice(i + 1)) {
-        post({ type: 'doc', name: rest.name, state: 'error', reason: 'stored; it will be indexed when the page is reloaded' });
-      }
-      throw e;
-    }
-    if (performance.now() - saved > Math.max(SAVE_EVERY_MS, 20 * saveMs)) {
-      await saveOrSay();
-      saved = performance.now();
-    }
-  }
-  await saveOrSay();
-}
-
-/// A save that fails (no memory for the file) does not stop a batch: the files are stored, and
-/// those the saved index lacks are indexed again at the next visit.
-async function saveOrSay() {
-  try {
-    await saveIndex();
-  } catch (e) {
-    if (e instanceof WebAssembly.RuntimeError) throw e;
-    post({ type: 'notice', message: `The index could not be saved (${e.message || e}); your documents are stored and will be indexed again on your next visit.` });
-  }
-}
 
 /// Load our fine-tuned adapter if the site ships one; the page can still answer with the base
 /// model when it does not (or when the file is bad), and says why.
@@ -455,6 +90,7 @@ async function chooseBackend(asked, embedderWeights) {
   try {
     const adapter = await engine.useGpu(asked === 'webgpu', embedderWeights);
     onGpu = true;
+    ctx.onGpu = true;
     return `WebGPU: ${adapter}`;
   } catch (e) {
     return `WebAssembly on the CPU: WebGPU not used (${e.message || e})`;
@@ -484,15 +120,17 @@ async function loadBindings(threads) {
 
 const handlers = {
   async init({ densePrefill, threads, answerThreads, tuned, backend, graphFrom }) {
-    helperCount = threads;
+    ctx.helperCount = threads;
     // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
     // optimised) code between workers that share a module. Fresh workers compiling their own copy
     // ran embedding ~1.7x slower (README, "In the browser").
     wasmModule = await compileWasm('pkg/pocketrag_bg.wasm');
+    shareModule(wasmModule);
     const threadsNote = await loadBindings(answerThreads);
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
       (loaded, total) => post({ type: 'download', loaded, total }), { prune: true });
     engine = new pkg.Engine(w, t, c, g, densePrefill);
+    Object.assign(ctx, { pkg, engine });
     // wasm32 memory ends at 4 GiB; stopping short of it turns running out into a per-file
     // message (see src/memory.rs) instead of a dead instance.
     engine.setMemoryLimit(MEMORY_LIMIT);
@@ -503,7 +141,7 @@ const handlers = {
       embedder: engine.embedderBackend() === 'gpu' ? 'webgpu' : 'cpu',
       densePrefill, adapter, threads: pkg.threadCount(), threadsNote,
     });
-    db = await openDb();
+    await storage.openStorage();
     await setAsideInterrupted();
     // First visit: nothing stored yet, so start with the site's collection.
     if (!(await restore())) {
@@ -523,10 +161,10 @@ const handlers = {
   },
   async remove({ name }) {
     engine.removeDocument(name);
-    if ((await storedDocCount(name)) === 0) {
-      await setState('hidden', [...((await getState('hidden')) ?? []), name]);
+    if ((await storage.storedDocCount(name)) === 0) {
+      await storage.setState('hidden', [...((await storage.getState('hidden')) ?? []), name]);
     }
-    await deleteDoc(name);
+    await storage.deleteDoc(name);
     await saveOrSay();
     post({ type: 'removed', name });
   },
@@ -568,6 +206,7 @@ const handlers = {
 // flag. Until `init` has finished everything queues behind it: a file dropped while the models
 // load (or the GPU self-tests) waits for the engine.
 let queue = Promise.resolve();
+ctx.enqueue = (fn) => { queue = queue.then(fn); };
 let initialised = false;
 
 self.onmessage = (event) => {
@@ -580,10 +219,12 @@ async function handle(msg) {
   try {
     await handlers[msg.type](msg);
   } catch (e) {
-    // A trap (a panic or running out of memory) leaves the wasm instance unusable.
-    const message = e instanceof WebAssembly.RuntimeError
-      ? `the engine stopped unexpectedly (${trapMessage(e)}); reload the page: your stored documents are kept`
-      : String(e.message || e);
-    post({ type: 'error', during: msg.type, message });
+    // A trap (a panic or running out of memory) leaves the wasm instance unusable: the page
+    // replaces this worker (app.js, `restartEngine`).
+    if (e instanceof WebAssembly.RuntimeError) {
+      post({ type: 'error', during: msg.type, message: trapMessage(e), engineStopped: true });
+    } else {
+      post({ type: 'error', during: msg.type, message: String(e.message || e) });
+    }
   }
 }

@@ -20,7 +20,7 @@ const QUESTIONS = [
 ];
 
 const handlers = {
-  async init({ generator, densePrefill, module, threads, gpu }) {
+  async init({ generator, densePrefill, module, threads, gpu, precision }) {
     if (threads > 1) {
       pkg = await import('./pkg-threads/pocketrag.js');
       await pkg.default({ module_or_path: 'pkg-threads/pocketrag_bg.wasm' });
@@ -34,6 +34,7 @@ const handlers = {
     const [w, t, c, g] = await loadModels(generator ? [...names, MODELS.generator] : names,
       (loaded, total) => post({ type: 'status', text: `downloading models: ${(loaded / 1e6).toFixed(0)} / ${(total / 1e6).toFixed(0)} MB` }));
     embedder = new Embedder(w, t, c);
+    embedder.setPrecision(precision ?? 'f32');
     if (generator) {
       engine = new Engine(w, t, c, g, densePrefill);
       const res = await fetch('library.idx');
@@ -88,8 +89,11 @@ const handlers = {
   kernels() {
     post({ type: 'status', text: 'Q8_0 kernels…' });
     const f = pkg.benchKernels();
+    const e = pkg.benchEmbedKernels();
     return {
       figures: {
+        // The embedder's products in 8 bits (kernels::int8) against f32 (kernels::dense).
+        embed_int8_kernel_speedup: e.f32_us / e.int8_us,
         q8_matvec_speedup: f.candle_matvec_us / f.ours_matvec_us,
         q8_matmul128_speedup: f.candle_matmul128_us / f.ours_matmul128_us,
         q8_matvec_us: { ours: f.ours_matvec_us, candle: f.candle_matvec_us, rows: f.rows, cols: f.cols },

@@ -35,6 +35,9 @@ async function run() {
   // thread and on two, nothing else: a quick before/after for work on generation; `?only=embedding`
   // likewise for the embedder.
   const only = new URLSearchParams(location.search).get('only');
+  // `?precision=int8` (`make bench-web PRECISION=int8`): the embedder's products in 8 bits.
+  const precision = new URLSearchParams(location.search).get('precision') ?? 'f32';
+  result.embed_precision = precision;
 
   // One thread: generation (and time to first token) on the app's own pipeline, the embedder,
   // and the vector index.
@@ -47,7 +50,7 @@ async function run() {
     const w = start(role);
     let figures;
     try {
-      await w.request({ type: 'init', generator: true, module, ...init });
+      await w.request({ type: 'init', precision, generator: true, module, ...init });
       figures = (await w.request({ type: 'generation' })).figures;
     } finally {
       w.terminate();
@@ -81,7 +84,7 @@ async function run() {
   const embedTwo = async (chunks) => {
     status('embedding on two workers…');
     const pair = [start('a'), start('b')];
-    await Promise.all(pair.map((w) => w.request({ type: 'init', generator: false, module })));
+    await Promise.all(pair.map((w) => w.request({ type: 'init', precision, generator: false, module })));
     const half = Math.ceil(chunks.length / 2);
     const round = async () => {
       const t0 = performance.now();
@@ -97,7 +100,7 @@ async function run() {
   if (only === 'embedding') {
     const w = start('main');
     // The engine (and so the generator) is loaded for the shipped library, the chunks' source.
-    await w.request({ type: 'init', generator: true, module });
+    await w.request({ type: 'init', precision, generator: true, module });
     const { chunks } = await w.request({ type: 'chunks', n: 64 });
     result.embed_chunks_s_1t = await embedOne(w, chunks);
     w.terminate();
@@ -110,7 +113,7 @@ async function run() {
   result.decode_tok_s_1t_quantized = q.decode_tok_s_1t;
   result.ttft_ms_500_quantized = q.ttft_ms_500;
   const main = start('main');
-  await main.request({ type: 'init', generator: true, densePrefill: true, module });
+  await main.request({ type: 'init', precision, generator: true, densePrefill: true, module });
   Object.assign(result, (await main.request({ type: 'generation' })).figures);
   const { chunks } = await main.request({ type: 'chunks', n: 64 });
   result.embed_chunks_s_1t = await embedOne(main, chunks);

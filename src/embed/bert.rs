@@ -16,7 +16,40 @@
 //! → the mean of each text's positions → unit length.
 
 use crate::error::{Error, Result};
+use crate::kernels::int8::{self, I8Rows};
 use crate::kernels::vecmath;
+
+/// The numbers the encoder's matrix products are taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32, as the model is shipped.
+    #[default]
+    F32,
+    /// Weights rounded to 8 bits at load, one scale per output row, and each position's
+    /// activations rounded the same way at every product (`kernels::int8`).
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            other => Err(Error::Input(format!("embedder precision {other:?}: f32 or int8"))),
+        }
+    }
+}
 
 /// The model's sizes, from its config.json.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +64,8 @@ pub struct BertShape {
 /// `y = x Wᵀ + b`; W is outputs × inputs, as stored.
 struct Linear {
     weight: Vec<f32>,
+    /// W rounded to 8 bits (`Precision::Int8`): then the product is taken in integers.
+    int8: Option<I8Rows>,
     bias: Vec<f32>,
     inputs: usize,
 }
@@ -39,7 +74,10 @@ impl Linear {
     fn forward(&self, x: &[f32]) -> Vec<f32> {
         let outputs = self.bias.len();
         let mut y = vec![0f32; x.len() / self.inputs * outputs];
-        product(x, &self.weight, self.inputs, &mut y);
+        match &self.int8 {
+            Some(w) => int8::matmul_t(x, w, &mut y),
+            None => product(x, &self.weight, self.inputs, &mut y),
+        }
         for row in y.chunks_exact_mut(outputs) {
             row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
         }
@@ -158,6 +196,7 @@ impl Bert {
         let linear = |name: &str, outputs: usize, inputs: usize| -> Result<Linear> {
             Ok(Linear {
                 weight: read(&format!("{name}.weight"), &[outputs, inputs])?.0,
+                int8: None,
                 bias: read(&format!("{name}.bias"), &[outputs])?.0,
                 inputs,
             })
@@ -195,6 +234,28 @@ impl Bert {
             embedding_norm,
             layers,
         })
+    }
+
+    /// Take the encoder's products in `precision` from now on. The f32 weights are kept, so
+    /// either can be chosen at any time; 8-bit copies cost half as much again (as i16, see
+    /// `kernels::int8`).
+    pub fn set_precision(&mut self, precision: Precision) {
+        for layer in &mut self.layers {
+            for linear in [&mut layer.query, &mut layer.key, &mut layer.value, &mut layer.output, &mut layer.up, &mut layer.down] {
+                linear.int8 = match precision {
+                    Precision::F32 => None,
+                    Precision::Int8 => Some(I8Rows::quantize(&linear.weight, linear.inputs)),
+                };
+            }
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        if self.layers.first().is_some_and(|l| l.query.int8.is_some()) {
+            Precision::Int8
+        } else {
+            Precision::F32
+        }
     }
 
     pub fn shape(&self) -> BertShape {

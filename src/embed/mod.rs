@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use gpu::GpuBert;
 use crate::gpu::{Backend, Gpu};
 use bert::{Bert, BertShape};
+pub use bert::Precision;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -85,6 +86,16 @@ impl Embedder {
         }
         self.gpu = Some(on_gpu);
         Ok(())
+    }
+
+    /// The numbers the CPU's products are taken in (`Precision::F32` unless set); the GPU's are
+    /// f32 either way.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.model.set_precision(precision);
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.model.precision()
     }
 
     /// Where texts are embedded.

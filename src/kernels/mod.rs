@@ -4,6 +4,7 @@
 
 pub mod dense;
 pub mod f4;
+pub mod int8;
 pub mod q8;
 pub mod random;
 pub mod vecmath;

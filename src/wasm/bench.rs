@@ -18,6 +18,12 @@ pub fn bench_kernels() -> Result<JsValue, JsError> {
     to_js(&crate::bench::q8_kernel_figures()?)
 }
 
+/// The embedder's products in f32 and in 8 bits, microseconds on this thread.
+#[wasm_bindgen(js_name = benchEmbedKernels, unchecked_return_type = "object")]
+pub fn bench_embed_kernels() -> Result<JsValue, JsError> {
+    to_js(&crate::bench::embed_kernel_figures())
+}
+
 /// Vector-index figures at `n` synthetic chunks: build time, graph and exact search latency,
 /// recall@10 (the same workload as `make bench`).
 #[wasm_bindgen(js_name = benchIndex, unchecked_return_type = "object")]

@@ -24,6 +24,18 @@ impl WasmEmbedder {
         self.inner.dim()
     }
 
+    /// "f32" (as shipped, the default) or "int8": the numbers the products are taken in
+    /// (`embed::Precision`).
+    #[wasm_bindgen(js_name = setPrecision)]
+    pub fn set_precision(&mut self, precision: &str) -> Result<(), JsError> {
+        self.inner.set_precision(precision.parse().map_err(js_err)?);
+        Ok(())
+    }
+
+    pub fn precision(&self) -> String {
+        self.inner.precision().to_string()
+    }
+
     /// Unit vectors for `texts`, one after another in one array (`texts.length * dim()` floats).
     pub fn embed(&self, texts: Vec<String>) -> Result<Vec<f32>, JsError> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

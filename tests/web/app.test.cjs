@@ -344,6 +344,67 @@ test('faults: workers that die cost only their file, a full quota refuses by nam
   assert.deepEqual(errors, []);
 });
 
+test('a trap in the engine: the file it stopped on is named, the engine restarts, no other document is lost', async (t) => {
+  const server = await serve();
+  const context = await launch();
+  t.after(async () => { await context.close(); server.proc.kill(); });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const row = (name, state) => `[data-testid="doc-status"][data-doc="${name}"]${state ? `[data-state="${state}"]` : ''}`;
+  const notices = () => page.$$eval('[data-testid="notice"]', (els) => els.map((e) => e.dataset.text));
+  const indexedNames = () => page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc));
+  await page.goto(`${server.url}?threads=2`);
+  await waitReady(page);
+
+  // A real trap of the engine's wasm instance, as a panic or running out of memory would be:
+  // when the engine is handed trap.md, the worker calls one of the instance's own exports with an
+  // address past the end of its memory. The bindings are the module the worker imported (the
+  // same URL gives the same module), and their init hands back the live instance's exports.
+  const engineWorker = page.workers().find((w) => w.url().endsWith('/worker.js'));
+  await engineWorker.evaluate(async () => {
+    const bindings = await import(new URL(self.crossOriginIsolated ? 'pkg-threads/pocketrag.js' : 'pkg/pocketrag.js', location.href).href);
+    const exports = await bindings.default();
+    for (const method of ['prepareDocument', 'addDocument']) {
+      const real = bindings.Engine.prototype[method];
+      bindings.Engine.prototype[method] = function (name, ...rest) {
+        if (name === 'trap.md') exports.engine_documents(0xfffffff0);
+        return real.call(this, name, ...rest);
+      };
+    }
+  });
+  const text = (topic) => Buffer.from(`# ${topic}\n\n` + Array.from({ length: 12 }, (_, i) =>
+    `Note ${i} on the ${topic}: the keeper logged the ${topic} at hour ${i + 1}.`).join(' '));
+  await page.setInputFiles('[data-testid="file-input"]', [
+    { name: 'before.md', mimeType: 'text/markdown', buffer: text('north beacon') },
+    { name: 'trap.md', mimeType: 'text/markdown', buffer: text('sunken bell') },
+    { name: 'after.md', mimeType: 'text/markdown', buffer: Buffer.from('# Granary\n\nThe Oster granary was built of red sandstone in 1642.') },
+  ]);
+  const trapped = await page.waitForSelector(row('trap.md', 'error'), { timeout: 120_000 });
+  assert.match(await trapped.textContent(), /the engine stopped on this file \(.*out of bounds.*\); it was not kept/);
+  // The page replaces the dead engine; the fresh one indexes the stored files the saved index lacks.
+  await page.waitForSelector(row('after.md', 'indexed'), { timeout: 240_000 });
+  await page.waitForSelector(row('before.md', 'indexed'), { timeout: 60_000 });
+  await waitReady(page);
+  assert.ok((await notices()).some((n) => /^The engine stopped unexpectedly \(.*out of bounds.*\); it was restarted, and your stored documents are kept\.$/.test(n)),
+    (await notices()).join(' | '));
+  assert.ok((await indexedNames()).includes('rag.md'), 'the site collection survived the restart');
+  await page.fill('[data-testid="question"]', 'What was the Oster granary built of?');
+  await page.press('[data-testid="question"]', 'Enter');
+  await page.waitForSelector('[data-testid="answer"][data-state="done"]', { timeout: 120_000 });
+  assert.match(await page.textContent('[data-testid="quote"]'), /red sandstone/);
+  const cited = await page.$$eval('[data-testid="citation"]', (els) => els.map((e) => e.dataset.doc));
+  assert.deepEqual([...new Set(cited)], ['after.md']);
+
+  // A reload finds the same documents, without the file the engine stopped on.
+  await page.reload();
+  await page.waitForSelector(row('after.md', 'indexed'), { timeout: 120_000 });
+  await waitReady(page);
+  for (const name of ['before.md', 'after.md', 'rag.md']) assert.ok((await indexedNames()).includes(name), name);
+  assert.equal(await page.$(row('trap.md')), null);
+  assert.deepEqual(errors, []);
+});
+
 test('without COOP/COEP headers the page still works and Stop still stops', async (t) => {
   const server = await serve('--plain');
   const context = await launch();

@@ -3,6 +3,7 @@
 use crate::evaluate::parse_shard;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use pocketrag::eval::squad;
 use pocketrag::gpu::Backend;
 use std::path::PathBuf;
 
@@ -177,11 +178,7 @@ pub(crate) enum Command {
         shard: Option<(usize, usize)>,
         /// squad: titles of the articles to index and ask about (never ones trained or
         /// calibrated on).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "Normans,Steam_engine,Harvard_University,Immune_system,Force"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = squad::REPORT_ARTICLES)]
         articles: Vec<String>,
         /// squad, rust-docs: ask every N-th question only.
         #[arg(long, default_value_t = 1)]
@@ -201,11 +198,7 @@ pub(crate) enum Command {
         /// A SQuAD 2.0 file (it needs unanswerable questions to fit the gate).
         file: PathBuf,
         /// Titles of the articles to use; they are indexed together as one collection.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "Computational_complexity_theory,1973_oil_crisis,Yuan_dynasty,Islamism"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = squad::CALIBRATION_ARTICLES)]
         articles: Vec<String>,
         /// Ask every N-th question only.
         #[arg(long, default_value_t = 1)]

@@ -1,0 +1,306 @@
+//! `x Wᵀ` for many positions at once with 8-bit integers: the embedder's products when it runs
+//! in 8 bits (`embed::Precision::Int8`).
+//!
+//! W is rounded once, at load, to integers in −127..=127 with one scale per output row; each
+//! position of x is rounded the same way when the product is taken (dynamic quantization, as
+//! onnxruntime does it for the int8 MiniLM that transformers.js ships). A result is then one
+//! integer dot product, exact in i32, times the two scales. Both operands are kept widened to 16
+//! bits: wasm's `i32x4.dot_i16x8_s` multiplies eight pairs of 16-bit lanes and adds them pairwise
+//! into four 32-bit sums, twice the multiply-adds per instruction of an f32x4 multiply and add,
+//! and widening once instead of in the loop saves an instruction per load. The tile is
+//! `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
+
+/// Positions per tile.
+const R: usize = 2;
+/// Weight rows per tile.
+const S: usize = 4;
+/// k is walked in steps of this many lanes: one 128-bit vector of the stored numbers.
+const LANES: usize = 16 / std::mem::size_of::<Stored>();
+/// The largest integer a value is rounded to.
+const LEVELS: f32 = 127.0;
+
+/// How a rounded number is stored: widened to 16 bits for `i32x4.dot_i16x8_s`, or as a byte for
+/// relaxed SIMD's 8-bit dot product (a build with `+relaxed-simd`, see `relaxed`).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+type Stored = i16;
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+type Stored = i8;
+
+/// Relaxed SIMD multiplies signed bytes by bytes in 0..=127 only, so there activations are
+/// rounded to −63..=63 and stored plus this offset; `I8Rows::sums` takes it back out.
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+const ZERO_POINT: i32 = 64;
+
+/// Rows of numbers rounded to integers in −levels..=levels, one scale per row: row r, column c
+/// stands for `scales[r] · (values[r · cols + c] − offset)`. The rows are padded with zeros to a
+/// multiple of LANES.
+pub struct I8Rows {
+    values: Vec<Stored>,
+    scales: Vec<f32>,
+    /// Each row's sum of values (what the activations' offset adds to a product with it).
+    sums: Vec<i32>,
+    offset: i32,
+    cols: usize,
+    /// `cols` rounded up to a multiple of LANES: the stride between rows.
+    stride: usize,
+}
+
+impl I8Rows {
+    /// Round `x` (rows × cols, row-major) row by row: the weights' rounding.
+    pub fn quantize(x: &[f32], cols: usize) -> I8Rows {
+        Self::round(x, cols, LEVELS, 0)
+    }
+
+    /// The activations' rounding, as `matmul_t` takes it.
+    pub fn quantize_activations(x: &[f32], cols: usize) -> I8Rows {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        return Self::round(x, cols, 63.0, ZERO_POINT);
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+        Self::round(x, cols, LEVELS, 0)
+    }
+
+    fn round(x: &[f32], cols: usize, levels: f32, offset: i32) -> I8Rows {
+        assert!(cols > 0 && x.len() % cols == 0, "int8::I8Rows::quantize: {} numbers in rows of {cols}", x.len());
+        let stride = cols.div_ceil(LANES) * LANES;
+        let rows = x.len() / cols;
+        let mut values = vec![offset as Stored; rows * stride];
+        let mut scales = Vec::with_capacity(rows);
+        let mut sums = Vec::with_capacity(rows);
+        for (row, out) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)) {
+            let amax = row.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+            let scale = amax / levels;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0;
+            for (o, &v) in out.iter_mut().zip(row) {
+                let q = round_half_away(v * inv) as i32;
+                sum += q;
+                *o = (q + offset) as Stored;
+            }
+            scales.push(scale);
+            sums.push(sum);
+        }
+        I8Rows { values, scales, sums, offset, cols, stride }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.scales.len()
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The number row r, column c stands for.
+    pub fn value(&self, row: usize, col: usize) -> f32 {
+        self.scales[row] * (self.values[row * self.stride + col] as i32 - self.offset) as f32
+    }
+
+    fn row(&self, r: usize) -> &[Stored] {
+        &self.values[r * self.stride..][..self.stride]
+    }
+}
+
+/// `f32::round` (halves away from zero) from instructions wasm has (see `q8::round_half_away`).
+#[inline(always)]
+fn round_half_away(r: f32) -> f32 {
+    let t = r.trunc();
+    if (r - t).abs() >= 0.5 {
+        t + 1f32.copysign(r)
+    } else {
+        t
+    }
+}
+
+/// `out = x Wᵀ` with x (positions × k) rounded here and W rounded at load: `out` is
+/// positions × W's rows, row-major.
+pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
+    let xq = I8Rows::quantize_activations(x, w.cols);
+    // The activations' offset times each weight row's sum: what the stored sums hold beyond
+    // the products of the numbers themselves.
+    let extra = |s: usize| xq.offset * w.sums[s];
+    let (n, m) = (xq.rows(), w.rows());
+    assert_eq!(out.len(), n * m, "int8::matmul_t: output of {} for {n} × {m}", out.len());
+    // Weight rows outside, positions inside, as in `dense::matmul_t`: S rows of W stay in the
+    // nearest cache while every position meets them.
+    for j in (0..m).step_by(S) {
+        for i in (0..n).step_by(R) {
+            if i + R <= n && j + S <= m {
+                let sums = tile::<R, S>(&xq, i, w, j);
+                for (r, sums) in sums.iter().enumerate() {
+                    for (s, &sum) in sums.iter().enumerate() {
+                        out[(i + r) * m + j + s] = (sum - extra(j + s)) as f32 * (xq.scales[i + r] * w.scales[j + s]);
+                    }
+                }
+            } else {
+                for r in i..(i + R).min(n) {
+                    for s in j..(j + S).min(m) {
+                        let sum = tile::<1, 1>(&xq, r, w, s)[0][0];
+                        out[r * m + s] = (sum - extra(s)) as f32 * (xq.scales[r] * w.scales[s]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The A × B integer dot products of rows `i..i + A` of x with rows `j..j + B` of W: exact, so
+/// any order of additions gives the same sums.
+#[inline(always)]
+fn tile<const A: usize, const B: usize>(x: &I8Rows, i: usize, w: &I8Rows, j: usize) -> [[i32; B]; A] {
+    let xs: [&[Stored]; A] = std::array::from_fn(|a| x.row(i + a));
+    let ws: [&[Stored]; B] = std::array::from_fn(|b| w.row(j + b));
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    {
+        // SAFETY: relaxed SIMD is enabled for this build; rows hold `stride` bytes, a multiple
+        // of LANES, and x and W share the stride.
+        unsafe { relaxed::tile(xs, ws, x.stride) }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
+    {
+        // SAFETY: simd128 is enabled for this build; every row holds `stride` values, a multiple
+        // of LANES (`I8Rows::quantize`), and x and W share the stride (same cols).
+        unsafe { simd128::tile(xs, ws, x.stride) }
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    {
+        let mut acc = [[0i32; B]; A];
+        for (a, xr) in xs.iter().enumerate() {
+            for (b, wr) in ws.iter().enumerate() {
+                // Written over fixed-size lanes so that the compiler keeps it in vector registers
+                // (natively: SSE2's pmaddwd, the same pairwise multiply-add).
+                let mut lanes = [0i32; LANES];
+                for (xc, wc) in xr.chunks_exact(LANES).zip(wr.chunks_exact(LANES)) {
+                    for (lane, (&xv, &wv)) in lanes.iter_mut().zip(xc.iter().zip(wc)) {
+                        *lane += xv as i32 * wv as i32;
+                    }
+                }
+                acc[a][b] = lanes.iter().sum();
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+mod relaxed {
+    use super::LANES;
+    use core::arch::wasm32::*;
+
+    /// Each step loads A + B vectors of 16 bytes and does A × B 16-product dot products, each
+    /// added into four 32-bit lanes by one instruction (x's bytes are the 0..=127 operand).
+    #[inline(always)]
+    pub unsafe fn tile<const A: usize, const B: usize>(xs: [&[i8]; A], ws: [&[i8]; B], stride: usize) -> [[i32; B]; A] {
+        let mut acc = [[i32x4_splat(0); B]; A];
+        let mut c = 0;
+        while c < stride {
+            let xv: [v128; A] = std::array::from_fn(|a| v128_load(xs[a].as_ptr().add(c) as *const v128));
+            for b in 0..B {
+                let wv = v128_load(ws[b].as_ptr().add(c) as *const v128);
+                for a in 0..A {
+                    acc[a][b] = i32x4_relaxed_dot_i8x16_i7x16_add(wv, xv[a], acc[a][b]);
+                }
+            }
+            c += LANES;
+        }
+        acc.map(|row| {
+            row.map(|v| {
+                i32x4_extract_lane::<0>(v)
+                    + i32x4_extract_lane::<1>(v)
+                    + i32x4_extract_lane::<2>(v)
+                    + i32x4_extract_lane::<3>(v)
+            })
+        })
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
+mod simd128 {
+    use super::LANES;
+    use core::arch::wasm32::*;
+
+    /// Each step loads A + B vectors of eight 16-bit values and does A × B pairwise
+    /// multiply-adds into 32-bit lanes; the sums stay in registers until the end.
+    #[inline(always)]
+    pub unsafe fn tile<const A: usize, const B: usize>(xs: [&[i16]; A], ws: [&[i16]; B], stride: usize) -> [[i32; B]; A] {
+        let mut acc = [[i32x4_splat(0); B]; A];
+        let mut c = 0;
+        while c < stride {
+            let xv: [v128; A] = std::array::from_fn(|a| v128_load(xs[a].as_ptr().add(c) as *const v128));
+            for b in 0..B {
+                let wv = v128_load(ws[b].as_ptr().add(c) as *const v128);
+                for a in 0..A {
+                    acc[a][b] = i32x4_add(acc[a][b], i32x4_dot_i16x8(xv[a], wv));
+                }
+            }
+            c += LANES;
+        }
+        acc.map(|row| {
+            row.map(|v| {
+                i32x4_extract_lane::<0>(v)
+                    + i32x4_extract_lane::<1>(v)
+                    + i32x4_extract_lane::<2>(v)
+                    + i32x4_extract_lane::<3>(v)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::random::pseudo_random;
+
+    #[test]
+    fn products_are_the_rounded_operands_products_on_every_edge() {
+        // Full tiles, an odd last position, a short last block of rows, k not a multiple of 8.
+        for (n, k, m) in [(4, 16, 8), (5, 24, 10), (1, 8, 3), (3, 13, 5), (7, 384, 9)] {
+            let x = pseudo_random(n * k, 1);
+            let w = I8Rows::quantize(&pseudo_random(m * k, 2), k);
+            let xq = I8Rows::quantize_activations(&x, k);
+            let mut out = vec![f32::NAN; n * m];
+            matmul_t(&x, &w, &mut out);
+            for i in 0..n {
+                for j in 0..m {
+                    let want: f64 = (0..k).map(|c| xq.value(i, c) as f64 * w.value(j, c) as f64).sum();
+                    let got = out[i * m + j] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{n}x{k}x{m} at ({i}, {j}): {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_keeps_each_number_within_half_a_step() {
+        let x = pseudo_random(3 * 40, 7);
+        let q = I8Rows::quantize(&x, 40);
+        for r in 0..3 {
+            let row = &x[r * 40..][..40];
+            let step = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (c, &v) in row.iter().enumerate() {
+                assert!((q.value(r, c) - v).abs() <= step * 0.5 * (1.0 + 1e-5) + 1e-7, "row {r} col {c}");
+            }
+        }
+        // A row of zeros stays zeros (no division by a zero scale).
+        let z = I8Rows::quantize(&[0.0; 16], 16);
+        assert!((0..16).all(|c| z.value(0, c) == 0.0));
+    }
+
+    #[test]
+    fn products_stay_close_to_the_f32_products() {
+        // MiniLM's shapes: 384 inputs, 1536 inputs. The relative error of a dot product of
+        // random vectors rounded to 8 bits is well under 2 % of the product's scale.
+        for k in [384, 1536] {
+            let (n, m) = (6, 16);
+            let x = pseudo_random(n * k, 3);
+            let wf = pseudo_random(m * k, 4);
+            let mut out = vec![0f32; n * m];
+            matmul_t(&x, &I8Rows::quantize(&wf, k), &mut out);
+            let mut exact = vec![0f32; n * m];
+            crate::kernels::dense::matmul_t(&x, &wf, k, &mut exact);
+            let scale = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();
+            for (g, e) in out.iter().zip(&exact) {
+                assert!((g - e).abs() < 0.02 * scale, "k {k}: {g} vs {e} (rms {scale})");
+            }
+        }
+    }
+}
