@@ -10,6 +10,8 @@
 //! and widening once instead of in the loop saves an instruction per load. The tile is
 //! `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
 
+use super::q8::round_half_away;
+
 /// Positions per tile.
 const R: usize = 2;
 /// Weight rows per tile.
@@ -100,17 +102,6 @@ impl I8Rows {
     }
 }
 
-/// `f32::round` (halves away from zero) from instructions wasm has (see `q8::round_half_away`).
-#[inline(always)]
-fn round_half_away(r: f32) -> f32 {
-    let t = r.trunc();
-    if (r - t).abs() >= 0.5 {
-        t + 1f32.copysign(r)
-    } else {
-        t
-    }
-}
-
 /// `out = x Wᵀ` with x (positions × k) rounded here and W rounded at load: `out` is
 /// positions × W's rows, row-major.
 pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
@@ -149,13 +140,7 @@ pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
 fn tile<const A: usize, const B: usize>(x: &I8Rows, i: usize, w: &I8Rows, j: usize) -> [[i32; B]; A] {
     let xs: [&[Stored]; A] = std::array::from_fn(|a| x.row(i + a));
     let ws: [&[Stored]; B] = std::array::from_fn(|b| w.row(j + b));
-    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-    {
-        // SAFETY: relaxed SIMD is enabled for this build; rows hold `stride` bytes, a multiple
-        // of LANES, and x and W share the stride.
-        unsafe { relaxed::tile(xs, ws, x.stride) }
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
         // SAFETY: simd128 is enabled for this build; every row holds `stride` values, a multiple
         // of LANES (`I8Rows::quantize`), and x and W share the stride (same cols).
@@ -181,47 +166,26 @@ fn tile<const A: usize, const B: usize>(x: &I8Rows, i: usize, w: &I8Rows, j: usi
     }
 }
 
-#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-mod relaxed {
-    use super::LANES;
-    use core::arch::wasm32::*;
-
-    /// Each step loads A + B vectors of 16 bytes and does A × B 16-product dot products, each
-    /// added into four 32-bit lanes by one instruction (x's bytes are the 0..=127 operand).
-    #[inline(always)]
-    pub unsafe fn tile<const A: usize, const B: usize>(xs: [&[i8]; A], ws: [&[i8]; B], stride: usize) -> [[i32; B]; A] {
-        let mut acc = [[i32x4_splat(0); B]; A];
-        let mut c = 0;
-        while c < stride {
-            let xv: [v128; A] = std::array::from_fn(|a| v128_load(xs[a].as_ptr().add(c) as *const v128));
-            for b in 0..B {
-                let wv = v128_load(ws[b].as_ptr().add(c) as *const v128);
-                for a in 0..A {
-                    acc[a][b] = i32x4_relaxed_dot_i8x16_i7x16_add(wv, xv[a], acc[a][b]);
-                }
-            }
-            c += LANES;
-        }
-        acc.map(|row| {
-            row.map(|v| {
-                i32x4_extract_lane::<0>(v)
-                    + i32x4_extract_lane::<1>(v)
-                    + i32x4_extract_lane::<2>(v)
-                    + i32x4_extract_lane::<3>(v)
-            })
-        })
-    }
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(target_feature = "relaxed-simd")))]
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
-    use super::LANES;
+    use super::{Stored, LANES};
     use core::arch::wasm32::*;
 
-    /// Each step loads A + B vectors of eight 16-bit values and does A × B pairwise
-    /// multiply-adds into 32-bit lanes; the sums stay in registers until the end.
+    /// One vector of x's and one of W's numbers multiplied and added into four 32-bit lanes:
+    /// sixteen byte products in one instruction with relaxed SIMD (x's bytes are the 0..=127
+    /// operand), eight pairs of 16-bit values without.
     #[inline(always)]
-    pub unsafe fn tile<const A: usize, const B: usize>(xs: [&[i16]; A], ws: [&[i16]; B], stride: usize) -> [[i32; B]; A] {
+    unsafe fn step(acc: v128, x: v128, w: v128) -> v128 {
+        #[cfg(target_feature = "relaxed-simd")]
+        return i32x4_relaxed_dot_i8x16_i7x16_add(w, x, acc);
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        i32x4_add(acc, i32x4_dot_i16x8(x, w))
+    }
+
+    /// Each step loads A + B vectors and does A × B `step`s; the sums stay in registers until
+    /// the end.
+    #[inline(always)]
+    pub unsafe fn tile<const A: usize, const B: usize>(xs: [&[Stored]; A], ws: [&[Stored]; B], stride: usize) -> [[i32; B]; A] {
         let mut acc = [[i32x4_splat(0); B]; A];
         let mut c = 0;
         while c < stride {
@@ -229,7 +193,7 @@ mod simd128 {
             for b in 0..B {
                 let wv = v128_load(ws[b].as_ptr().add(c) as *const v128);
                 for a in 0..A {
-                    acc[a][b] = i32x4_add(acc[a][b], i32x4_dot_i16x8(xv[a], wv));
+                    acc[a][b] = step(acc[a][b], xv[a], wv);
                 }
             }
             c += LANES;

@@ -220,7 +220,7 @@ fn quantize_rows(x: &[f32]) -> QuantizedRows {
 /// A group's quantized weights and scales, in Q8Matrix's order.
 /// `f32::round` (halves away from zero), from instructions wasm has: `r - trunc(r)` is exact.
 #[inline(always)]
-fn round_half_away(r: f32) -> f32 {
+pub(crate) fn round_half_away(r: f32) -> f32 {
     let t = r.trunc();
     if (r - t).abs() >= 0.5 {
         t + 1f32.copysign(r)

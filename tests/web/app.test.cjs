@@ -18,6 +18,15 @@ const serve = (...flags) => serveDist('--log', ...flags);
 
 const modelDownloads = (log) => log.filter((l) => /^GET \/models\//.test(l) && !l.includes('manifest.json'));
 
+// A document's status row (in `state`, when given).
+const row = (name, state) => `[data-testid="doc-status"][data-doc="${name}"]${state ? `[data-state="${state}"]` : ''}`;
+
+// What the page lists: its notices, and the documents it shows as indexed.
+const docLists = (page) => ({
+  notices: () => page.$$eval('[data-testid="notice"]', (els) => els.map((e) => e.dataset.text)),
+  indexedNames: () => page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc)),
+});
+
 async function waitReady(page) {
   await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 240_000 });
 }
@@ -270,9 +279,7 @@ test('faults: workers that die cost only their file, a full quota refuses by nam
   const page = context.pages()[0] || await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  const row = (name, state) => `[data-testid="doc-status"][data-doc="${name}"]${state ? `[data-state="${state}"]` : ''}`;
-  const notices = () => page.$$eval('[data-testid="notice"]', (els) => els.map((e) => e.dataset.text));
-  const indexedNames = () => page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc));
+  const { notices, indexedNames } = docLists(page);
   const log = (topic, n) => Buffer.from(Array.from({ length: n }, (_, i) =>
     `Entry ${i} of the ${topic} log: the ${topic} crew checked hull plate ${i * 7} and found it sound.`).join(' '));
   await page.goto(`${server.url}?threads=2`);
@@ -351,9 +358,7 @@ test('a trap in the engine: the file it stopped on is named, the engine restarts
   const page = context.pages()[0] || await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  const row = (name, state) => `[data-testid="doc-status"][data-doc="${name}"]${state ? `[data-state="${state}"]` : ''}`;
-  const notices = () => page.$$eval('[data-testid="notice"]', (els) => els.map((e) => e.dataset.text));
-  const indexedNames = () => page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc));
+  const { notices, indexedNames } = docLists(page);
   await page.goto(`${server.url}?threads=2`);
   await waitReady(page);
 
