@@ -286,7 +286,11 @@ fn bench_index(embedder: &Embedder, report: &mut serde_json::Map<String, serde_j
     for (name, texts) in sets {
         let data = cached_vectors(embedder, name, &texts);
         // 2k and 5k say where the graph starts to pay, so they are built whatever the threshold.
-        let config = if data.len() < 10_000 { HnswConfig { exact_below: 0, ..Default::default() } } else { HnswConfig::default() };
+        let config = if data.len() < 10_000 {
+            HnswConfig { exact_below: 0, ..Default::default() }
+        } else {
+            HnswConfig::default()
+        };
         let f = index_figures_on(data, &queries, config);
         print("real", &f);
         record("real_", &f);
@@ -306,11 +310,15 @@ fn shared_text() -> (Vec<String>, Vec<String>) {
         serde_json::from_slice(&std::fs::read(shared.join(f)).expect("../shared/data")).expect("JSON")
     };
     let (mut words, mut questions) = (vec![], vec![]);
-    for f in ["squad/squad1-dev-13-articles.json", "squad/squad2-dev-16-articles.json", "squad/squadshifts-new-wiki.json"] {
+    for f in
+        ["squad/squad1-dev-13-articles.json", "squad/squad2-dev-16-articles.json", "squad/squadshifts-new-wiki.json"]
+    {
         for article in read(f)["data"].as_array().expect("articles") {
             for p in article["paragraphs"].as_array().expect("paragraphs") {
                 words.extend(p["context"].as_str().unwrap_or("").split_whitespace().map(String::from));
-                questions.extend(p["qas"].as_array().expect("qas").iter().map(|q| q["question"].as_str().unwrap_or("").to_string()));
+                questions.extend(
+                    p["qas"].as_array().expect("qas").iter().map(|q| q["question"].as_str().unwrap_or("").to_string()),
+                );
             }
         }
     }

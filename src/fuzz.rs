@@ -201,7 +201,8 @@ pub fn prompt_builder(data: &[u8]) -> bool {
         let encode = |s: &str| g.encode(s).expect("text tokenizes");
         let texts: Vec<Vec<u32>> = sources.iter().map(|s| encode(s.text)).collect();
         let cites = (1..=texts.len()).map(|n| encode(&format!(" [{n}]"))).collect();
-        let joiners = constrain::JOINERS.iter().filter_map(|j| <[u32; 1]>::try_from(encode(j)).ok()).map(|[t]| t).collect();
+        let joiners =
+            constrain::JOINERS.iter().filter_map(|j| <[u32; 1]>::try_from(encode(j)).ok()).map(|[t]| t).collect();
         let mut c = constrain::QuoteConstraint::new(texts.clone(), cites, joiners, g.stop_ids().to_vec(), 2);
         for &pick in data.iter().take(40) {
             let Some(allowed) = c.allowed() else { break };
@@ -246,8 +247,9 @@ fn tiny_adapter() -> Vec<u8> {
     let (mut adapter, _) = Adapter::new_trainable(&config, &shapes, 7, &Device::Cpu).expect("a valid config");
     for (i, pair) in adapter.pairs.values_mut().enumerate() {
         let out = pair.b.dim(0).expect("B is a matrix");
-        pair.b = Tensor::from_vec(crate::kernels::random::pseudo_random(out * 2, 20 + i as u64), (out, 2), &Device::Cpu)
-            .expect("shape fits");
+        pair.b =
+            Tensor::from_vec(crate::kernels::random::pseudo_random(out * 2, 20 + i as u64), (out, 2), &Device::Cpu)
+                .expect("shape fits");
     }
     adapter.info.insert("base".into(), "tiny".into());
     adapter.to_bytes().expect("writes")

@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod library;
 pub mod llm;
 pub mod memory;
+mod named;
 pub mod rag;
 pub mod time;
 

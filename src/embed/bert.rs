@@ -15,41 +15,10 @@
 //!   x = layer_norm(x + gelu(x W_1ᵀ + b_1) W_2ᵀ + b_2)
 //! → the mean of each text's positions → unit length.
 
+use super::Precision;
 use crate::error::{Error, Result};
 use crate::kernels::int8::{self, I8Rows};
 use crate::kernels::vecmath;
-
-/// The numbers the encoder's matrix products are taken in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// f32, as the model is shipped.
-    #[default]
-    F32,
-    /// Weights rounded to 8 bits at load, one scale per output row, and each position's
-    /// activations rounded the same way at every product (`kernels::int8`).
-    Int8,
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::Int8 => "int8",
-        })
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "int8" => Ok(Precision::Int8),
-            other => Err(Error::Input(format!("embedder precision {other:?}: f32 or int8"))),
-        }
-    }
-}
 
 /// The model's sizes, from its config.json.
 #[derive(Debug, Clone, Copy)]
@@ -241,7 +210,9 @@ impl Bert {
     /// `kernels::int8`).
     pub fn set_precision(&mut self, precision: Precision) {
         for layer in &mut self.layers {
-            for linear in [&mut layer.query, &mut layer.key, &mut layer.value, &mut layer.output, &mut layer.up, &mut layer.down] {
+            for linear in
+                [&mut layer.query, &mut layer.key, &mut layer.value, &mut layer.output, &mut layer.up, &mut layer.down]
+            {
                 linear.int8 = match precision {
                     Precision::F32 => None,
                     Precision::Int8 => Some(I8Rows::quantize(&linear.weight, linear.inputs)),

@@ -10,9 +10,9 @@
 //!   x = layer_norm(x + gelu(x W_1 + b_1) W_2 + b_2)   linear (with GELU), linear, layer_norm
 //! → mean_pool; the vectors are scaled to unit length on the CPU (a few hundred numbers each).
 
-use crate::gpu::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes};
 use super::bert::{unit_length, BertShape, Layer};
 use crate::error::{Error, Result};
+use crate::gpu::{bytes_u32, groups, per_position, per_value, Gpu, Kernel, Op, Shapes, Signature};
 use std::sync::Arc;
 
 /// The most positions (texts × padded length) one batch may hold.
@@ -105,11 +105,20 @@ impl GpuBert {
         let staging = g.staging("pooled staging", texts * dim);
         let step = g.uniform("step", [0; 4]);
 
-        let k_embed = Kernel::new(g, "bert_embed", include_str!("shaders/bert_embed.wgsl"), "main");
-        let k_norm = Kernel::new(g, "layer_norm", include_str!("shaders/layer_norm.wgsl"), "main");
-        let k_linear = Kernel::new(g, "linear", include_str!("shaders/linear.wgsl"), "main");
-        let k_attention = Kernel::new(g, "bert_attention", include_str!("shaders/bert_attention.wgsl"), "main");
-        let k_pool = Kernel::new(g, "mean_pool", include_str!("shaders/mean_pool.wgsl"), "main");
+        // Each kernel's file is shaders/{name}.wgsl; its bindings, in the order the ops below bind them.
+        macro_rules! kernel {
+            ($name:literal, $shape:literal, $buffers:expr) => {{
+                let signature = Signature { step: "positions: u32, len: u32", shape: $shape, buffers: $buffers };
+                Kernel::declared(g, $name, &signature, include_str!(concat!("shaders/", $name, ".wgsl")), "main")
+            }};
+        }
+        let k_embed = kernel!("bert_embed", "dim: u32", &["ids: u32", "words", "positions", "types", "mut x"]);
+        let k_norm =
+            kernel!("layer_norm", "dim: u32, eps: f32, residual: u32", &["mut x", "residual", "weight", "bias"]);
+        let k_linear = kernel!("linear", "rows: u32, cols: u32, gelu: u32", &["x", "w", "b", "mut out"]);
+        let k_attention =
+            kernel!("bert_attention", "heads: u32, head_dim: u32", &["q", "k", "v", "mask: u32", "mut out"]);
+        let k_pool = kernel!("mean_pool", "dim: u32", &["x", "mask: u32", "mut out"]);
         let shapes = Shapes::default();
         let shape_of = |words: [u32; 4]| shapes.get(g, words);
         let dim32 = dim as u32;

@@ -5,12 +5,25 @@ pub mod bert;
 pub mod gpu;
 
 use crate::error::{Error, Result};
-use gpu::GpuBert;
 use crate::gpu::{Backend, Gpu};
 use bert::{Bert, BertShape};
-pub use bert::Precision;
+use gpu::GpuBert;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// The numbers the encoder's matrix products are taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32, as the model is shipped.
+    #[default]
+    F32,
+    /// Weights rounded to 8 bits at load, one scale per output row, and each position's
+    /// activations rounded the same way at every product (`kernels::int8`).
+    Int8,
+}
+
+crate::named::named_enum!(Precision, "embedder precision", { F32 => "f32", Int8 => "int8" });
 
 /// sentence-transformers' `max_seq_length` for this model; longer inputs are cut there, exactly as
 /// the reference implementation does, so our vectors match its vectors.

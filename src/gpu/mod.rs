@@ -1,12 +1,14 @@
-//! The GPU backend: our own WGSL compute kernels (`shaders/`, one kernel per file) run through
-//! `wgpu`, which speaks WebGPU in the browser and Vulkan, Metal or DX12 natively. candle has no
-//! WebGPU backend, so the forward passes we run are written again here, kernel by kernel, and held
-//! to the CPU path by tests (`tests/gpu.rs`).
+//! The GPU backend: our own WGSL compute kernels (one kernel per file, in each model's `shaders/`)
+//! run through `wgpu`, which speaks WebGPU in the browser and Vulkan, Metal or DX12 natively.
+//! candle has no WebGPU backend, so the forward passes we run are written again here, kernel by
+//! kernel, and held to the CPU path by tests (`tests/gpu.rs`).
 //!
-//! The pieces: [`Gpu`] (an adapter and its device), [`Kernel`] (one compiled shader), [`Op`] (a
-//! kernel bound to its buffers, recorded once at load), and the models built from them
-//! (`llm::gpu::GpuLlama`, `embed::gpu::GpuBert`, each beside its model). A forward pass writes two numbers (how many positions, and where they
-//! start) and replays the recorded ops; the only copy back is the logits.
+//! The pieces: [`Gpu`] (an adapter and its device), [`Signature`] (a kernel's bindings, written
+//! as WGSL in front of its file), [`Kernel`] (one compiled shader), [`Op`] (a kernel bound to its
+//! buffers, recorded once at load), and the models built from them (`llm::gpu::GpuLlama`,
+//! `embed::gpu::GpuBert`, each beside its model). A forward pass writes two numbers (how many
+//! positions, and where they start) and replays the recorded ops; the only copy back is the
+//! logits.
 
 /// A kernel's source with `exp.wgsl` (a function the CPU's `exp` is copied into, not a kernel)
 /// prepended, for the kernels that call it.
@@ -34,32 +36,7 @@ pub enum Backend {
     Gpu,
 }
 
-impl Backend {
-    /// The name the CLI takes and the page shows: "cpu" or "gpu".
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Cpu => "cpu",
-            Backend::Gpu => "gpu",
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Backend {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Backend> {
-        match s {
-            "cpu" => Ok(Backend::Cpu),
-            "gpu" => Ok(Backend::Gpu),
-            other => Err(Error::Input(format!("unknown backend {other:?}: expected cpu or gpu"))),
-        }
-    }
-}
+crate::named::named_enum!(Backend, "backend", { Cpu => "cpu", Gpu => "gpu" });
 
 /// A GPU device and its queue.
 pub struct Gpu {
@@ -190,6 +167,44 @@ impl Gpu {
     }
 }
 
+/// A model kernel's inputs and outputs, from which its WGSL declarations are written. Every model
+/// kernel takes two uniforms, the forward pass's step (binding 0: how many positions, and where
+/// they start) and its own shape (binding 1), then its buffers from binding 2 on, in the order
+/// `Op::new` binds them. Writing the declarations from one list keeps each shader file to its
+/// computation and the binding numbers in a single place.
+pub(crate) struct Signature<'a> {
+    /// The step's two fields, as WGSL (`"n: u32, pos: u32"`).
+    pub step: &'a str,
+    /// Up to four 32-bit fields, as WGSL; padded to four, the 16 bytes every shape buffer holds.
+    pub shape: &'a str,
+    /// The storage buffers, each `"name"` (f32 values), `"name: u32"`, and `"mut "` in front of
+    /// one the kernel writes.
+    pub buffers: &'a [&'a str],
+}
+
+impl Signature<'_> {
+    /// The WGSL that declares the two uniforms and the buffers.
+    pub(crate) fn declarations(&self) -> String {
+        let fields = self.shape.split(',').filter(|f| !f.trim().is_empty()).count();
+        let padding: String = (fields..4).map(|i| format!(", _pad{i}: u32")).collect();
+        let mut wgsl = format!(
+            "struct Step {{ {} }}\nstruct Shape {{ {}{padding} }}\n\
+             @group(0) @binding(0) var<uniform> step: Step;\n\
+             @group(0) @binding(1) var<uniform> shape: Shape;\n",
+            self.step, self.shape
+        );
+        for (i, buffer) in self.buffers.iter().enumerate() {
+            let (access, buffer) = match buffer.strip_prefix("mut ") {
+                Some(name) => ("read_write", name),
+                None => ("read", *buffer),
+            };
+            let (name, element) = buffer.split_once(": ").unwrap_or((buffer, "f32"));
+            wgsl += &format!("@group(0) @binding({}) var<storage, {access}> {name}: array<{element}>;\n", i + 2);
+        }
+        wgsl
+    }
+}
+
 /// One compute shader, compiled; its bind group layout comes from the shader itself.
 pub(crate) struct Kernel {
     pipeline: wgpu::ComputePipeline,
@@ -210,6 +225,11 @@ impl Kernel {
             cache: None,
         });
         Kernel { pipeline }
+    }
+
+    /// A model kernel: `body` (its computation) after the declarations `signature` writes.
+    pub(crate) fn declared(gpu: &Gpu, name: &str, signature: &Signature, body: &str, entry: &str) -> Kernel {
+        Kernel::new(gpu, name, &(signature.declarations() + body), entry)
     }
 
     /// Bind `buffers` to bindings 0, 1, 2, ... in order.
@@ -348,8 +368,9 @@ impl Gpu {
     /// differ within the 8-bit rounding of activations.
     pub async fn arithmetic_is_exact(&self) -> Result<bool> {
         let n = 4096;
-        let inputs: Vec<Vec<f32>> =
-            (1..=3).map(|seed| crate::kernels::random::pseudo_random(n, seed).iter().map(|v| 4.0 * v).collect()).collect();
+        let inputs: Vec<Vec<f32>> = (1..=3)
+            .map(|seed| crate::kernels::random::pseudo_random(n, seed).iter().map(|v| 4.0 * v).collect())
+            .collect();
         let source = with_exp!("shaders/arithmetic.wgsl");
         let kernel = Kernel::new(self, "arithmetic", source, "main");
         let buffers: Vec<_> = inputs.iter().map(|v| self.storage("arithmetic input", &bytes_f32(v))).collect();

@@ -177,12 +177,16 @@ impl VectorIndex {
     /// Ok(false): it has another layout and was left out (`maintain` rebuilds). Err: it does not
     /// fit these vectors; nothing changes.
     pub fn restore_graph(&mut self, bytes: &[u8]) -> Result<bool, String> {
-        let (layout, rest): (String, &[u8]) = postcard::take_from_bytes(bytes).map_err(|e| format!("search graph: {e}"))?;
+        let (layout, rest): (String, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| format!("search graph: {e}"))?;
         if layout != GRAPH_LAYOUT {
             return Ok(false);
         }
         let (upto, rest): (u64, &[u8]) = postcard::take_from_bytes(rest).map_err(|e| format!("search graph: {e}"))?;
-        let upto = usize::try_from(upto).ok().filter(|&u| u <= self.slots.len()).ok_or("the search graph covers slots that do not exist")?;
+        let upto = usize::try_from(upto)
+            .ok()
+            .filter(|&u| u <= self.slots.len())
+            .ok_or("the search graph covers slots that do not exist")?;
         let map: MapLayout = postcard::from_bytes(rest).map_err(|e| format!("search graph: {e}"))?;
         let h = &map.hnsw;
         let n = h.points.len();
@@ -192,7 +196,10 @@ impl VectorIndex {
         }
         let mut seen = vec![false; upto];
         for (&p, &v) in h.points.iter().zip(&map.values) {
-            let fresh = (p as usize) < upto && p == v && self.slots[p as usize].is_some() && !std::mem::replace(&mut seen[p as usize], true);
+            let fresh = (p as usize) < upto
+                && p == v
+                && self.slots[p as usize].is_some()
+                && !std::mem::replace(&mut seen[p as usize], true);
             if !fresh {
                 return Err(format!("the search graph names slot {p} wrongly"));
             }
@@ -424,7 +431,10 @@ mod tests {
         let n = good.hnsw.points.len() as u32;
         let crafted: Vec<(&str, Box<dyn Fn(&mut MapLayout, &mut u64)>)> = vec![
             ("neighbour past the end", Box::new(move |m, _| m.hnsw.zero[3][0][1] = n + 4)),
-            ("upper neighbour outside its layer", Box::new(|m, _| m.hnsw.layers[0][0][0] = m.hnsw.layers[0].len() as u32)),
+            (
+                "upper neighbour outside its layer",
+                Box::new(|m, _| m.hnsw.layers[0][0][0] = m.hnsw.layers[0].len() as u32),
+            ),
             ("empty upper layer", Box::new(|m, _| m.hnsw.layers.push(vec![]))),
             (
                 "an upper layer larger than the one below (its node 1 would be looked up below)",

@@ -185,7 +185,11 @@ mod simd128 {
     /// Each step loads A + B vectors and does A × B `step`s; the sums stay in registers until
     /// the end.
     #[inline(always)]
-    pub unsafe fn tile<const A: usize, const B: usize>(xs: [&[Stored]; A], ws: [&[Stored]; B], stride: usize) -> [[i32; B]; A] {
+    pub unsafe fn tile<const A: usize, const B: usize>(
+        xs: [&[Stored]; A],
+        ws: [&[Stored]; B],
+        stride: usize,
+    ) -> [[i32; B]; A] {
         let mut acc = [[i32x4_splat(0); B]; A];
         let mut c = 0;
         while c < stride {
@@ -198,14 +202,14 @@ mod simd128 {
             }
             c += LANES;
         }
-        acc.map(|row| {
-            row.map(|v| {
-                i32x4_extract_lane::<0>(v)
-                    + i32x4_extract_lane::<1>(v)
-                    + i32x4_extract_lane::<2>(v)
-                    + i32x4_extract_lane::<3>(v)
-            })
-        })
+        acc.map(|row| row.map(lane_sum))
+    }
+
+    /// The four lanes added: lanes 2 and 3 onto 0 and 1, then those two.
+    #[inline(always)]
+    fn lane_sum(v: v128) -> i32 {
+        let pairs = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+        i32x4_extract_lane::<0>(pairs) + i32x4_extract_lane::<1>(pairs)
     }
 }
 
@@ -227,7 +231,10 @@ mod tests {
                 for j in 0..m {
                     let want: f64 = (0..k).map(|c| xq.value(i, c) as f64 * w.value(j, c) as f64).sum();
                     let got = out[i * m + j] as f64;
-                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{n}x{k}x{m} at ({i}, {j}): {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{n}x{k}x{m} at ({i}, {j}): {got} vs {want}"
+                    );
                 }
             }
         }

@@ -149,5 +149,4 @@ impl Library {
     pub fn search(&self, query_vector: &[f32], query_text: &str, k: usize) -> Vec<Hit> {
         self.index.search(query_vector, query_text, k)
     }
-
 }

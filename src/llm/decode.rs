@@ -143,8 +143,7 @@ mod tests {
     /// it says so (Error::Internal) on both paths, the one-token decode and the prompt slice.
     #[test]
     fn a_position_out_of_step_with_the_cache_is_an_internal_error() {
-        let bytes = crate::llm::tiny::tiny_gguf();
-        let ct = crate::llm::read_header(&bytes, "tiny.gguf").unwrap();
+        let (bytes, ct) = crate::llm::tiny::tiny_with_header();
         let mut model =
             Llama::from_gguf(&ct, &mut std::io::Cursor::new(&bytes), Weights::Quantized, &Device::Cpu).unwrap();
         let one = Tensor::new(&[[5u32]], &Device::Cpu).unwrap();

@@ -15,13 +15,14 @@
 //!   x += (silu(h W_gate) * h W_up) W_down   quantize + matmul_q8 × 2, silu_mul, quantize + matmul_q8, add
 //! then rms_norm and the output projection for the last position only.
 
-use crate::gpu::{
-    bytes_f32, bytes_u32, groups, per_element, per_position, per_value, with_exp, Gpu, Grid, Kernel, Op, Shapes,
-};
-use crate::error::{Error, Result};
 use super::decode::Parts;
 use super::llama::{Llama, MAX_SEQ_LEN};
 use super::lora::LoraPair;
+use crate::error::{Error, Result};
+use crate::gpu::{
+    bytes_f32, bytes_u32, groups, per_element, per_position, per_value, with_exp, Gpu, Grid, Kernel, Op, Shapes,
+    Signature,
+};
 use crate::kernels::q8::Q8Matrix;
 use std::sync::Arc;
 
@@ -45,21 +46,50 @@ struct Kernels {
 
 impl Kernels {
     fn new(gpu: &Gpu) -> Kernels {
-        let k = |name: &str, source: &str, entry: &str| Kernel::new(gpu, name, source, entry);
+        let signature = |shape, buffers| Signature { step: "n: u32, pos: u32", shape, buffers };
+        // Each kernel's file is shaders/{file}.wgsl; its bindings, in the order `GpuLlama` binds them.
+        macro_rules! kernel {
+            ($file:literal, $shape:expr, $buffers:expr) => {
+                Kernel::declared(
+                    gpu,
+                    $file,
+                    &signature($shape, $buffers),
+                    include_str!(concat!("shaders/", $file, ".wgsl")),
+                    "main",
+                )
+            };
+        }
+        let heads = "heads: u32, kv_heads: u32, head_dim: u32, context: u32";
+        let softmax = with_exp!("shaders/attn_softmax.wgsl");
         let elementwise = with_exp!("shaders/elementwise.wgsl");
+        let pair = signature("width: u32", &["mut a", "b"]);
         Kernels {
-            embed: k("embed", include_str!("shaders/embed.wgsl"), "main"),
-            rms_norm: k("rms_norm", include_str!("shaders/rms_norm.wgsl"), "main"),
-            quantize: k("quantize", include_str!("shaders/quantize.wgsl"), "main"),
-            matmul_q8: k("matmul_q8", include_str!("shaders/matmul_q8.wgsl"), "main"),
-            matmul_f32: k("matmul_f32", include_str!("shaders/matmul_f32.wgsl"), "main"),
-            rope: k("rope", include_str!("shaders/rope.wgsl"), "main"),
-            store: k("store", include_str!("shaders/store.wgsl"), "main"),
-            scores: k("attn_scores", include_str!("shaders/attn_scores.wgsl"), "main"),
-            softmax: k("attn_softmax", with_exp!("shaders/attn_softmax.wgsl"), "main"),
-            values: k("attn_values", include_str!("shaders/attn_values.wgsl"), "main"),
-            silu_mul: k("silu_mul", elementwise, "silu_mul"),
-            add: k("add", elementwise, "add"),
+            embed: kernel!("embed", "dim: u32", &["tokens: u32", "quants: u32", "scales", "mut x"]),
+            rms_norm: kernel!("rms_norm", "dim: u32, eps: f32", &["x", "weight", "mut out"]),
+            quantize: kernel!("quantize", "cols: u32", &["x", "mut quants: u32", "mut scales"]),
+            matmul_q8: kernel!("matmul_q8", "rows: u32, cols: u32", &["xq: u32", "xs", "wq: u32", "ws", "mut out"]),
+            matmul_f32: kernel!(
+                "matmul_f32",
+                "rows: u32, cols: u32, accumulate: u32, scale: f32",
+                &["x", "w", "mut out"]
+            ),
+            rope: kernel!(
+                "rope",
+                "heads: u32, head_dim: u32, into_cache: u32",
+                &["src", "cos_table", "sin_table", "mut dst"]
+            ),
+            store: kernel!("store", "width: u32", &["src", "mut cache"]),
+            scores: kernel!("attn_scores", heads, &["q", "keys", "mut scores"]),
+            softmax: Kernel::declared(
+                gpu,
+                "attn_softmax",
+                &signature("heads: u32, context: u32", &["mut scores"]),
+                softmax,
+                "main",
+            ),
+            values: kernel!("attn_values", heads, &["scores", "values", "mut out"]),
+            silu_mul: Kernel::declared(gpu, "silu_mul", &pair, elementwise, "silu_mul"),
+            add: Kernel::declared(gpu, "add", &pair, elementwise, "add"),
         }
     }
 }

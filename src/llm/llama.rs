@@ -27,8 +27,8 @@ use super::attend::attend;
 use super::linear::{Linear, Quantized};
 use super::lora::Adapter;
 use super::validate::{shape_error, tensor_shape_error};
-use crate::kernels::vecmath::{dot, silu_mul};
 use crate::error::{Error, Result};
+use crate::kernels::vecmath::{dot, silu_mul};
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, IndexOp, Tensor};
 use std::io::{Read, Seek};
@@ -84,7 +84,6 @@ impl RmsNorm {
         }
         Ok(())
     }
-
 }
 
 /// Keys and values of every position seen so far, one block's: one vector per key/value head,

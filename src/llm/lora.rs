@@ -97,7 +97,10 @@ impl LoraPair {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         if dims.last() != Some(&self.a.dim(1)?) {
-            return Err(Error::Internal(format!("input of shape {dims:?} for an adapter of {} inputs", self.a.dim(1)?)));
+            return Err(Error::Internal(format!(
+                "input of shape {dims:?} for an adapter of {} inputs",
+                self.a.dim(1)?
+            )));
         }
         let y = self.update(&x.flatten_all()?.to_vec1::<f32>()?)?;
         if let Some(last) = dims.last_mut() {

@@ -26,10 +26,10 @@ use std::io::Cursor;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 
-pub use run::{Constraint, Run, Step};
-pub(crate) use validate::read_header;
-use validate::meta_str;
 use run::only;
+pub use run::{Constraint, Run, Step};
+use validate::meta_str;
+pub(crate) use validate::read_header;
 
 /// How far the GPU's logits may be from the CPU's in the start-up self-test. The GPU's kernels
 /// do the CPU's arithmetic in the CPU's order, so on an adapter with the CPU's f32 arithmetic

@@ -4,6 +4,14 @@
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+/// The tiny model's bytes and its parsed header, for tests that read the metadata.
+#[cfg(test)]
+pub(crate) fn tiny_with_header() -> (Vec<u8>, candle_core::quantized::gguf_file::Content) {
+    let bytes = tiny_gguf();
+    let header = crate::llm::read_header(&bytes, "tiny.gguf").expect("the tiny model's header reads");
+    (bytes, header)
+}
+
 /// A one-layer llama in the GGUF layout the generator reads (dimension 32, two heads), with a
 /// byte-level vocabulary of 256 symbols plus chat markup and one merge, and a chat template.
 pub fn tiny_gguf() -> Vec<u8> {

@@ -143,8 +143,7 @@ mod tests {
     #[test]
     fn a_model_whose_shape_cannot_run_is_refused() {
         use candle_core::quantized::gguf_file::{self, Value};
-        let bytes = crate::llm::tiny::tiny_gguf();
-        let header = crate::llm::read_header(&bytes, "model").unwrap();
+        let (_, header) = crate::llm::tiny::tiny_with_header();
         // Metadata only: the shape is checked before any tensor is read.
         let with = |key: &str, value: u32| {
             let mut md: Vec<(String, Value)> = header.metadata.clone().into_iter().collect();
@@ -180,8 +179,7 @@ mod tests {
     #[test]
     fn a_model_whose_weights_do_not_fit_its_metadata_is_refused() {
         use candle_core::quantized::{gguf_file, QTensor};
-        let bytes = crate::llm::tiny::tiny_gguf();
-        let header = crate::llm::read_header(&bytes, "model").unwrap();
+        let (_, header) = crate::llm::tiny::tiny_with_header();
         let vocab = header.tensor_infos["token_embd.weight"].shape.dims()[0];
         let (dim, hidden) = (8usize, 16usize);
         let mut md: Vec<(String, gguf_file::Value)> = header.metadata.clone().into_iter().collect();

@@ -229,16 +229,12 @@ pub enum Mode {
     NoRag,
 }
 
+crate::named::named_enum!(Mode, "answer mode", { Quote => "quote", Copy => "copy", Rag => "rag", NoRag => "no_rag" });
+
 impl Mode {
-    /// "quote", "copy", "rag" or "no_rag" (the names the JSON output uses).
+    /// The names are the ones the JSON output uses.
     pub fn parse(name: &str) -> Result<Mode> {
-        match name {
-            "quote" => Ok(Mode::Quote),
-            "rag" => Ok(Mode::Rag),
-            "no_rag" => Ok(Mode::NoRag),
-            "copy" => Ok(Mode::Copy),
-            other => Err(Error::Input(format!("unknown answer mode {other:?}: use quote, copy, rag or no_rag"))),
-        }
+        name.parse()
     }
 
     pub fn uses_model(self) -> bool {

@@ -21,8 +21,8 @@ pub use answer::*;
 
 use crate::chunk::{self, ChunkConfig};
 use crate::embed::Embedder;
-use crate::gpu::Backend;
 use crate::error::{Error, Result};
+use crate::gpu::Backend;
 use crate::index::HnswConfig;
 use crate::ingest;
 use crate::library::Library;
@@ -49,12 +49,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            min_relevance: 0.25,
-            context_budget: 2048,
-            generate: GenerateParams::default(),
-            memory_limit: None,
-        }
+        Settings { min_relevance: 0.25, context_budget: 2048, generate: GenerateParams::default(), memory_limit: None }
     }
 }
 

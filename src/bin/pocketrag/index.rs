@@ -1,9 +1,9 @@
 //! `pocketrag index`: files and folders read, indexed and saved, each failure named.
 
-use pocketrag::gpu::Backend;
 use crate::{open, write_atomically};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use pocketrag::gpu::Backend;
 use pocketrag::ingest::MAX_DOCUMENT_BYTES;
 use pocketrag::models;
 use std::path::{Path, PathBuf};

@@ -8,16 +8,16 @@ mod tune;
 
 use anyhow::{bail, Context, Result};
 use args::{reading, Cli, Command, READ};
-use pocketrag::gpu::Backend;
 use clap::Parser;
 use evaluate::{calibrate, evaluate, evaluate_qa, QaSet, Unanswerable};
 use index::index;
-use tune::tune;
 use indicatif::{ProgressBar, ProgressStyle};
+use pocketrag::gpu::Backend;
 use pocketrag::llm::llama::Weights;
 use pocketrag::{models, Engine, Mode};
 use std::io::Write;
 use std::path::Path;
+use tune::tune;
 
 fn main() {
     restore_broken_pipe();

@@ -36,15 +36,10 @@ pub(crate) fn tune(
     eprintln!("training examples: {}", prepared.info["examples"]);
     let model = prepared.engine.generator_mut().expect("prepare loads the generator").model_mut();
     let run = train::RunOptions { dir: out, resume, stop_after };
-    let (_, summary) = train::train(
-        model,
-        &prepared.examples,
-        &prepared.validation,
-        &cfg,
-        &prepared.info,
-        &run,
-        &mut |line| eprintln!("{line}"),
-    )?;
+    let (_, summary) =
+        train::train(model, &prepared.examples, &prepared.validation, &cfg, &prepared.info, &run, &mut |line| {
+            eprintln!("{line}")
+        })?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

@@ -2,17 +2,7 @@
 // is attended to, none of the padding. Scores, softmax and the weighted sum of values in one
 // pass, with a running maximum (online softmax), so no score matrix is stored.
 // q, k, v, out: positions × heads × head_dim; head_dim at most 64.
-
-struct Step { positions: u32, len: u32 }
-struct Shape { heads: u32, head_dim: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k: array<f32>;
-@group(0) @binding(4) var<storage, read> v: array<f32>;
-@group(0) @binding(5) var<storage, read> mask: array<u32>;   // 1 for a real token, 0 for padding
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+// mask: 1 for a real token, 0 for padding.
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {

@@ -1,16 +1,6 @@
 // x = layer_norm(x + residual) · weight + bias, in place, one thread per position (BERT's
 // vectors are short). With `residual` off, x = layer_norm(x) (the embeddings).
 
-struct Step { positions: u32, len: u32 }
-struct Shape { dim: u32, eps: f32, residual: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read_write> x: array<f32>;
-@group(0) @binding(3) var<storage, read> residual: array<f32>;
-@group(0) @binding(4) var<storage, read> weight: array<f32>;
-@group(0) @binding(5) var<storage, read> bias: array<f32>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;

@@ -1,16 +1,6 @@
 // out (positions × rows) = x (positions × cols) · Wᵀ + b for an f32 W (rows × cols), then GELU
 // when `gelu` is set (the exact one, with erf, as BERT's reference uses). One thread per value.
 
-struct Step { positions: u32, len: u32 }
-struct Shape { rows: u32, cols: u32, gelu: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-@group(0) @binding(4) var<storage, read> b: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-
 // erf(x) to within 1.5e-7 (Abramowitz and Stegun, formula 7.1.26): WGSL has no erf.
 fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.3275911 * abs(x));

@@ -1,13 +1,5 @@
 // Sentence vectors: the mean of each text's real (unmasked) token vectors. One thread per value.
-
-struct Step { positions: u32, len: u32 }
-struct Shape { dim: u32, _a: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> x: array<f32>;      // positions × dim
-@group(0) @binding(3) var<storage, read> mask: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // texts × dim
+// x: positions × dim; out: texts × dim.
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {

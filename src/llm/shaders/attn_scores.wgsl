@@ -4,15 +4,7 @@
 // The dot product is taken in the CPU path's order (`llm::attend`: four lanes, each summing every
 // fourth product, then (l0 + l2) + (l1 + l3); see rms_norm.wgsl for why the order matters).
 // head_dim is a multiple of 4, as `GpuLlama::new` checks.
-
-struct Step { n: u32, pos: u32 }
-struct Shape { heads: u32, kv_heads: u32, head_dim: u32, context: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> q: array<f32>;       // n × heads × head_dim
-@group(0) @binding(3) var<storage, read> keys: array<f32>;    // context × kv_heads × head_dim
-@group(0) @binding(4) var<storage, read_write> scores: array<f32>;
+// q: n × heads × head_dim; keys: context × kv_heads × head_dim.
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {

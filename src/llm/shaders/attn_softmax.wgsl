@@ -3,13 +3,6 @@
 // order: its `exp` (exp.wgsl, prepended to this file), its sum kept in four running sums, and a
 // multiplication by the sum's inverse (see rms_norm.wgsl for why the order matters).
 
-struct Step { n: u32, pos: u32 }
-struct Shape { heads: u32, context: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read_write> scores: array<f32>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let h = id.x % shape.heads;

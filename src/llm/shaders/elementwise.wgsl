@@ -1,16 +1,7 @@
 // Two element-wise steps of a block, one thread per value:
 // `silu_mul`: a = silu(a) * b (the gated MLP), as `vecmath::silu_mul` computes it (exp.wgsl is
 // prepended to this file); `add`: a += b (the residual stream).
-
-struct Step { n: u32, pos: u32 }
-struct Shape { width: u32, _a: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read_write> a: array<f32>;     // n × width
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-
-
+// a: n × width.
 
 @compute @workgroup_size(64)
 fn silu_mul(@builtin(global_invocation_id) id: vec3<u32>) {

@@ -1,15 +1,6 @@
 // out (n × rows) = scale · x (n × cols) · Wᵀ for an f32 W (rows × cols), either written or added
 // to what `out` holds. Small products only: a low-rank adapter's two halves.
 
-struct Step { n: u32, pos: u32 }
-struct Shape { rows: u32, cols: u32, accumulate: u32, scale: f32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;

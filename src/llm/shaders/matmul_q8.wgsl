@@ -3,17 +3,6 @@
 // rounded to Q8_0 (quantize.wgsl), so each block's products are exact integer sums.
 // One thread per output value.
 
-struct Step { n: u32, pos: u32 }
-struct Shape { rows: u32, cols: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> xq: array<u32>;
-@group(0) @binding(3) var<storage, read> xs: array<f32>;
-@group(0) @binding(4) var<storage, read> wq: array<u32>;
-@group(0) @binding(5) var<storage, read> ws: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-
 // Bytes 0 and 1 of each word times the other word's (the low half) and bytes 2 and 3 (the high).
 fn halves(a: u32, b: u32) -> vec2<i32> {
     let x = bitcast<i32>(a);

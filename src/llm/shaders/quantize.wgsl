@@ -2,15 +2,7 @@
 // ggml) do: each block of 32 values maps its largest magnitude to 127, the scale is kept at f16
 // precision, values round half away from zero. The products are then exact integer sums, as on
 // the CPU. One thread per block.
-
-struct Step { n: u32, pos: u32 }
-struct Shape { cols: u32, _a: u32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> x: array<f32>;           // n × cols
-@group(0) @binding(3) var<storage, read_write> quants: array<u32>;
-@group(0) @binding(4) var<storage, read_write> scales: array<f32>;
+// x: n × cols.
 
 // x (≥ 0) rounded to the nearest f16 value, ties to even, as the CPU's `half::f16::from_f32`
 // does. WGSL's pack2x16float leaves the rounding to the implementation, so it is done on the bits:

@@ -7,15 +7,6 @@
 // value across a rounding step and grow from there (tests/gpu.rs): every kernel that sums keeps
 // the CPU's order, so that the two paths give the same bits.
 
-struct Step { n: u32, pos: u32 }
-struct Shape { dim: u32, eps: f32, _b: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> weight: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;

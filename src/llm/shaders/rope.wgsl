@@ -1,16 +1,7 @@
 // Rotary positions: each interleaved pair (v[2j], v[2j+1]) of every head turned by the angle of
 // frequency j at the value's position. Reads `src` (n positions × heads × head_dim); writes `dst`,
 // either the same layout (queries) or a block's key cache at positions pos..pos + n (keys).
-
-struct Step { n: u32, pos: u32 }
-struct Shape { heads: u32, head_dim: u32, into_cache: u32, _c: u32 }
-
-@group(0) @binding(0) var<uniform> step: Step;
-@group(0) @binding(1) var<uniform> shape: Shape;
-@group(0) @binding(2) var<storage, read> src: array<f32>;
-@group(0) @binding(3) var<storage, read> cos_table: array<f32>;  // positions × head_dim / 2
-@group(0) @binding(4) var<storage, read> sin_table: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+// cos_table: positions × head_dim / 2.
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
