@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test vulkan wasm wasm-bench wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory fuzz fuzz-seeds clean-models
+.PHONY: all models build test vulkan wasm wasm-bench wasm-relaxed wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory eval-precision fuzz fuzz-seeds clean-models
 
 all: build
 
@@ -57,6 +57,16 @@ wasm-bench: wasm-target wasm-bindgen-cli
 	$(CARGO) build --release --locked --lib --features bench --target wasm32-unknown-unknown --target-dir target/wasm-bench
 	wasm-bindgen --target nodejs --out-dir target/wasm-node-bench $(WASM_BENCH)
 
+# The same library with relaxed SIMD as well, for the page's embedding helpers where the browser
+# has it (the page checks at start): kernels::int8 then takes sixteen 8-bit products per
+# instruction instead of eight. The benchmark build with relaxed SIMD shares its target folder
+# (only this crate's features differ, so the dependencies are built once).
+RELAXED_RUSTFLAGS := -C target-feature=+simd128,+relaxed-simd
+WASM_RELAXED := target/wasm-relaxed/wasm32-unknown-unknown/release/pocketrag.wasm
+wasm-relaxed: wasm-target
+	RUSTFLAGS="$(RELAXED_RUSTFLAGS)" $(CARGO) build --release --locked --lib --target wasm32-unknown-unknown \
+		--target-dir target/wasm-relaxed
+
 # The same library with threads (shared memory and atomics), for pages that are cross-origin
 # isolated: generation's matrix products run on every core. Stable Rust has no threaded standard
 # library for wasm, so this one build uses a pinned nightly toolchain to rebuild std with atomics.
@@ -91,10 +101,11 @@ test: build models wasm wasm-bench site browser vulkan
 # possible (they are large).
 SITE := dist
 DOCS ?= samples
-site: build models wasm wasm-threads
+site: build models wasm wasm-relaxed wasm-threads
 	rm -rf $(SITE) && mkdir -p $(SITE)/models/minilm $(SITE)/models/smollm2 $(SITE)/models/adapters
 	cp www/*.html www/*.js www/*.css $(SITE)/
 	wasm-bindgen --target web --out-dir $(SITE)/pkg $(WASM)
+	wasm-bindgen --target web --out-dir $(SITE)/pkg-relaxed $(WASM_RELAXED)
 	wasm-bindgen --target web --out-dir $(SITE)/pkg-threads $(WASM_THREADS)
 	for f in model.safetensors tokenizer.json config.json LICENSE NOTICE; do \
 		ln -f models/minilm/$$f $(SITE)/models/minilm/$$f 2>/dev/null || cp models/minilm/$$f $(SITE)/models/minilm/; done
@@ -124,20 +135,27 @@ bench: build models
 # The browser's figures: benches/web/bench.html run in headless Chromium; prints one JSON object.
 # The benchmark page and its wasm build join the site only here: the site itself does not ship them.
 # SIMD=relaxed measures a bench build with relaxed SIMD too (kernels::int8's 8-bit dot product;
-# PRECISION=int8 to use it), in a target folder of its own.
-WASM_BENCH_RELAXED := target/wasm-bench-relaxed/wasm32-unknown-unknown/release/pocketrag.wasm
+# PRECISION=int8 to use it).
+WASM_BENCH_RELAXED := target/wasm-relaxed/wasm32-unknown-unknown/release/pocketrag.wasm
 bench-web: site wasm-bench browser
 	cp benches/web/*.html benches/web/*.js $(SITE)/
 	if [ "$(SIMD)" = relaxed ]; then \
-		RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" $(CARGO) build --release --locked --lib --features bench \
-			--target wasm32-unknown-unknown --target-dir target/wasm-bench-relaxed \
+		RUSTFLAGS="$(RELAXED_RUSTFLAGS)" $(CARGO) build --release --locked --lib --features bench \
+			--target wasm32-unknown-unknown --target-dir target/wasm-relaxed \
 		&& wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH_RELAXED); \
 	else wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH); fi
 	node tools/bench_web.cjs
 
+# The 8-bit embedder against f32 on PubMedQA's abstracts, through the page's path and builds in
+# headless Chromium: retrieval recall@1/@5 and MRR for each, and each chunk's cosine to f32
+# (tools/eval_precision.cjs).
+PUBMEDQA ?= ../shared/data/pubmedqa/pqal_train.json
+eval-precision: site browser
+	node tools/eval_precision.cjs $(PUBMEDQA)
+
 # What 1,000 files / 50 MB cost under Node (wasm memory), in the page (headless Chromium) and in
 # the CLI (real embeddings; ~35 min here): tools/bench_memory.cjs. MEGABYTES=N FILES=N for
-# another set, PARTS=wasm,page,cli for some of the three.
+# another set, PARTS=wasm,page,cli for some of the three; EMBED=real: the page embeds for real.
 bench-memory: site browser
 	node tools/bench_memory.cjs
 

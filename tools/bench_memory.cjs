@@ -14,6 +14,8 @@
 // the page, a stand-in for the embedding helper, benches/memory/random-embed-worker.js, served in
 // its place): embedding ~140k chunks takes hours on a 2-core CPU in wasm, and memory does not
 // depend on the vectors' values. The cli part embeds for real, so its time is the embedder's.
+// EMBED=real runs the page with its own embedding helpers instead (8-bit products with relaxed
+// SIMD in Chromium: about half an hour for the default set here).
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -103,7 +105,9 @@ function residentMb(marker) {
 
 async function pagePart(paths) {
   const { serve, launch } = require(path.join(root, 'tests', 'support', 'browser.cjs'));
-  const server = await serve('--replace', `/embed-worker.js=${path.join(root, 'benches', 'memory', 'random-embed-worker.js')}`);
+  const realEmbedder = process.env.EMBED === 'real';
+  const server = realEmbedder ? await serve()
+    : await serve('--replace', `/embed-worker.js=${path.join(root, 'benches', 'memory', 'random-embed-worker.js')}`);
   const context = await launch();
   const peak = { total: 0, largest: 0 };
   const sampler = setInterval(() => {
@@ -127,6 +131,8 @@ async function pagePart(paths) {
     await page.goto(`${server.url}?threads=2`);
     await ready(240_000);
     const before = residentMb(context.profile);
+    const backend = await page.$eval('[data-testid="backend"]', (e) => ({ ...e.dataset }));
+    const embedder = realEmbedder ? `the page's (${backend.embedPrecision}, ${backend.embedSimd})` : 'stand-in (random vectors)';
 
     const t0 = performance.now();
     await page.setInputFiles('[data-testid="file-input"]', paths);
@@ -161,6 +167,7 @@ async function pagePart(paths) {
     const timings = await page.textContent('[data-testid="timings"]');
     const after = residentMb(context.profile);
     return {
+      embedder,
       files: names.size,
       chunks,
       states: await states(),

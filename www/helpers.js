@@ -45,11 +45,26 @@ export function extractPdf(bytes) {
 let helpers = null;
 const EMBED_BATCH = 16;
 
+// A module of one function using one relaxed SIMD instruction (i32x4.relaxed_dot_i8x16_i7x16_add_s):
+// it validates only where the browser has relaxed SIMD.
+const RELAXED_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 8, 1, 96, 3, 123, 123, 123, 1, 123,
+  3, 2, 1, 0, 10, 13, 1, 11, 0, 32, 0, 32, 1, 32, 2, 253, 147, 2, 11]);
+export const hasRelaxedSimd = () => WebAssembly.validate(RELAXED_PROBE);
+
+// The helpers' wasm build and the numbers their products are taken in (`configureEmbedders`).
+let embedSetup = { module: null, bindings: 'pkg', precision: 'f32' };
+
+/// `module` compiled from `bindings`/pocketrag_bg.wasm (pkg, or pkg-relaxed: the same library
+/// built with relaxed SIMD), and "f32" or "int8" products. Before the first document.
+export function configureEmbedders(setup) {
+  embedSetup = setup;
+}
+
 function startEmbedders(count) {
   helpers = [];
   for (let i = 0; i < count; i++) {
     const worker = new Worker('embed-worker.js', { type: 'module' });
-    worker.postMessage({ module: wasmModule });
+    worker.postMessage({ ...embedSetup, module: embedSetup.module ?? wasmModule });
     const waiting = new Map();
     let id = 0;
     worker.onmessage = ({ data }) => {

@@ -5,7 +5,7 @@
 // the engine, chooses where it runs, drives answers and dispatches requests.
 import { MODELS, loadModels } from './models.js';
 import * as storage from './storage.js';
-import { shareModule } from './helpers.js';
+import { configureEmbedders, hasRelaxedSimd, shareModule } from './helpers.js';
 import {
   addAndStore, announceDocuments, ctx, loadShipped, restore, saveOrSay, setAsideInterrupted, trapMessage,
 } from './indexing.js';
@@ -119,13 +119,20 @@ async function loadBindings(threads) {
 }
 
 const handlers = {
-  async init({ densePrefill, threads, answerThreads, tuned, backend, graphFrom }) {
+  async init({ densePrefill, threads, answerThreads, tuned, backend, graphFrom, embedPrecision }) {
     ctx.helperCount = threads;
     // Compiled once here and handed to the helper workers: V8 shares the compiled (and, once hot,
     // optimised) code between workers that share a module. Fresh workers compiling their own copy
     // ran embedding ~1.7x slower (README, "In the browser").
     wasmModule = await compileWasm('pkg/pocketrag_bg.wasm');
     shareModule(wasmModule);
+    // Documents are embedded with 8-bit weights (kernels::int8) unless f32 is asked for; with
+    // 'relaxed', the helpers run the relaxed SIMD build where the browser has it (app.js says why
+    // that is not the default).
+    const precision = embedPrecision === 'f32' ? 'f32' : 'int8';
+    const relaxed = embedPrecision === 'relaxed' && hasRelaxedSimd()
+      ? await compileWasm('pkg-relaxed/pocketrag_bg.wasm').catch(() => null) : null;
+    configureEmbedders(relaxed ? { module: relaxed, bindings: 'pkg-relaxed', precision } : { module: wasmModule, bindings: 'pkg', precision });
     const threadsNote = await loadBindings(answerThreads);
     const [w, t, c, g] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig, MODELS.generator],
       (loaded, total) => post({ type: 'download', loaded, total }), { prune: true });
@@ -136,10 +143,13 @@ const handlers = {
     engine.setMemoryLimit(MEMORY_LIMIT);
     const adapter = await loadAdapter(tuned, (loaded, total) => post({ type: 'download', loaded, total }));
     const backendNote = await chooseBackend(backend, w);
+    // After the GPU's self-test, which compares against the CPU's f32 vectors.
+    engine.setEmbedderPrecision(precision);
     post({
       type: 'ready', backend: engine.backend() === 'gpu' ? 'webgpu' : 'cpu', backendNote,
       embedder: engine.embedderBackend() === 'gpu' ? 'webgpu' : 'cpu',
       densePrefill, adapter, threads: pkg.threadCount(), threadsNote,
+      embedPrecision: precision, embedSimd: relaxed ? 'relaxed' : 'simd128',
     });
     await storage.openStorage();
     await setAsideInterrupted();

@@ -3,7 +3,6 @@
 // with the embedder loaded, so it holds the memory the real helper holds; but each chunk gets a
 // random unit vector instead of MiniLM's. Embedding 50 MB of text takes hours in wasm on a 2-core
 // CPU, and the memory and storage a collection needs do not depend on the vectors' values.
-import init, { Embedder } from './pkg/pocketrag.js';
 import { MODELS, loadModels } from './models.js';
 
 const DIM = 384;
@@ -11,12 +10,13 @@ let seed = 1;
 const random = () => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31 - 0.5; };
 let ready = null;
 
-self.onmessage = async ({ data: { id, texts, module } }) => {
+self.onmessage = async ({ data: { id, texts, module, bindings } }) => {
   if (module !== undefined) {
     ready = (async () => {
-      await init({ module_or_path: module ?? 'pkg/pocketrag_bg.wasm' });
+      const pkg = await import(`./${bindings ?? 'pkg'}/pocketrag.js`);
+      await pkg.default({ module_or_path: module ?? `${bindings ?? 'pkg'}/pocketrag_bg.wasm` });
       const [w, t, c] = await loadModels([MODELS.embedderWeights, MODELS.embedderTokenizer, MODELS.embedderConfig]);
-      return new Embedder(w, t, c);
+      return new pkg.Embedder(w, t, c);
     })();
     return;
   }

@@ -1,14 +1,18 @@
-//! `x Wᵀ` for many positions at once with 8-bit integers: the embedder's products when it runs
+//! `x Wᵀ` for many positions at once with 8-bit weights: the embedder's products when it runs
 //! in 8 bits (`embed::Precision::Int8`).
 //!
 //! W is rounded once, at load, to integers in −127..=127 with one scale per output row; each
-//! position of x is rounded the same way when the product is taken (dynamic quantization, as
-//! onnxruntime does it for the int8 MiniLM that transformers.js ships). A result is then one
-//! integer dot product, exact in i32, times the two scales. Both operands are kept widened to 16
-//! bits: wasm's `i32x4.dot_i16x8_s` multiplies eight pairs of 16-bit lanes and adds them pairwise
-//! into four 32-bit sums, twice the multiply-adds per instruction of an f32x4 multiply and add,
-//! and widening once instead of in the loop saves an instruction per load. The tile is
-//! `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
+//! position of x is rounded when the product is taken, with a scale of its own (dynamic
+//! quantization, as onnxruntime does it for the int8 MiniLM that transformers.js ships). A result
+//! is then one integer dot product, exact in i32, times the two scales. Two forms:
+//! - wasm SIMD128 (and natively): both operands stored in 16 bits, activations rounded to
+//!   −2047..=2047. `i32x4.dot_i16x8_s` multiplies eight pairs of 16-bit lanes and adds them
+//!   pairwise into four 32-bit sums, twice the multiply-adds per instruction of an f32x4 multiply
+//!   and add; storing widened saves an instruction per load.
+//! - relaxed SIMD: both in bytes, activations in 0..=127 with a zero point;
+//!   `i32x4.relaxed_dot_i8x16_i7x16_add_s` does sixteen multiply-adds per instruction.
+//!
+//! The tile is `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
 
 use super::q8::round_half_away;
 
@@ -18,8 +22,16 @@ const R: usize = 2;
 const S: usize = 4;
 /// k is walked in steps of this many lanes: one 128-bit vector of the stored numbers.
 const LANES: usize = 16 / std::mem::size_of::<Stored>();
-/// The largest integer a value is rounded to.
+/// The weights' rounding: −127..=127.
 const LEVELS: f32 = 127.0;
+/// The activations' rounding where they are stored in 16 bits: −2047..=2047. Sixteen times finer
+/// than the weights' at the same speed (the product is one `i32x4.dot_i16x8_s` either way), and
+/// no sum can overflow i32 below 8,000 columns (2047 · 127 · 8,000 < 2³¹).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+const ACTIVATION_LEVELS: f32 = 2047.0;
+/// With relaxed SIMD, a byte in 0..=127: a row's whole range in 127 steps.
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+const ACTIVATION_LEVELS: f32 = 127.0;
 
 /// How a rounded number is stored: widened to 16 bits for `i32x4.dot_i16x8_s`, or as a byte for
 /// relaxed SIMD's 8-bit dot product (a build with `+relaxed-simd`, see `relaxed`).
@@ -28,60 +40,64 @@ type Stored = i16;
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 type Stored = i8;
 
-/// Relaxed SIMD multiplies signed bytes by bytes in 0..=127 only, so there activations are
-/// rounded to −63..=63 and stored plus this offset; `I8Rows::sums` takes it back out.
-#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-const ZERO_POINT: i32 = 64;
-
-/// Rows of numbers rounded to integers in −levels..=levels, one scale per row: row r, column c
-/// stands for `scales[r] · (values[r · cols + c] − offset)`. The rows are padded with zeros to a
-/// multiple of LANES.
+/// Rows of numbers rounded to integers, one scale and one zero point per row: row r, column c
+/// stands for `scales[r] · (values[r · stride + c] − zeros[r])`. The rows are padded to a
+/// multiple of LANES with each row's zero point, which stands for 0.
 pub struct I8Rows {
     values: Vec<Stored>,
     scales: Vec<f32>,
-    /// Each row's sum of values (what the activations' offset adds to a product with it).
+    zeros: Vec<i32>,
+    /// Each row's sum of values less its zero point's (what a product with the other operand's
+    /// zero point adds).
     sums: Vec<i32>,
-    offset: i32,
     cols: usize,
     /// `cols` rounded up to a multiple of LANES: the stride between rows.
     stride: usize,
 }
 
 impl I8Rows {
-    /// Round `x` (rows × cols, row-major) row by row: the weights' rounding.
+    /// Round `x` (rows × cols, row-major) row by row to −127..=127, zero at 0: the weights'
+    /// rounding.
     pub fn quantize(x: &[f32], cols: usize) -> I8Rows {
-        Self::round(x, cols, LEVELS, 0)
+        Self::round(x, cols, LEVELS, false)
     }
 
-    /// The activations' rounding, as `matmul_t` takes it.
+    /// The activations' rounding, as `matmul_t` takes it: −2047..=2047 where they are stored in
+    /// 16 bits. Relaxed SIMD multiplies signed bytes by bytes in 0..=127 only, so there each
+    /// row's range, from its least to its greatest number (and 0), is spread over 0..=127 with
+    /// the zero point where 0 falls: asymmetric, which for rows of mostly one sign (GELU's
+    /// outputs) keeps about twice the precision of −63..=63.
     pub fn quantize_activations(x: &[f32], cols: usize) -> I8Rows {
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        return Self::round(x, cols, 63.0, ZERO_POINT);
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-        Self::round(x, cols, LEVELS, 0)
+        Self::round(x, cols, ACTIVATION_LEVELS, cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")))
     }
 
-    fn round(x: &[f32], cols: usize, levels: f32, offset: i32) -> I8Rows {
+    fn round(x: &[f32], cols: usize, levels: f32, asymmetric: bool) -> I8Rows {
         assert!(cols > 0 && x.len() % cols == 0, "int8::I8Rows::quantize: {} numbers in rows of {cols}", x.len());
         let stride = cols.div_ceil(LANES) * LANES;
         let rows = x.len() / cols;
-        let mut values = vec![offset as Stored; rows * stride];
-        let mut scales = Vec::with_capacity(rows);
-        let mut sums = Vec::with_capacity(rows);
+        let mut values = vec![0 as Stored; rows * stride];
+        let (mut scales, mut zeros, mut sums) =
+            (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
+        let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
         for (row, out) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)) {
-            let amax = row.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
-            let scale = amax / levels;
+            let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number
+            // rounds below 0; the greatest may round one step past the top, hence the clamp.
+            let zero = if asymmetric { round_half_away(-lo * inv) as i32 } else { 0 };
             let mut sum = 0;
             for (o, &v) in out.iter_mut().zip(row) {
-                let q = round_half_away(v * inv) as i32;
-                sum += q;
-                *o = (q + offset) as Stored;
+                let q = (round_half_away(v * inv) as i32 + zero).clamp(least, greatest);
+                sum += q - zero;
+                *o = q as Stored;
             }
+            out[cols..].fill(zero as Stored);
             scales.push(scale);
+            zeros.push(zero);
             sums.push(sum);
         }
-        I8Rows { values, scales, sums, offset, cols, stride }
+        I8Rows { values, scales, zeros, sums, cols, stride }
     }
 
     pub fn rows(&self) -> usize {
@@ -94,7 +110,7 @@ impl I8Rows {
 
     /// The number row r, column c stands for.
     pub fn value(&self, row: usize, col: usize) -> f32 {
-        self.scales[row] * (self.values[row * self.stride + col] as i32 - self.offset) as f32
+        self.scales[row] * (self.values[row * self.stride + col] as i32 - self.zeros[row]) as f32
     }
 
     fn row(&self, r: usize) -> &[Stored] {
@@ -106,9 +122,10 @@ impl I8Rows {
 /// positions × W's rows, row-major.
 pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
     let xq = I8Rows::quantize_activations(x, w.cols);
-    // The activations' offset times each weight row's sum: what the stored sums hold beyond
-    // the products of the numbers themselves.
-    let extra = |s: usize| xq.offset * w.sums[s];
+    // Σ (x − zx)(w − zw) from the stored Σ x·w: the weights' zero point is 0, so it is
+    // Σ x·w − zx · Σ w.
+    debug_assert!(w.zeros.iter().all(|&z| z == 0), "int8::matmul_t: weights with a zero point");
+    let extra = |r: usize, s: usize| xq.zeros[r] * w.sums[s];
     let (n, m) = (xq.rows(), w.rows());
     assert_eq!(out.len(), n * m, "int8::matmul_t: output of {} for {n} × {m}", out.len());
     // Weight rows outside, positions inside, as in `dense::matmul_t`: S rows of W stay in the
@@ -119,14 +136,15 @@ pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
                 let sums = tile::<R, S>(&xq, i, w, j);
                 for (r, sums) in sums.iter().enumerate() {
                     for (s, &sum) in sums.iter().enumerate() {
-                        out[(i + r) * m + j + s] = (sum - extra(j + s)) as f32 * (xq.scales[i + r] * w.scales[j + s]);
+                        out[(i + r) * m + j + s] =
+                            (sum - extra(i + r, j + s)) as f32 * (xq.scales[i + r] * w.scales[j + s]);
                     }
                 }
             } else {
                 for r in i..(i + R).min(n) {
                     for s in j..(j + S).min(m) {
                         let sum = tile::<1, 1>(&xq, r, w, s)[0][0];
-                        out[r * m + s] = (sum - extra(s)) as f32 * (xq.scales[r] * w.scales[s]);
+                        out[r * m + s] = (sum - extra(r, s)) as f32 * (xq.scales[r] * w.scales[s]);
                     }
                 }
             }

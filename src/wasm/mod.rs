@@ -362,6 +362,19 @@ impl WasmEngine {
         Ok(description)
     }
 
+    /// The numbers the embedder's CPU products are taken in: "f32" (the default) or "int8"
+    /// (`embed::Precision`). Set it after `useGpu`: the GPU's self-test compares against f32.
+    #[wasm_bindgen(js_name = setEmbedderPrecision)]
+    pub fn set_embedder_precision(&mut self, precision: &str) -> Result<(), JsError> {
+        self.inner.embedder_mut().set_precision(precision.parse().map_err(js_err)?);
+        Ok(())
+    }
+
+    #[wasm_bindgen(js_name = embedderPrecision)]
+    pub fn embedder_precision(&self) -> String {
+        self.inner.embedder().precision().to_string()
+    }
+
     /// "gpu" or "cpu": where `embedAsync` embeds documents.
     #[wasm_bindgen(js_name = embedderBackend)]
     pub fn embedder_backend(&self) -> String {

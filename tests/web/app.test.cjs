@@ -57,6 +57,11 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /WebGPU not used \(.*adapter/);
   // Headless Chromium reports enough device memory for the faster f32 prompt weights.
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with f32 weights/);
+  // Documents are embedded with 8-bit products by the SIMD128 build; the relaxed one is not fetched.
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-precision'), 'int8');
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'simd128');
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /documents embedded with 8-bit products \(SIMD128\)/);
+  assert.ok(!requests.some((u) => u.includes('/pkg-relaxed/')), 'the relaxed build is fetched only when asked for');
 
   // A document of the user's own, plus hostile ones.
   const lighthouse = fs.readFileSync(path.join(root, 'tests', 'data', 'library', 'lighthouse.md'));
@@ -359,8 +364,10 @@ test('a trap in the engine: the file it stopped on is named, the engine restarts
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   const { notices, indexedNames } = docLists(page);
-  await page.goto(`${server.url}?threads=2`);
+  // ?embed=relaxed: the helpers embed with the relaxed SIMD build (Chromium has relaxed SIMD).
+  await page.goto(`${server.url}?threads=2&embed=relaxed`);
   await waitReady(page);
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'relaxed');
 
   // A real trap of the engine's wasm instance, as a panic or running out of memory would be:
   // when the engine is handed trap.md, the worker calls one of the instance's own exports with an
@@ -419,11 +426,14 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   page.on('pageerror', (e) => errors.push(String(e)));
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
-  // One thread, and prompts read with the 8-bit weights: the low-memory settings.
-  await page.goto(`${server.url}?threads=1&prefill=quantized&model=tuned`);
+  // One thread, and prompts read with the 8-bit weights: the low-memory settings;
+  // ... and the embedder in the model's own f32.
+  await page.goto(`${server.url}?threads=1&prefill=quantized&model=tuned&embed=f32`);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
   await waitReady(page);
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-precision'), 'f32');
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /documents embedded in f32/);
 
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with 8-bit weights/);
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-threads'), '1');
