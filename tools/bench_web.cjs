@@ -1,15 +1,10 @@
 // `make bench-web`: serve dist/ (cross-origin isolated), open bench.html in headless Chromium,
 // wait for the page to finish measuring, and print the JSON object it produced. The page loads
 // the models itself (and caches them), so the first run also downloads them from the local server.
-const fs = require('node:fs');
-const { serve, launch } = require('../tests/support/browser.cjs');
+const { withPage } = require('../tests/support/browser.cjs');
 
 async function main() {
-  const server = await serve();
-  const context = await launch();
-  try {
-    const page = context.pages()[0] || await context.newPage();
-    page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
+  await withPage(async (page, server) => {
     // ONLY=generation or ONLY=embedding (make bench-web ONLY=…) times that alone; PRECISION=int8
     // takes the embedder's products in 8 bits.
     const query = new URLSearchParams();
@@ -23,14 +18,9 @@ async function main() {
     }, 2000);
     await page.waitForSelector('#result:not([data-state="running"])', { timeout: 30 * 60_000 });
     clearInterval(poll);
-    const text = await page.textContent('#result');
-    console.log(text);
+    console.log(await page.textContent('#result'));
     if ((await page.getAttribute('#result', 'data-state')) !== 'done') process.exitCode = 1;
-  } finally {
-    await context.close();
-    server.proc.kill();
-    fs.rmSync(context.profile, { recursive: true, force: true });
-  }
+  });
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

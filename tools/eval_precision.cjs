@@ -14,7 +14,7 @@
 // gives the right ones.
 // Usage: node tools/eval_precision.cjs PUBMEDQA.json [LIMIT]
 const fs = require('node:fs');
-const { serve, launch } = require('../tests/support/browser.cjs');
+const { withPage } = require('../tests/support/browser.cjs');
 
 const [file, limitArg] = process.argv.slice(2);
 if (!file) throw new Error('usage: eval_precision.cjs PUBMEDQA.json [LIMIT]');
@@ -104,23 +104,14 @@ async function evaluate(documents) {
 }
 
 async function main() {
-  const server = await serve();
-  const context = await launch();
-  try {
-    const page = context.pages()[0] || await context.newPage();
-    page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
+  const report = await withPage(async (page, server) => {
     // A blank page on the site's origin, for the module imports.
     await page.route(`${server.url}eval.html`, (r) => r.fulfill({ contentType: 'text/html', body: '<!doctype html><title>eval</title>' }));
     await page.goto(`${server.url}eval.html`);
     page.setDefaultTimeout(0);
-    const report = await page.evaluate(evaluate, documents);
-    report.browser = context.browser()?.version() ?? null;
-    console.log(JSON.stringify(report, null, 2));
-  } finally {
-    await context.close();
-    server.proc.kill();
-    fs.rmSync(context.profile, { recursive: true, force: true });
-  }
+    return { ...(await page.evaluate(evaluate, documents)), browser: page.context().browser()?.version() ?? null };
+  });
+  console.log(JSON.stringify(report, null, 2));
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

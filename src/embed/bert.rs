@@ -34,37 +34,29 @@ pub struct BertShape {
 struct Linear {
     weight: Vec<f32>,
     /// W rounded to 8 bits (`Precision::Int8`): then the product is taken in integers.
-    int8: Option<Int8Weights>,
+    int8: Option<I8Rows>,
     bias: Vec<f32>,
     inputs: usize,
 }
 
-/// W rounded to 8 bits, after its column c was multiplied by `smooth[c]` where that is given; x's
-/// column c is then divided by it before x is rounded, which leaves the product as it was. A
-/// layer norm's output has a few columns far larger than the rest (where its learned scale is),
-/// and rounding a position to 8 bits with one scale would leave the rest few steps; moving part
-/// of that size into W's columns, which are rounded one output row at a time, evens both out
-/// (SmoothQuant's migration, with x's size estimated from the norm's weights, not measured).
-struct Int8Weights {
-    rows: I8Rows,
-    smooth: Option<Vec<f32>>,
-}
-
-impl Int8Weights {
+impl Linear {
     /// W rounded as it is, for an input of unknown sizes.
-    fn plain(linear: &Linear) -> Int8Weights {
-        Int8Weights { rows: I8Rows::quantize(&linear.weight, linear.inputs), smooth: None }
+    fn int8(&self) -> I8Rows {
+        I8Rows::quantize(&self.weight, self.inputs)
     }
 
-    /// W smoothed for an input that `norm` produces: column c of x is at most about
-    /// 4 |γ_c| + |β_c| (a normalised value beyond 4 standard deviations is rare), and
-    /// s_c = sqrt(that / max |W_·c|).
-    fn after(linear: &Linear, norm: &Norm) -> Int8Weights {
-        let k = linear.inputs;
-        let smooth: Vec<f32> = (0..k)
+    /// W rounded for an input that `norm` produces. A layer norm's output has a few columns far
+    /// larger than the rest (where its learned scale is), and rounding a position with one scale
+    /// would leave the rest few steps; so column c is scaled by s_c = sqrt(x_c / max |W_·c|)
+    /// (`I8Rows::quantize_scaled`), with x_c = 4 |γ_c| + |β_c| the most the norm gives there,
+    /// short of the rare value past 4 standard deviations: estimated from the weights, not
+    /// measured on text.
+    fn int8_after(&self, norm: &Norm) -> I8Rows {
+        let k = self.inputs;
+        let columns: Vec<f32> = (0..k)
             .map(|c| {
                 let x = 4.0 * norm.weight[c].abs() + norm.bias[c].abs();
-                let w = linear.weight.iter().skip(c).step_by(k).fold(0f32, |m, v| m.max(v.abs()));
+                let w = self.weight.iter().skip(c).step_by(k).fold(0f32, |m, v| m.max(v.abs()));
                 if x > 0.0 && w > 0.0 {
                     (x / w).sqrt()
                 } else {
@@ -72,23 +64,14 @@ impl Int8Weights {
                 }
             })
             .collect();
-        let scaled: Vec<f32> =
-            linear.weight.chunks_exact(k).flat_map(|row| row.iter().zip(&smooth).map(|(w, s)| w * s)).collect();
-        Int8Weights { rows: I8Rows::quantize(&scaled, k), smooth: Some(smooth.iter().map(|s| 1.0 / s).collect()) }
+        I8Rows::quantize_scaled(&self.weight, k, &columns)
     }
-}
 
-impl Linear {
     fn forward(&self, x: &[f32]) -> Vec<f32> {
         let outputs = self.bias.len();
         let mut y = vec![0f32; x.len() / self.inputs * outputs];
         match &self.int8 {
-            Some(Int8Weights { rows, smooth: None }) => int8::matmul_t(x, rows, &mut y),
-            Some(Int8Weights { rows, smooth: Some(inverse) }) => {
-                let smoothed: Vec<f32> =
-                    x.chunks_exact(self.inputs).flat_map(|row| row.iter().zip(inverse).map(|(v, i)| v * i)).collect();
-                int8::matmul_t(&smoothed, rows, &mut y)
-            }
+            Some(w) => int8::matmul_t(x, w, &mut y),
             None => product(x, &self.weight, self.inputs, &mut y),
         }
         for row in y.chunks_exact_mut(outputs) {
@@ -259,11 +242,11 @@ impl Bert {
             // Q, K and V read the previous norm's output, the MLP's first product this layer's
             // attention norm's; the other two read the attention's and GELU's.
             for linear in [&mut layer.query, &mut layer.key, &mut layer.value] {
-                linear.int8 = int8.then(|| Int8Weights::after(linear, input_norm));
+                linear.int8 = int8.then(|| linear.int8_after(input_norm));
             }
-            layer.up.int8 = int8.then(|| Int8Weights::after(&layer.up, &layer.attention_norm));
+            layer.up.int8 = int8.then(|| layer.up.int8_after(&layer.attention_norm));
             for linear in [&mut layer.output, &mut layer.down] {
-                linear.int8 = int8.then(|| Int8Weights::plain(linear));
+                linear.int8 = int8.then(|| linear.int8());
             }
             input_norm = &layer.output_norm;
         }

@@ -53,13 +53,27 @@ pub struct I8Rows {
     cols: usize,
     /// `cols` rounded up to a multiple of LANES: the stride between rows.
     stride: usize,
+    /// Where the columns were scaled before rounding (`quantize_scaled`): what the other
+    /// operand's columns are multiplied by as they are rounded.
+    input_scales: Option<Vec<f32>>,
 }
 
 impl I8Rows {
     /// Round `x` (rows × cols, row-major) row by row to −127..=127, zero at 0: the weights'
     /// rounding.
     pub fn quantize(x: &[f32], cols: usize) -> I8Rows {
-        Self::round(x, cols, LEVELS, false)
+        Self::round(x, cols, LEVELS, false, None)
+    }
+
+    /// W with its column c multiplied by `columns[c]` before rounding; `matmul_t` divides x's
+    /// column c by it as x is rounded, which leaves x Wᵀ as it was. A caller that knows x has a
+    /// few columns far larger than the rest moves part of their size into W this way, whose
+    /// rounding is per output row (SmoothQuant's migration): x then keeps more steps for the rest.
+    pub fn quantize_scaled(w: &[f32], cols: usize, columns: &[f32]) -> I8Rows {
+        assert_eq!(columns.len(), cols, "int8::I8Rows::quantize_scaled: {} scales for {cols} columns", columns.len());
+        let mut rows = Self::round(w, cols, LEVELS, false, Some(columns));
+        rows.input_scales = Some(columns.iter().map(|s| 1.0 / s).collect());
+        rows
     }
 
     /// The activations' rounding, as `matmul_t` takes it: −2047..=2047 where they are stored in
@@ -67,11 +81,13 @@ impl I8Rows {
     /// row's range, from its least to its greatest number (and 0), is spread over 0..=127 with
     /// the zero point where 0 falls: asymmetric, which for rows of mostly one sign (GELU's
     /// outputs) keeps about twice the precision of −63..=63.
-    pub fn quantize_activations(x: &[f32], cols: usize) -> I8Rows {
-        Self::round(x, cols, ACTIVATION_LEVELS, cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")))
+    /// `columns`: what each column is multiplied by first (the weights' `input_scales`).
+    pub fn quantize_activations(x: &[f32], cols: usize, columns: Option<&[f32]>) -> I8Rows {
+        let asymmetric = cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd"));
+        Self::round(x, cols, ACTIVATION_LEVELS, asymmetric, columns)
     }
 
-    fn round(x: &[f32], cols: usize, levels: f32, asymmetric: bool) -> I8Rows {
+    fn round(x: &[f32], cols: usize, levels: f32, asymmetric: bool, columns: Option<&[f32]>) -> I8Rows {
         assert!(cols > 0 && x.len() % cols == 0, "int8::I8Rows::quantize: {} numbers in rows of {cols}", x.len());
         let stride = cols.div_ceil(LANES) * LANES;
         let rows = x.len() / cols;
@@ -79,7 +95,15 @@ impl I8Rows {
         let (mut scales, mut zeros, mut sums) =
             (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
         let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
+        let mut scaled = vec![0f32; if columns.is_some() { cols } else { 0 }];
         for (row, out) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)) {
+            let row = match columns {
+                Some(c) => {
+                    scaled.iter_mut().zip(row.iter().zip(c)).for_each(|(o, (v, s))| *o = v * s);
+                    &scaled[..]
+                }
+                None => row,
+            };
             let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -97,7 +121,7 @@ impl I8Rows {
             zeros.push(zero);
             sums.push(sum);
         }
-        I8Rows { values, scales, zeros, sums, cols, stride }
+        I8Rows { values, scales, zeros, sums, cols, stride, input_scales: None }
     }
 
     pub fn rows(&self) -> usize {
@@ -121,7 +145,7 @@ impl I8Rows {
 /// `out = x Wᵀ` with x (positions × k) rounded here and W rounded at load: `out` is
 /// positions × W's rows, row-major.
 pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
-    let xq = I8Rows::quantize_activations(x, w.cols);
+    let xq = I8Rows::quantize_activations(x, w.cols, w.input_scales.as_deref());
     // Σ (x − zx)(w − zw) from the stored Σ x·w: the weights' zero point is 0, so it is
     // Σ x·w − zx · Σ w.
     debug_assert!(w.zeros.iter().all(|&z| z == 0), "int8::matmul_t: weights with a zero point");
@@ -242,7 +266,7 @@ mod tests {
         for (n, k, m) in [(4, 16, 8), (5, 24, 10), (1, 8, 3), (3, 13, 5), (7, 384, 9)] {
             let x = pseudo_random(n * k, 1);
             let w = I8Rows::quantize(&pseudo_random(m * k, 2), k);
-            let xq = I8Rows::quantize_activations(&x, k);
+            let xq = I8Rows::quantize_activations(&x, k, None);
             let mut out = vec![f32::NAN; n * m];
             matmul_t(&x, &w, &mut out);
             for i in 0..n {
@@ -277,13 +301,16 @@ mod tests {
     #[test]
     fn products_stay_close_to_the_f32_products() {
         // MiniLM's shapes: 384 inputs, 1536 inputs. The relative error of a dot product of
-        // random vectors rounded to 8 bits is well under 2 % of the product's scale.
-        for k in [384, 1536] {
+        // random vectors rounded to 8 bits is well under 2 % of the product's scale, with W's
+        // columns scaled (the product must not change) or not.
+        for (k, scaled) in [(384, false), (1536, false), (384, true)] {
             let (n, m) = (6, 16);
             let x = pseudo_random(n * k, 3);
             let wf = pseudo_random(m * k, 4);
+            let columns: Vec<f32> = pseudo_random(k, 5).iter().map(|v| 2f32.powf(*v)).collect();
+            let w = if scaled { I8Rows::quantize_scaled(&wf, k, &columns) } else { I8Rows::quantize(&wf, k) };
             let mut out = vec![0f32; n * m];
-            matmul_t(&x, &I8Rows::quantize(&wf, k), &mut out);
+            matmul_t(&x, &w, &mut out);
             let mut exact = vec![0f32; n * m];
             crate::kernels::dense::matmul_t(&x, &wf, k, &mut exact);
             let scale = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();

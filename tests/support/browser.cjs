@@ -43,4 +43,21 @@ async function launch(extraArgs = []) {
   return context;
 }
 
-module.exports = { serve, launch };
+/// Serve dist/, open one page in a fresh Chromium, run `use(page, server)`, and always close
+/// both and delete the profile: the tools' (`make bench-web`, `make eval-precision`) frame.
+/// Page errors printed to the console are passed on to stderr.
+async function withPage(use) {
+  const server = await serve();
+  const context = await launch();
+  try {
+    const page = context.pages()[0] || await context.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') console.error('page:', m.text()); });
+    return await use(page, server);
+  } finally {
+    await context.close();
+    server.proc.kill();
+    fs.rmSync(context.profile, { recursive: true, force: true });
+  }
+}
+
+module.exports = { serve, launch, withPage };
