@@ -45,12 +45,10 @@ impl Linear {
         I8Rows::quantize(&self.weight, self.inputs)
     }
 
-    /// W rounded for an input that `norm` produces. A layer norm's output has a few columns far
-    /// larger than the rest (where its learned scale is), and rounding a position with one scale
-    /// would leave the rest few steps; so column c is scaled by s_c = sqrt(x_c / max |W_·c|)
-    /// (`I8Rows::quantize_scaled`), with x_c = 4 |γ_c| + |β_c| the most the norm gives there,
-    /// short of the rare value past 4 standard deviations: estimated from the weights, not
-    /// measured on text.
+    /// W rounded for an input that `norm` produces, whose few large columns (where its learned
+    /// scale is) would leave the rest few steps: column c scaled by s_c = sqrt(x_c / max |W_·c|)
+    /// (`I8Rows::quantize_scaled`), x_c = 4 |γ_c| + |β_c| the most the norm gives there but for
+    /// rare values past 4 standard deviations, estimated from the weights, not measured.
     fn int8_after(&self, norm: &Norm) -> I8Rows {
         let k = self.inputs;
         let columns: Vec<f32> = (0..k)
@@ -232,15 +230,13 @@ impl Bert {
         })
     }
 
-    /// Take the encoder's products in `precision` from now on. The f32 weights are kept, so
-    /// either can be chosen at any time; 8-bit copies cost half as much again (as i16, see
-    /// `kernels::int8`).
+    /// Take the encoder's products in `precision` from now on. The f32 weights are kept (either
+    /// can be chosen at any time); the 8-bit copies add a half (as i16) or a quarter (bytes).
     pub fn set_precision(&mut self, precision: Precision) {
         let int8 = precision == Precision::Int8;
         let mut input_norm = &self.embedding_norm;
         for layer in &mut self.layers {
-            // Q, K and V read the previous norm's output, the MLP's first product this layer's
-            // attention norm's; the other two read the attention's and GELU's.
+            // Q, K, V read the previous norm, the MLP's first product the attention norm.
             for linear in [&mut layer.query, &mut layer.key, &mut layer.value] {
                 linear.int8 = int8.then(|| linear.int8_after(input_norm));
             }

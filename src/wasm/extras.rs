@@ -1,10 +1,45 @@
-//! The bindings beside the engine: a bare embedder for the helper workers that embed while the
+//! The bindings beside the engine: the engine's embedder (its numbers, where it runs, embedding
+//! outside an indexing call), a bare embedder for the helper workers that embed while the
 //! engine's worker does the rest, the thread pool of the threaded build, and PDF text for the
 //! parse worker.
 
-use super::js_err;
+use super::{js_err, progress_callback, WasmEngine};
 use crate::embed::Embedder;
+use js_sys::Function;
 use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(js_class = Engine)]
+impl WasmEngine {
+    /// The numbers the embedder's CPU products are taken in: "f32" (the default) or "int8"
+    /// (`embed::Precision`). Set it after `useGpu`: the GPU's self-test compares against f32.
+    #[wasm_bindgen(js_name = setEmbedderPrecision)]
+    pub fn set_embedder_precision(&mut self, precision: &str) -> Result<(), JsError> {
+        self.inner.embedder_mut().set_precision(precision.parse().map_err(js_err)?);
+        Ok(())
+    }
+
+    #[wasm_bindgen(js_name = embedderPrecision)]
+    pub fn embedder_precision(&self) -> String {
+        self.inner.embedder().precision().to_string()
+    }
+
+    /// "gpu" or "cpu": where `embedAsync` embeds documents.
+    #[wasm_bindgen(js_name = embedderBackend)]
+    pub fn embedder_backend(&self) -> String {
+        self.inner.embedder().backend().name().to_string()
+    }
+
+    /// Unit vectors for `texts`, one after another (`texts.length * dim` floats, the form
+    /// `addPrepared` takes), computed on the GPU once `useGpu` put the embedder there, otherwise
+    /// on the CPU. `progress(done, total)` is called after each batch.
+    #[wasm_bindgen(js_name = embedAsync, unchecked_return_type = "Promise<Float32Array>")]
+    pub async fn embed_async(&self, texts: Vec<String>, progress: Option<Function>) -> Result<JsValue, JsError> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors =
+            self.inner.embedder().embed_async(&refs, &mut progress_callback(&progress)).await.map_err(js_err)?;
+        Ok(js_sys::Float32Array::from(vectors.concat().as_slice()).into())
+    }
+}
 
 /// The embedder on its own, for helper workers that embed while the engine's worker does the
 /// rest (and for `make bench-web`).
