@@ -27,20 +27,27 @@ const docLists = (page) => ({
   indexedNames: () => page.$$eval('[data-testid="doc-status"][data-state="indexed"]', (els) => els.map((e) => e.dataset.doc)),
 });
 
+// Serve dist/ (with `serveFlags`), open Chromium (with `launchArgs`) and its page, closed when the
+// test ends; `errors` collects the page's uncaught errors.
+async function openPage(t, { serveFlags = [], launchArgs = [] } = {}) {
+  const server = await serve(...serveFlags);
+  const context = await launch(launchArgs);
+  t.after(async () => { await context.close(); server.proc.kill(); });
+  const page = context.pages()[0] || await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  return { server, context, page, errors };
+}
+
 async function waitReady(page) {
   await page.waitForFunction(() => document.getElementById('status').textContent === 'ready', null, { timeout: 240_000 });
 }
 
 test('the page indexes a dropped file, answers with a citation, keeps documents across reloads, stays on its origin', async (t) => {
-  const server = await serve();
-  const context = await launch();
-  t.after(async () => { await context.close(); server.proc.kill(); });
-  const page = context.pages()[0] || await context.newPage();
+  const { server, context, page, errors } = await openPage(t);
   const requests = [];
   context.on('request', (r) => requests.push(r.url()));
   context.on('serviceworker', () => {});
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
 
@@ -242,12 +249,7 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
 });
 
 test('?graph=3: the search graph is built in a worker of its own, answers, and is stored with the index', async (t) => {
-  const server = await serve();
-  const context = await launch();
-  t.after(async () => { await context.close(); server.proc.kill(); });
-  const page = context.pages()[0] || await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, context, page, errors } = await openPage(t);
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
   const ask = async () => {
@@ -278,12 +280,7 @@ test('?graph=3: the search graph is built in a worker of its own, answers, and i
 
 test('faults: workers that die cost only their file, a full quota refuses by name, a reload mid-batch loses nothing', async (t) => {
   // The PDF reader's worker and the embedding helpers are served as scripts that throw at start.
-  const server = await serve('--fail', '/parse-worker.js', '--fail', '/embed-worker.js');
-  const context = await launch();
-  t.after(async () => { await context.close(); server.proc.kill(); });
-  const page = context.pages()[0] || await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, context, page, errors } = await openPage(t, { serveFlags: ['--fail', '/parse-worker.js', '--fail', '/embed-worker.js'] });
   const { notices, indexedNames } = docLists(page);
   const log = (topic, n) => Buffer.from(Array.from({ length: n }, (_, i) =>
     `Entry ${i} of the ${topic} log: the ${topic} crew checked hull plate ${i * 7} and found it sound.`).join(' '));
@@ -357,12 +354,7 @@ test('faults: workers that die cost only their file, a full quota refuses by nam
 });
 
 test('a trap in the engine: the file it stopped on is named, the engine restarts, no other document is lost', async (t) => {
-  const server = await serve();
-  const context = await launch();
-  t.after(async () => { await context.close(); server.proc.kill(); });
-  const page = context.pages()[0] || await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, context, page, errors } = await openPage(t);
   const { notices, indexedNames } = docLists(page);
   // ?embed=relaxed: the helpers embed with the relaxed SIMD build (Chromium has relaxed SIMD).
   await page.goto(`${server.url}?threads=2&embed=relaxed`);
@@ -418,12 +410,7 @@ test('a trap in the engine: the file it stopped on is named, the engine restarts
 });
 
 test('without COOP/COEP headers the page still works and Stop still stops', async (t) => {
-  const server = await serve('--plain');
-  const context = await launch();
-  t.after(async () => { await context.close(); server.proc.kill(); });
-  const page = context.pages()[0] || await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, context, page, errors } = await openPage(t, { serveFlags: ['--plain'] });
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
   // One thread, and prompts read with the 8-bit weights: the low-memory settings;
@@ -510,12 +497,7 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
 // SwiftShader reads the prompt at ~1 token/s, so the question is asked without retrieval (a
 // ~34-token prompt) and the GPU answer is stopped after 100 characters.
 test('the page answers on WebGPU, as on the CPU', async (t) => {
-  const server = await serve();
-  const context = await launch(['--enable-unsafe-webgpu']);
-  t.after(async () => { await context.close(); server.proc.kill(); });
-  const page = context.pages()[0] || await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
+  const { server, context, page, errors } = await openPage(t, { launchArgs: ['--enable-unsafe-webgpu'] });
   const question = 'Why is the sky blue?';
   const answerOn = async (query, { stopAt }) => {
     // Threads left to the page: on a cross-origin isolated page with two cores, the threaded
