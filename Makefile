@@ -129,6 +129,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	@[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
 
+# ONLY=kernels,generation,embedding,index (any of them) times only those parts.
 bench: build models
 	$(CARGO) bench --locked --bench pipeline
 

@@ -24,10 +24,21 @@ fn main() {
     let mut report = serde_json::Map::new();
     let embedder = models::load_embedder(&dir).expect("embedder (run `make models`)");
 
-    bench_kernels(&mut report);
-    bench_generators(&dir, &mut report);
-    bench_embedder(&embedder, &mut report);
-    bench_index(&embedder, &mut report);
+    // `make bench ONLY=kernels,generation` (or `embedding`, `index`) times only those parts.
+    let only = std::env::var("ONLY").ok().filter(|o| !o.is_empty());
+    let wants = |part: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p == part));
+    if wants("kernels") {
+        bench_kernels(&mut report);
+    }
+    if wants("generation") {
+        bench_generators(&dir, &mut report);
+    }
+    if wants("embedding") {
+        bench_embedder(&embedder, &mut report);
+    }
+    if wants("index") {
+        bench_index(&embedder, &mut report);
+    }
     println!("{}", serde_json::Value::Object(report));
 }
 
@@ -235,6 +246,12 @@ fn bench_kernels(report: &mut serde_json::Map<String, serde_json::Value>) {
         f.ours_matmul128_us,
         f.candle_matmul128_us,
         f.candle_matmul128_us / f.ours_matmul128_us
+    );
+    println!(
+        "  128 vectors on plain buffers, 8-bit vs f32 weights (kernels::dense, the wasm build's f32 prompt kernel): {:8.1} vs {:8.1} ({:.2}x)",
+        f.prompt_q8_us,
+        f.prompt_f32_us,
+        f.prompt_f32_us / f.prompt_q8_us
     );
     report.insert("q8_matvec_speedup".into(), json!(f.candle_matvec_us / f.ours_matvec_us));
     report.insert("q8_matmul128_speedup".into(), json!(f.candle_matmul128_us / f.ours_matmul128_us));

@@ -120,6 +120,10 @@ pub struct KernelFigures {
     /// 128 vectors at once (a slice of a prompt read with the 8-bit weights only).
     pub ours_matmul128_us: f64,
     pub candle_matmul128_us: f64,
+    /// 128 vectors on plain buffers, as a prompt is read: with the 8-bit weights (`kernels::q8`)
+    /// and with an f32 copy of them (`kernels::dense`).
+    pub prompt_q8_us: f64,
+    pub prompt_f32_us: f64,
 }
 
 /// Microseconds per call of `f`: the median of 7 rounds, a round being as many calls as fill
@@ -171,6 +175,11 @@ pub fn embed_kernel_figures() -> EmbedKernelFigures {
     EmbedKernelFigures { shapes, f32_us, int8_us }
 }
 
+fn ours_dequantized(m: &crate::kernels::q8::Q8Matrix) -> Vec<f32> {
+    let (rows, cols) = m.shape();
+    (0..rows * cols).map(|i| m.weight(i / cols, i % cols)).collect()
+}
+
 /// Our Q8_0 kernel (`kernels::q8`) against candle's on the same quantized matrix and inputs, each
 /// figure from `time_us`.
 pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
@@ -188,7 +197,13 @@ pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
         figures[2 * i] = time_us(&mut || drop(ours.forward(&x).expect("our product")));
         figures[2 * i + 1] = time_us(&mut || drop(theirs.forward(&x).expect("candle's product")));
     }
+    let (dense_w, x) = (ours_dequantized(&ours), values(128 * cols, 130));
+    let mut out = vec![0f32; 128 * rows];
+    let prompt_q8_us = time_us(&mut || ours.matmul(&x, &mut out));
+    let prompt_f32_us = time_us(&mut || crate::kernels::dense::matmul_t(&x, &dense_w, cols, &mut out));
     Ok(KernelFigures {
+        prompt_q8_us,
+        prompt_f32_us,
         rows,
         cols,
         ours_matvec_us: figures[0],

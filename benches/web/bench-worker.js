@@ -96,6 +96,8 @@ const handlers = {
         embed_int8_kernel_speedup: e.f32_us / e.int8_us,
         q8_matvec_speedup: f.candle_matvec_us / f.ours_matvec_us,
         q8_matmul128_speedup: f.candle_matmul128_us / f.ours_matmul128_us,
+        // A prompt's products with the 8-bit weights (kernels::q8_prompt) against the f32 copy.
+        q8_prompt_vs_f32: f.prompt_f32_us / f.prompt_q8_us,
         q8_matvec_us: { ours: f.ours_matvec_us, candle: f.candle_matvec_us, rows: f.rows, cols: f.cols },
       },
     };

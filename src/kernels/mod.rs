@@ -6,5 +6,6 @@ pub mod dense;
 pub mod f4;
 pub mod int8;
 pub mod q8;
+mod q8_prompt;
 pub mod random;
 pub mod vecmath;

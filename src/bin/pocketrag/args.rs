@@ -21,6 +21,10 @@ pub(crate) struct Cli {
     /// (loads it; README, "Abstention"). Off by default: measured, it did not help yet.
     #[arg(long, global = true)]
     pub(crate) read: bool,
+    /// Read prompts with the 8-bit weights only, instead of f32 copies (natively ~2x slower
+    /// prompt reading, ~425 MB less memory); `ask`, `eval` and `eval-qa`.
+    #[arg(long, global = true)]
+    pub(crate) low_memory: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -30,6 +34,19 @@ pub(crate) static READ: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 
 pub(crate) fn reading() -> bool {
     READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--low-memory`, set once in `main`.
+pub(crate) static LOW_MEMORY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The generator's weights for reading prompts, as `--low-memory` asks.
+pub(crate) fn prompt_weights() -> pocketrag::llm::llama::Weights {
+    use pocketrag::llm::llama::Weights;
+    if LOW_MEMORY.load(std::sync::atomic::Ordering::Relaxed) {
+        Weights::Quantized
+    } else {
+        Weights::QuantizedAndDense
+    }
 }
 
 #[derive(Subcommand)]
@@ -90,10 +107,6 @@ pub(crate) enum Command {
         /// Generator GGUF file (default: the re-quantized SmolLM2 in the models folder).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Read the prompt with the 8-bit weights only, instead of f32 copies (~2.5x slower
-        /// prompt reading, ~425 MB less memory).
-        #[arg(long)]
-        low_memory: bool,
         /// Answer with our fine-tuned model (the merged GGUF that `make models` writes).
         #[arg(long, conflicts_with = "model")]
         tuned: bool,

@@ -1,9 +1,8 @@
 //! `pocketrag eval` and `pocketrag calibrate`: the question sets asked, scored and printed.
 
-use crate::args::reading;
+use crate::args::{prompt_weights, reading};
 use crate::{counting_bar, open, write_atomically};
 use anyhow::{Context, Result};
-use pocketrag::llm::llama::Weights;
 use pocketrag::models;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -99,7 +98,7 @@ pub(crate) fn calibrate(
         None => vec![],
     };
     let generator = models::generator_path(models_dir);
-    let mut engine = open(models_dir, None, reading().then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
+    let mut engine = open(models_dir, None, reading().then_some((generator.as_path(), prompt_weights())))?;
     let wanted = cal::Extra {
         near_miss_every: extra.near_miss_every,
         foreign: extra.foreign.map(|(_, every)| (others.as_slice(), every)),
@@ -218,7 +217,7 @@ pub(crate) fn evaluate_qa(
     let configs: Vec<qa::Config> = modes.iter().map(|m| qa::Config::parse(m)).collect::<pocketrag::Result<_>>()?;
     let wants_model = reading() || configs.iter().any(|c| c.mode.uses_model());
     let generator = models::generator_path(models_dir);
-    let mut engine = open(models_dir, None, wants_model.then_some((generator.as_path(), Weights::QuantizedAndDense)))?;
+    let mut engine = open(models_dir, None, wants_model.then_some((generator.as_path(), prompt_weights())))?;
     if configs.iter().any(|c| c.tuned) {
         let path = models_dir.join(models::ADAPTER_FILE);
         let bytes = models::read(&path)?;

@@ -7,7 +7,7 @@ mod index;
 mod tune;
 
 use anyhow::{bail, Context, Result};
-use args::{reading, Cli, Command, READ};
+use args::{prompt_weights, reading, Cli, Command, LOW_MEMORY, READ};
 use clap::Parser;
 use evaluate::{calibrate, evaluate, evaluate_qa, QaSet, Unanswerable};
 use index::index;
@@ -23,6 +23,7 @@ fn main() {
     restore_broken_pipe();
     let cli = Cli::parse();
     READ.store(cli.read, std::sync::atomic::Ordering::Relaxed);
+    LOW_MEMORY.store(cli.low_memory, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -69,7 +70,6 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             max_tokens,
             model,
-            low_memory,
             tuned,
             adapter,
             backend,
@@ -89,7 +89,7 @@ fn run(cli: Cli) -> Result<()> {
                 (_, _, true) => Mode::Copy,
                 _ => Mode::Quote,
             };
-            let weights = if low_memory { Weights::Quantized } else { Weights::QuantizedAndDense };
+            let weights = prompt_weights();
             // The default mode quotes the documents; the model only reads for the gate.
             let generator = (mode.uses_model() || reading()).then_some((model.as_path(), weights));
             let mut engine = open(&cli.models, index.as_deref(), generator)?;
