@@ -27,7 +27,9 @@ fn stepping_matches_generate_and_pieces_add_up() {
     assert_eq!(streamed, whole.text);
     assert_eq!(whole.text, g.tokenizer().decode(&whole.tokens, true).unwrap());
     assert!(whole.text.chars().any(|c| c.len_utf8() > 1), "no multi-byte text in {:?}", whole.text);
-    assert!(!whole.text.contains('\u{FFFD}'), "{:?}", whole.text);
+    // Characters that span tokens come out whole; only a character that the token limit cuts
+    // off at the very end may be left as U+FFFD (`a_stop_inside_a_character_keeps_its_bytes`).
+    assert!(!whole.text.trim_end_matches('\u{FFFD}').contains('\u{FFFD}'), "{:?}", whole.text);
 
     let mut run = g.start(&ids, &params).unwrap();
     let (mut prefills, mut pieces) = (0, Vec::new());

@@ -67,26 +67,15 @@ fn the_merged_tuned_model_agrees_with_the_adapter_applied_at_load_time() {
         let s: f32 = e.iter().sum();
         e.into_iter().map(|v| v / s).collect::<Vec<f32>>()
     };
-    // Merging rounds every adapted matrix to Q8_0 once more: one more rounding of the same size as
-    // the one that made the Q8_0 file, so it must cost about what that costs (the base Q8_0 file
-    // against its weights in f32; measured 0.050 against 0.027) ...
-    let base_bytes = std::fs::read(models::generator_path(&dir)).unwrap();
-    let f32_bytes = pocketrag::llm::quantize::requantize(
-        &base_bytes,
-        "q8_0",
-        candle_core::quantized::GgmlDType::Q8_0,
-        candle_core::quantized::GgmlDType::F32,
-    )
-    .unwrap();
-    let ct = gguf_file::Content::read(&mut Cursor::new(&f32_bytes)).unwrap();
-    let mut exact = Llama::from_gguf(&ct, &mut Cursor::new(&f32_bytes), Weights::Quantized, &Device::Cpu).unwrap();
-    let quantizing = diff(&probs(&c), &probs(&logits(&mut exact, &prompt, 0)));
+    // Merging rounds every adapted matrix to Q8_0 once more. That must leave the adapter's own
+    // change standing out from the rounding: measured, merging moved the next token's
+    // probabilities by 0.042 at most, the adapter by 0.109. (This once compared merging with the
+    // base Q8_0 file against its dequantized f32 weights, 0.027 then; that difference was the
+    // rounding of the products' inputs to 8 bits, and with 14–15 bits it is next to nothing, so it
+    // is no yardstick for a rounding of the weights.)
     let (rounding, effect) = (diff(&probs(&a), &probs(&b)), diff(&probs(&a), &probs(&c)));
-    eprintln!("probability change: merging {rounding}, Q8_0 itself {quantizing}, the adapter {effect}");
-    assert!(
-        rounding <= 3.0 * quantizing,
-        "merging moves probabilities by {rounding}; Q8_0 rounding itself by {quantizing}"
-    );
+    eprintln!("probability change: merging {rounding}, the adapter {effect}");
+    assert!(rounding < 0.5 * effect, "merging moves probabilities by {rounding}, the adapter by {effect}");
     // ... and the two pick the same next token nearly always. Both are fed the unmerged model's
     // greedy continuation, so one near-tie going the other way does not end the comparison.
     let (mut pos, mut same, steps) = (prompt.len(), 0, 32);

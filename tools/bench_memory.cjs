@@ -188,6 +188,7 @@ async function pagePart(paths) {
     clearInterval(sampler);
     await context.close();
     server.proc.kill();
+    fs.rmSync(context.profile, { recursive: true, force: true });
   }
 }
 

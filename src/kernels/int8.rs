@@ -14,7 +14,7 @@
 //!
 //! The tile is `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
 
-use super::q8::round_half_away;
+use super::blocks::round_half_away;
 
 /// Positions per tile.
 const R: usize = 2;

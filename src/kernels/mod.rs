@@ -2,6 +2,7 @@
 //! embedder in `embed`) and the GPU tests check against. Nothing here knows about a model; it
 //! imports nothing from the rest of the crate but its error type.
 
+mod blocks;
 pub mod dense;
 pub mod f4;
 pub mod int8;

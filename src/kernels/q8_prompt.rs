@@ -1,11 +1,11 @@
 //! A Q8_0 matrix against many positions at once: the products that read a prompt with the 8-bit
 //! weights alone (no f32 copy of the model).
 //!
-//! `q8.rs` computes one position against a group of four rows (`dot4`), widening both operands'
+//! `q8.rs` computes one position against a group of four rows (`dot4`), widening the weights'
 //! bytes to 16 bits for every product. Reading a prompt, each group meets hundreds of positions,
 //! so here the group's weights are widened once into a small buffer (four rows of 16-bit values,
-//! at most 12 KB, which stays in the nearest cache) and the positions once for the whole matrix;
-//! a tile of P positions × 4 rows then shares each loaded vector of weights among P positions.
+//! at most 12 KB, which stays in the nearest cache); a tile of P positions × 4 rows then shares
+//! each loaded vector of weights among P positions.
 //!
 //! The numbers are `dot4`'s to the bit: each block's integer sum is exact whatever order its
 //! lanes are added in, and the f32 work (each lane scaled and summed over the blocks, then
@@ -17,13 +17,8 @@ use super::q8::{in_passes, Q8Matrix, BLOCK, GROUP, PASS_WIDTH};
 /// Positions per tile.
 const P: usize = 1;
 
-/// The positions' quantized values, widened to 16 bits (n × cols, row after row).
-pub(super) fn widen(quants: &[i8]) -> Vec<i16> {
-    quants.iter().map(|&v| v as i16).collect()
-}
-
-/// `out` (positions × rows) = the positions `x16` (from `widen`; one scale per block in `xs`)
-/// times `m`ᵀ.
+/// `out` (positions × rows) = the positions `x16` (`blocks::quantize_rows`; one scale per block in
+/// `xs`) times `m`ᵀ.
 pub(super) fn positions_against(m: &Q8Matrix, x16: &[i16], xs: &[f32], out: &mut [f32]) {
     let (rows, cols) = m.shape();
     let (blocks, n) = (cols / BLOCK, x16.len() / cols);
@@ -136,20 +131,14 @@ mod simd128 {
                 }
             }
         }
-        acc.map(|rows| {
-            rows.map(|v| {
-                f32x4_extract_lane::<0>(v)
-                    + f32x4_extract_lane::<1>(v)
-                    + f32x4_extract_lane::<2>(v)
-                    + f32x4_extract_lane::<3>(v)
-            })
-        })
+        acc.map(|rows| rows.map(super::super::q8::simd128::lanes_total))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::q8::{dot4, dot4_portable, quantize_rows};
+    use super::super::blocks::quantize_rows;
+    use super::super::q8::{dot4, dot4_portable};
     use super::*;
     use crate::kernels::random::pseudo_random;
 
@@ -163,38 +152,31 @@ mod tests {
     fn every_kernel_adds_in_one_order() {
         let (rows, cols, n) = (8, 576, 5);
         let m = Q8Matrix::quantize(&pseudo_random(rows * cols, 7), rows, cols);
+        // Inputs that use the whole 15-bit range, the sums' largest case included.
         let x = quantize_rows(&pseudo_random(n * cols, 8));
         let blocks = cols / BLOCK;
-        let x16 = widen(&x.quants);
+        let widen = |q: &[i8]| q.iter().map(|&v| v as i16).collect::<Vec<_>>();
         let mut tiled = vec![0f32; n * rows];
-        positions_against(&m, &x16, &x.scales, &mut tiled);
+        positions_against(&m, &x.quants, &x.scales, &mut tiled);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for g in 0..rows / GROUP {
             let (wq, ws) = m.group(g);
             let w16 = widen(wq);
             for p in 0..n {
                 let (xq, xs) = (&x.quants[p * cols..][..cols], &x.scales[p * blocks..][..blocks]);
-                let want = portable::<1>(&w16, ws, &x16[p * cols..][..cols], xs, blocks)[0];
+                let want = portable::<1>(&w16, ws, xq, xs, blocks)[0];
                 assert_eq!(bits(&dot4((wq, ws), xq, xs)), bits(&want), "group {g}, position {p}");
                 assert_eq!(bits(&dot4_portable((wq, ws), xq, xs)), bits(&want), "group {g}, position {p}, portable");
-                assert_eq!(
-                    bits(&tiled[p * rows + g * GROUP..][..GROUP]),
-                    bits(&want),
-                    "group {g}, position {p}, tiled"
-                );
+                let got = &tiled[p * rows + g * GROUP..][..GROUP];
+                assert_eq!(bits(got), bits(&want), "group {g}, position {p}, tiled");
             }
         }
         // Two positions in one tile, the same bits as each alone.
-        let pair = portable::<2>(&widen(m.group(0).0), m.group(0).1, &x16[..2 * cols], &x.scales[..2 * blocks], blocks);
+        let (w16, ws) = (widen(m.group(0).0), m.group(0).1);
+        let pair = portable::<2>(&w16, ws, &x.quants[..2 * cols], &x.scales[..2 * blocks], blocks);
         for (p, sums) in pair.iter().enumerate() {
-            let one = portable::<1>(
-                &widen(m.group(0).0),
-                m.group(0).1,
-                &x16[p * cols..][..cols],
-                &x.scales[p * blocks..][..blocks],
-                blocks,
-            );
-            assert_eq!(bits(sums), bits(&one[0]), "position {p} of a pair");
+            let (xq, xs) = (&x.quants[p * cols..][..cols], &x.scales[p * blocks..][..blocks]);
+            assert_eq!(bits(sums), bits(&portable::<1>(&w16, ws, xq, xs, blocks)[0]), "position {p} of a pair");
         }
     }
 }

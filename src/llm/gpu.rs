@@ -5,7 +5,7 @@
 //!
 //! Per block, for n positions at pos..pos + n (every step a kernel in `shaders/`):
 //!   h = rms_norm(x)                      rms_norm
-//!   q, k, v = h W_q, h W_k, h W_v        quantize (h to Q8_0, once) + matmul_q8 (+ matmul_f32 × 2
+//!   q, k, v = h W_q, h W_k, h W_v        quantize (h to 14–15 bits a block, once) + matmul_q8 (+ matmul_f32 × 2
 //!                                        per adapted matrix: the fine-tune's low-rank update)
 //!   rotate q; rotate k into the cache;   rope, store
 //!   copy v into the cache
@@ -155,7 +155,7 @@ struct Buffers {
     att: wgpu::Buffer,
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
-    /// The input of the next product, rounded to Q8_0.
+    /// The input of the next product, rounded to 14–15 bits per block (two values a word).
     xq: wgpu::Buffer,
     xs: wgpu::Buffer,
     /// x Aᵀ of an adapter.
@@ -238,7 +238,7 @@ impl GpuLlama {
             att: g.zeros("att", p * dim),
             gate: g.zeros("gate", p * hidden),
             up: g.zeros("up", p * hidden),
-            xq: g.zeros("xq", p * widest / 4),
+            xq: g.zeros("xq", p * widest / 2),
             xs: g.zeros("xs", p * widest / 32),
             low_rank: g.zeros("low rank", p),
             scores: g.zeros("scores", n_head * p * context),
@@ -406,7 +406,7 @@ impl GpuLlama {
         Op::new(&self.gpu, kernel, buffers, grid)
     }
 
-    /// Round `input` (n × cols) to Q8_0 into xq/xs, for the products that follow.
+    /// Round `input` (n × cols) into xq/xs (`kernels::blocks::quantize_rows`), for the products that follow.
     fn quantize(&self, step: &wgpu::Buffer, input: &wgpu::Buffer, cols: u32) -> Vec<Op> {
         let shape = self.shape([cols, 0, 0, 0]);
         let b = &self.buffers;

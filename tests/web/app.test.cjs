@@ -32,7 +32,11 @@ const docLists = (page) => ({
 async function openPage(t, { serveFlags = [], launchArgs = [] } = {}) {
   const server = await serve(...serveFlags);
   const context = await launch(launchArgs);
-  t.after(async () => { await context.close(); server.proc.kill(); });
+  t.after(async () => {
+    await context.close();
+    server.proc.kill();
+    fs.rmSync(context.profile, { recursive: true, force: true });
+  });
   const page = context.pages()[0] || await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
@@ -62,8 +66,8 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   assert.equal(await page.textContent('[data-testid="backend"]'), 'cpu');
   // Headless Chromium offers no WebGPU adapter without --enable-unsafe-webgpu; the label says so.
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /WebGPU not used \(.*adapter/);
-  // Headless Chromium reports enough device memory for the faster f32 prompt weights.
-  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with f32 weights/);
+  // Prompts are read with the 8-bit weights by default (no f32 copy of the model).
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with 8-bit weights/);
   // Documents are embedded with 8-bit products by the SIMD128 build; the relaxed one is not fetched.
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-precision'), 'int8');
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'simd128');
@@ -413,16 +417,16 @@ test('without COOP/COEP headers the page still works and Stop still stops', asyn
   const { server, context, page, errors } = await openPage(t, { serveFlags: ['--plain'] });
   const workers = [];
   page.on('worker', (w) => workers.push(w.url()));
-  // One thread, and prompts read with the 8-bit weights: the low-memory settings;
-  // ... and the embedder in the model's own f32.
-  await page.goto(`${server.url}?threads=1&prefill=quantized&model=tuned&embed=f32`);
+  // One thread, prompts read with f32 copies of the weights, and the embedder in the model's own
+  // f32: the settings other than the defaults.
+  await page.goto(`${server.url}?threads=1&prefill=dense&model=tuned&embed=f32`);
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
   await page.waitForSelector('[data-testid="doc-status"][data-doc="rag.md"][data-state="indexed"]', { timeout: 240_000 });
   await waitReady(page);
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-precision'), 'f32');
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /documents embedded in f32/);
 
-  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with 8-bit weights/);
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with f32 weights/);
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-threads'), '1');
   // A document indexed with ?threads=1 is embedded in the engine's own worker.
   await page.setInputFiles('[data-testid="file-input"]', [

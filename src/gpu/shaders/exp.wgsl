@@ -2,7 +2,7 @@
 // constants, the same operations in the same order, so that on an adapter whose f32 arithmetic
 // is IEEE's without fused multiply-adds (lavapipe; `Gpu::arithmetic_is_exact` checks) it gives
 // the same bits. WGSL's own `exp` need only be within a few units in the last place, and one such
-// difference, once activations are rounded to 8 bits, grows through the layers.
+// difference, once activations are rounded for the integer products, grows through the layers.
 // The constants are written as their bits: WGSL lets a decimal literal round either way.
 
 fn exp_cpu(x: f32) -> f32 {

@@ -3,7 +3,7 @@
 // The sum of squares is taken in exactly the CPU path's order (eight running sums over the
 // vector, then added in turn: `vecmath::dot`, then `RmsNorm::forward_slice` in llm/llama.rs), by
 // one thread per position. A tree sum over a workgroup would be faster on a large GPU, but
-// activations are rounded to 8 bits right after this, where a last-bit difference can move a
+// activations are rounded to 14–15 bits right after this, where a last-bit difference can move a
 // value across a rounding step and grow from there (tests/gpu.rs): every kernel that sums keeps
 // the CPU's order, so that the two paths give the same bits.
 
