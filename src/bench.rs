@@ -175,11 +175,6 @@ pub fn embed_kernel_figures() -> EmbedKernelFigures {
     EmbedKernelFigures { shapes, f32_us, int8_us }
 }
 
-fn ours_dequantized(m: &crate::kernels::q8::Q8Matrix) -> Vec<f32> {
-    let (rows, cols) = m.shape();
-    (0..rows * cols).map(|i| m.weight(i / cols, i % cols)).collect()
-}
-
 /// Our Q8_0 kernel (`kernels::q8`) against candle's on the same quantized matrix and inputs, each
 /// figure from `time_us`.
 pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
@@ -190,6 +185,7 @@ pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
     let w = Tensor::from_vec(values(rows * cols, 1), (rows, cols), &Device::Cpu)?;
     let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
     let ours = crate::kernels::q8::Q8Matrix::from_qtensor(&q)?.expect("a Q8_0 matrix");
+    let dense_w = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
     let theirs = QMatMul::from_qtensor(q)?;
     let mut figures = [0.0; 4];
     for (i, n) in [1usize, 128].into_iter().enumerate() {
@@ -197,7 +193,7 @@ pub fn q8_kernel_figures() -> crate::error::Result<KernelFigures> {
         figures[2 * i] = time_us(&mut || drop(ours.forward(&x).expect("our product")));
         figures[2 * i + 1] = time_us(&mut || drop(theirs.forward(&x).expect("candle's product")));
     }
-    let (dense_w, x) = (ours_dequantized(&ours), values(128 * cols, 130));
+    let x = values(128 * cols, 130);
     let mut out = vec![0f32; 128 * rows];
     let prompt_q8_us = time_us(&mut || ours.matmul(&x, &mut out));
     let prompt_f32_us = time_us(&mut || crate::kernels::dense::matmul_t(&x, &dense_w, cols, &mut out));

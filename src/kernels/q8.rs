@@ -185,8 +185,9 @@ impl Q8Matrix {
         let blocks = self.cols / BLOCK;
         let n = xq.len() / self.cols;
         in_passes(self.rows, out, |g, t| {
+            let group = self.group(g);
             for p in 0..n {
-                let d = dot4(self.group(g), &xq[p * self.cols..][..self.cols], &xs[p * blocks..][..blocks]);
+                let d = dot4(group, &xq[p * self.cols..][..self.cols], &xs[p * blocks..][..blocks]);
                 t[p * PASS_WIDTH..][..GROUP].copy_from_slice(&d);
             }
         });
