@@ -12,7 +12,7 @@ GEN_TUNED := models/smollm2/SmolLM2-135M-Instruct-pocketrag.Q8_0.gguf
 DEMO_INDEX := target/demo.idx
 DEMO_DOCS  := samples
 
-.PHONY: all models build test vulkan wasm wasm-bench wasm-relaxed wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory eval-precision fuzz fuzz-seeds clean-models
+.PHONY: all models build test vulkan peers wasm wasm-bench wasm-relaxed wasm-threads wasm-target wasm-bindgen-cli site demo demo-cli browser bench bench-web bench-memory eval-precision fuzz fuzz-seeds clean-models
 
 all: build
 
@@ -135,17 +135,26 @@ bench: build models
 
 # The browser's figures: benches/web/bench.html run in headless Chromium; prints one JSON object.
 # The benchmark page and its wasm build join the site only here: the site itself does not ship them.
-# SIMD=relaxed measures a bench build with relaxed SIMD too (kernels::int8's 8-bit dot product;
-# PRECISION=int8 to use it).
+# The embedder runs in 8 bits, as the page's does (PRECISION=f32 for f32); SIMD=relaxed measures a
+# bench build with relaxed SIMD too (kernels::int8's one-byte form). ONLY=generation, embedding or
+# peers for some parts; the whole run ends with the peers (`make peers`) on the same inputs.
 WASM_BENCH_RELAXED := target/wasm-relaxed/wasm32-unknown-unknown/release/pocketrag.wasm
-bench-web: site wasm-bench browser
+bench-web: site wasm-bench browser peers
 	cp benches/web/*.html benches/web/*.js $(SITE)/
+	rm -rf $(SITE)/peers; cp -rl target/peers/site $(SITE)/peers 2>/dev/null \
+		|| (rm -rf $(SITE)/peers && cp -r target/peers/site $(SITE)/peers)
 	if [ "$(SIMD)" = relaxed ]; then \
 		RUSTFLAGS="$(RELAXED_RUSTFLAGS)" $(CARGO) build --release --locked --lib --features bench \
 			--target wasm32-unknown-unknown --target-dir target/wasm-relaxed \
 		&& wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH_RELAXED); \
 	else wasm-bindgen --target web --out-dir $(SITE)/pkg-bench $(WASM_BENCH); fi
 	node tools/bench_web.cjs
+
+# The peers bench-web runs beside our engine (benches/peers/manifest.json: transformers.js with
+# onnxruntime-web, wllama; MiniLM as fp32 and int8 ONNX files made from the weights we fetch),
+# into target/peers; licences noted in the manifest and kept beside each package's files.
+peers: models
+	$(PYTHON) benches/peers/fetch.py target/peers
 
 # The 8-bit embedder against f32 on PubMedQA's abstracts, through the page's path and builds in
 # headless Chromium: retrieval recall@1/@5 and MRR for each, and each chunk's cosine to f32

@@ -167,7 +167,7 @@ pub fn embed_kernel_figures() -> EmbedKernelFigures {
     for &[n, k, m] in &shapes {
         let x = pseudo_random(n * k, 1);
         let w = pseudo_random(m * k, 2);
-        let q = int8::I8Rows::quantize(&w, k);
+        let q = int8::I8Rows::quantize(&w, k, int8::Form::FASTEST);
         let mut out = vec![0f32; n * m];
         f32_us += time_us(&mut || dense::matmul_t(&x, &w, k, &mut out));
         int8_us += time_us(&mut || int8::matmul_t(&x, &q, &mut out));

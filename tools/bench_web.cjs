@@ -5,8 +5,8 @@ const { withPage } = require('../tests/support/browser.cjs');
 
 async function main() {
   await withPage(async (page, server) => {
-    // ONLY=generation or ONLY=embedding (make bench-web ONLY=…) times that alone; PRECISION=int8
-    // takes the embedder's products in 8 bits.
+    // ONLY=generation, ONLY=embedding or ONLY=peers (make bench-web ONLY=…) times that alone;
+    // PRECISION=f32 takes the embedder's products in f32 (8 bits by default, as the page).
     const query = new URLSearchParams();
     if (process.env.ONLY) query.set('only', process.env.ONLY);
     if (process.env.PRECISION) query.set('precision', process.env.PRECISION);

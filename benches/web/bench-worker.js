@@ -65,6 +65,7 @@ const handlers = {
         prompt: a.prompt_tokens,
         prefill: a.prompt_tokens / (a.timings_ms.prefill / 1000),
         decode: a.generated_tokens / (a.timings_ms.decode / 1000),
+        text: a.prompt,
       });
     }
     return {
@@ -75,6 +76,8 @@ const handlers = {
         ttft_prompt_tokens: median(runs.map((r) => r.prompt)),
         threads: pkg.threadCount(),
       },
+      // The prompts as the generator read them, for the peers to read the same.
+      prompts: runs.map((r) => r.text),
     };
   },
   chunks({ n }) {

@@ -1,12 +1,14 @@
 // The benchmark page: runs each measurement in workers (as the app does) and prints one JSON
 // object into #result, with data-state="done" (or "error") when finished.
+import { MODELS } from './models.js';
+
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const status = (text) => { $('status').textContent = text; };
 
-function start(role) {
-  const w = new Worker('bench-worker.js', { type: 'module' });
+function start(role, script = 'bench-worker.js') {
+  const w = new Worker(script, { type: 'module' });
   const replies = [];
   const waiters = [];
   w.onmessage = ({ data }) => {
@@ -35,8 +37,9 @@ async function run() {
   // thread and on two, nothing else: a quick before/after for work on generation; `?only=embedding`
   // likewise for the embedder.
   const only = new URLSearchParams(location.search).get('only');
-  // `?precision=int8` (`make bench-web PRECISION=int8`): the embedder's products in 8 bits.
-  const precision = new URLSearchParams(location.search).get('precision') ?? 'f32';
+  // `?precision=f32` (`make bench-web PRECISION=f32`): the embedder's products in f32; by default
+  // in 8 bits, as the page embeds.
+  const precision = new URLSearchParams(location.search).get('precision') ?? 'int8';
   result.embed_precision = precision;
 
   // One thread: generation (and time to first token) on the app's own pipeline, the embedder,
@@ -45,13 +48,17 @@ async function run() {
   // with the 8-bit weights only (the low-memory setting), each in a fresh worker.
   // One compiled module for every worker, as the app does.
   const module = await WebAssembly.compileStreaming(fetch('pkg-bench/pocketrag_bg.wasm'));
+  // The RAG prompts our generator read, for wllama to read the same text.
+  let prompts = null;
   // Generation figures from a fresh worker set up by `init`, which is then let go.
   const generation = async (role, init) => {
     const w = start(role);
     let figures;
     try {
       await w.request({ type: 'init', precision, generator: true, module, ...init });
-      figures = (await w.request({ type: 'generation' })).figures;
+      const reply = await w.request({ type: 'generation' });
+      figures = reply.figures;
+      prompts ??= reply.prompts;
     } finally {
       w.terminate();
     }
@@ -75,7 +82,7 @@ async function run() {
   };
   const quantized = async () => {
     const q = await generation('quantized', { densePrefill: false });
-    return { prefill_tok_s_1t_quantized: q.prefill_tok_s_1t, decode_tok_s_1t_quantized: q.decode_tok_s_1t, ttft_ms_500_quantized: q.ttft_ms_500 };
+    return { prefill_tok_s_1t_quantized: q.prefill_tok_s_1t, decode_tok_s_1t_quantized: q.decode_tok_s_1t, ttft_ms_500_quantized: q.ttft_ms_500, ttft_prompt_tokens: q.ttft_prompt_tokens };
   };
   if (only === 'generation') {
     Object.assign(result, await generation('main', { densePrefill: true }), await quantized(), await twoThreads(), { only });
@@ -105,6 +112,20 @@ async function run() {
     pair.forEach((w) => w.terminate());
     return chunks.length / (median(rounds) / 1000);
   };
+  // `?only=peers`: our default generation and embedding on one thread and on two, then the
+  // peers on the same inputs.
+  if (only === 'peers') {
+    Object.assign(result, await quantized(), await twoThreads());
+    const w = start('main');
+    await w.request({ type: 'init', precision, generator: true, module });
+    const { chunks } = await w.request({ type: 'chunks', n: 64 });
+    result.embed_chunks_s_1t = await embedOne(w, chunks);
+    w.terminate();
+    await sleep(5000);
+    result.embed_chunks_s_2t = await embedTwo(chunks);
+    Object.assign(result, await peers({ chunks, prompts, result }));
+    return finish({ ...result, only });
+  }
   // `?only=embedding`: the embedder on one thread and on two, nothing else.
   if (only === 'embedding') {
     const w = start('main');
@@ -130,6 +151,7 @@ async function run() {
 
   Object.assign(result, await twoThreads());
   result.embed_chunks_s_2t = await embedTwo(chunks);
+  Object.assign(result, await peers({ chunks, prompts, result }));
 
   // WebGPU: timed on a real GPU only. A software adapter (headless Chromium's SwiftShader, with
   // --enable-unsafe-webgpu) is named but not timed: it says nothing about GPUs.
@@ -153,6 +175,65 @@ async function run() {
   result.cross_origin_isolated = self.crossOriginIsolated === true;
   result.user_agent = navigator.userAgent;
   finish(result);
+}
+
+// The peers on our inputs, each setting in a fresh worker (peer-worker.js), one after another:
+// transformers.js embedding the same 64 chunks with MiniLM in int8 (its default, q8) and fp32,
+// wllama reading the same RAG prompts with the same Q8_0 generator. Then our figures over theirs.
+const PEER_BATCH = 16; // chunks per transformers.js call (padded to the longest of the batch)
+const PEER_TOKENS = 48; // tokens wllama generates per prompt
+async function peers({ chunks, prompts, result }) {
+  const out = {};
+  const threadCounts = self.crossOriginIsolated ? [1, 2] : [1];
+  const inWorker = async (init, measure) => {
+    const w = start('peer', 'peer-worker.js');
+    try {
+      const info = await w.request(init);
+      return await measure(w, info);
+    } finally {
+      w.terminate();
+      await sleep(5000); // as after `generation`: let the closed worker's memory go first
+    }
+  };
+  for (const [dtype, name] of [['q8', 'int8'], ['fp32', 'fp32']]) {
+    for (const threads of threadCounts) {
+      status(`transformers.js, MiniLM ${name}, ${threads} thread(s)…`);
+      out[`transformers_js_${name}_chunks_s_${threads}t`] = await inWorker({ type: 'embedInit', dtype, threads }, async (w) => {
+        const embed = async () => (await w.request({ type: 'embed', texts: chunks, batch: PEER_BATCH })).ms;
+        await embed(); // untimed, as for ours
+        const rounds = [await embed(), await embed(), await embed()];
+        return chunks.length / (median(rounds) / 1000);
+      });
+    }
+  }
+  for (const threads of threadCounts) {
+    status(`wllama, ${threads} thread(s)…`);
+    const f = await inWorker({ type: 'generateInit', threads, model: MODELS.generator }, async (w, info) => ({
+      ...(await w.request({ type: 'generate', prompts, tokens: PEER_TOKENS })).figures,
+      threads: info.threads,
+    }));
+    out[`wllama_threads_${threads}t`] = f.threads;
+    out[`wllama_prefill_tok_s_${threads}t`] = f.prefill_tok_s;
+    out[`wllama_decode_tok_s_${threads}t`] = f.decode_tok_s;
+    out[`wllama_first_token_ms_${threads}t`] = f.first_token_ms;
+    out.wllama_prompt_tokens = f.prompt_tokens;
+  }
+  const ratio = (a, b) => (a != null && b ? a / b : null);
+  const r = { ...result, ...out };
+  out.peer_ratios = {
+    embed_vs_transformers_js_int8_1t: ratio(r.embed_chunks_s_1t, r.transformers_js_int8_chunks_s_1t),
+    embed_vs_transformers_js_int8_2t: ratio(r.embed_chunks_s_2t, r.transformers_js_int8_chunks_s_2t),
+    embed_vs_transformers_js_fp32_1t: ratio(r.embed_chunks_s_1t, r.transformers_js_fp32_chunks_s_1t),
+    embed_vs_transformers_js_fp32_2t: ratio(r.embed_chunks_s_2t, r.transformers_js_fp32_chunks_s_2t),
+    // Ours with the page's default prompt path (the 8-bit weights), as wllama reads them.
+    prefill_vs_wllama_1t: ratio(r.prefill_tok_s_1t_quantized, r.wllama_prefill_tok_s_1t),
+    prefill_vs_wllama_2t: ratio(r.prefill_tok_s_2t_quantized, r.wllama_prefill_tok_s_2t),
+    decode_vs_wllama_1t: ratio(r.decode_tok_s_1t_quantized, r.wllama_decode_tok_s_1t),
+    decode_vs_wllama_2t: ratio(r.decode_tok_s_2t_quantized, r.wllama_decode_tok_s_2t),
+  };
+  out.peers_note = `transformers.js 4.3.2 (onnxruntime-web 1.31.0-dev wasm, ${PEER_BATCH} chunks per call), `
+    + `wllama 3.8.1 (CPU, ${PEER_TOKENS} tokens per prompt); our prompt tokens: ${r.ttft_prompt_tokens ?? 'n/a'}`;
+  return out;
 }
 
 /// Print the result and mark the page done, for tools/bench_web.cjs.

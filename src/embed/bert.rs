@@ -17,7 +17,7 @@
 
 use super::Precision;
 use crate::error::{Error, Result};
-use crate::kernels::int8::{self, I8Rows};
+use crate::kernels::int8::{self, Form, I8Rows};
 use crate::kernels::vecmath;
 
 /// The model's sizes, from its config.json.
@@ -41,15 +41,15 @@ struct Linear {
 
 impl Linear {
     /// W rounded as it is, for an input of unknown sizes.
-    fn int8(&self) -> I8Rows {
-        I8Rows::quantize(&self.weight, self.inputs)
+    fn int8(&self, form: Form) -> I8Rows {
+        I8Rows::quantize(&self.weight, self.inputs, form)
     }
 
     /// W rounded for an input that `norm` produces, whose few large columns (where its learned
     /// scale is) would leave the rest few steps: column c scaled by s_c = sqrt(x_c / max |W_·c|)
     /// (`I8Rows::quantize_scaled`), x_c = 4 |γ_c| + |β_c| the most the norm gives there but for
     /// rare values past 4 standard deviations, estimated from the weights, not measured.
-    fn int8_after(&self, norm: &Norm) -> I8Rows {
+    fn int8_after(&self, norm: &Norm, form: Form) -> I8Rows {
         let k = self.inputs;
         let columns: Vec<f32> = (0..k)
             .map(|c| {
@@ -62,7 +62,7 @@ impl Linear {
                 }
             })
             .collect();
-        I8Rows::quantize_scaled(&self.weight, k, &columns)
+        I8Rows::quantize_scaled(&self.weight, k, &columns, form)
     }
 
     fn forward(&self, x: &[f32]) -> Vec<f32> {
@@ -230,19 +230,19 @@ impl Bert {
         })
     }
 
-    /// Take the encoder's products in `precision` from now on. The f32 weights are kept (either
-    /// can be chosen at any time); the 8-bit copies add a half (as i16) or a quarter (bytes).
-    pub fn set_precision(&mut self, precision: Precision) {
+    /// Take the encoder's products in `precision` from now on, 8-bit ones in `form` (tests take
+    /// the relaxed build's natively). The f32 weights are kept; 8-bit copies add at most half.
+    pub fn set_precision(&mut self, precision: Precision, form: Form) {
         let int8 = precision == Precision::Int8;
         let mut input_norm = &self.embedding_norm;
         for layer in &mut self.layers {
             // Q, K, V read the previous norm, the MLP's first product the attention norm.
             for linear in [&mut layer.query, &mut layer.key, &mut layer.value] {
-                linear.int8 = int8.then(|| linear.int8_after(input_norm));
+                linear.int8 = int8.then(|| linear.int8_after(input_norm, form));
             }
-            layer.up.int8 = int8.then(|| layer.up.int8_after(&layer.attention_norm));
+            layer.up.int8 = int8.then(|| layer.up.int8_after(&layer.attention_norm, form));
             for linear in [&mut layer.output, &mut layer.down] {
-                linear.int8 = int8.then(|| linear.int8());
+                linear.int8 = int8.then(|| linear.int8(form));
             }
             input_norm = &layer.output_norm;
         }

@@ -104,7 +104,13 @@ impl Embedder {
     /// The numbers the CPU's products are taken in (`Precision::F32` unless set); the GPU's are
     /// f32 either way.
     pub fn set_precision(&mut self, precision: Precision) {
-        self.model.set_precision(precision);
+        self.model.set_precision(precision, crate::kernels::int8::Form::FASTEST);
+    }
+
+    /// `set_precision` with the 8-bit products in `form`, not the build's fastest: tests check
+    /// the relaxed SIMD build's numbers (`Form::Bytes`) natively this way.
+    pub fn set_precision_in(&mut self, precision: Precision, form: crate::kernels::int8::Form) {
+        self.model.set_precision(precision, form);
     }
 
     pub fn precision(&self) -> Precision {

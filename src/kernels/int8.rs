@@ -4,13 +4,15 @@
 //! W is rounded once, at load, to integers in −127..=127 with one scale per output row; each
 //! position of x is rounded when the product is taken, with a scale of its own (dynamic
 //! quantization, as onnxruntime does it for the int8 MiniLM that transformers.js ships). A result
-//! is then one integer dot product, exact in i32, times the two scales. Two forms:
-//! - wasm SIMD128 (and natively): both operands stored in 16 bits, activations rounded to
-//!   −2047..=2047. `i32x4.dot_i16x8_s` multiplies eight pairs of 16-bit lanes and adds them
-//!   pairwise into four 32-bit sums, twice the multiply-adds per instruction of an f32x4 multiply
-//!   and add; storing widened saves an instruction per load.
-//! - relaxed SIMD: both in bytes, activations in 0..=127 with a zero point;
-//!   `i32x4.relaxed_dot_i8x16_i7x16_add_s` does sixteen multiply-adds per instruction.
+//! is then one integer dot product, exact in i32, times the two scales. Two forms (`Form`), both
+//! in every build, chosen per matrix:
+//! - `Wide`: both operands stored in 16 bits, activations rounded to −2047..=2047.
+//!   `i32x4.dot_i16x8_s` multiplies eight pairs of 16-bit lanes and adds them pairwise into four
+//!   32-bit sums, twice the multiply-adds per instruction of an f32x4 multiply and add; storing
+//!   widened saves an instruction per load.
+//! - `Bytes`: both in bytes, activations in 0..=127 with a zero point. With relaxed SIMD,
+//!   `i32x4.relaxed_dot_i8x16_i7x16_add_s` does sixteen multiply-adds per instruction; elsewhere
+//!   the same integers go through the portable loop, so tests check this form's numbers natively.
 //!
 //! The tile is `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
 
@@ -20,38 +22,82 @@ use super::blocks::round_half_away;
 const R: usize = 2;
 /// Weight rows per tile.
 const S: usize = 4;
-/// k is walked in steps of this many lanes: one 128-bit vector of the stored numbers.
-const LANES: usize = 16 / std::mem::size_of::<Stored>();
+/// Rows are padded to a multiple of this many numbers: one 128-bit vector of bytes, two of
+/// 16-bit numbers.
+const PAD: usize = 16;
 /// The weights' rounding: −127..=127.
 const LEVELS: f32 = 127.0;
-/// The activations' rounding where they are stored in 16 bits: −2047..=2047. Sixteen times finer
-/// than the weights' at the same speed (the product is one `i32x4.dot_i16x8_s` either way), and
-/// no sum can overflow i32 below 8,000 columns (2047 · 127 · 8,000 < 2³¹).
-#[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-const ACTIVATION_LEVELS: f32 = 2047.0;
-/// With relaxed SIMD, a byte in 0..=127: a row's whole range in 127 steps.
-#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-const ACTIVATION_LEVELS: f32 = 127.0;
 
-/// How a rounded number is stored: widened to 16 bits for `i32x4.dot_i16x8_s`, or as a byte for
-/// relaxed SIMD's 8-bit dot product (a build with `+relaxed-simd`, see `relaxed`).
-#[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-type Stored = i16;
-#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-type Stored = i8;
+/// How a matrix's products are taken: how both operands are stored and x is rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// 16-bit lanes; x rounded to −2047..=2047, sixteen times finer than the weights at the same
+    /// speed (one `i32x4.dot_i16x8_s` either way). No sum can overflow i32 below 8,000 columns
+    /// (2047 · 127 · 8,000 < 2³¹).
+    Wide,
+    /// Bytes; x's range in a row, from its least to its greatest number (and 0), spread over
+    /// 0..=127 with the zero point where 0 falls (relaxed SIMD multiplies signed bytes by bytes in
+    /// 0..=127 only). For rows of mostly one sign (GELU's outputs) that keeps about twice the
+    /// precision of −63..=63.
+    Bytes,
+}
+
+impl Form {
+    /// The form this build takes fastest: `Bytes` where relaxed SIMD is compiled in (a build
+    /// with `+relaxed-simd`), `Wide` elsewhere.
+    pub const FASTEST: Form =
+        if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) { Form::Bytes } else { Form::Wide };
+
+    /// x's rounding: its levels, and whether asymmetric (with a zero point).
+    fn activations(self) -> (f32, bool) {
+        match self {
+            Form::Wide => (2047.0, false),
+            Form::Bytes => (127.0, true),
+        }
+    }
+}
+
+/// A stored integer: i16 (`Form::Wide`) or i8 (`Form::Bytes`).
+trait Lane: Copy + Default {
+    fn new(v: i32) -> Self;
+    fn get(self) -> i32;
+}
+
+impl Lane for i16 {
+    fn new(v: i32) -> Self {
+        v as i16
+    }
+    fn get(self) -> i32 {
+        self as i32
+    }
+}
+
+impl Lane for i8 {
+    fn new(v: i32) -> Self {
+        v as i8
+    }
+    fn get(self) -> i32 {
+        self as i32
+    }
+}
+
+enum Values {
+    Wide(Vec<i16>),
+    Bytes(Vec<i8>),
+}
 
 /// Rows of numbers rounded to integers, one scale and one zero point per row: row r, column c
 /// stands for `scales[r] · (values[r · stride + c] − zeros[r])`. The rows are padded to a
-/// multiple of LANES with each row's zero point, which stands for 0.
+/// multiple of PAD with each row's zero point, which stands for 0.
 pub struct I8Rows {
-    values: Vec<Stored>,
+    values: Values,
     scales: Vec<f32>,
     zeros: Vec<i32>,
     /// Each row's sum of values less its zero point's (what a product with the other operand's
     /// zero point adds).
     sums: Vec<i32>,
     cols: usize,
-    /// `cols` rounded up to a multiple of LANES: the stride between rows.
+    /// `cols` rounded up to a multiple of PAD: the stride between rows.
     stride: usize,
     /// Where the columns were scaled before rounding (`quantize_scaled`): what the other
     /// operand's columns are multiplied by as they are rounded.
@@ -60,67 +106,48 @@ pub struct I8Rows {
 
 impl I8Rows {
     /// Round `x` (rows × cols, row-major) row by row to −127..=127, zero at 0: the weights'
-    /// rounding.
-    pub fn quantize(x: &[f32], cols: usize) -> I8Rows {
-        Self::round(x, cols, LEVELS, false, None)
+    /// rounding, stored for products taken in `form`.
+    pub fn quantize(x: &[f32], cols: usize, form: Form) -> I8Rows {
+        Self::round(x, cols, form, (LEVELS, false), None)
     }
 
     /// W with its column c multiplied by `columns[c]` before rounding; `matmul_t` divides x's
     /// column c by it as x is rounded, which leaves x Wᵀ as it was. A caller that knows x has a
     /// few columns far larger than the rest moves part of their size into W this way, whose
     /// rounding is per output row (SmoothQuant's migration): x then keeps more steps for the rest.
-    pub fn quantize_scaled(w: &[f32], cols: usize, columns: &[f32]) -> I8Rows {
+    pub fn quantize_scaled(w: &[f32], cols: usize, columns: &[f32], form: Form) -> I8Rows {
         assert_eq!(columns.len(), cols, "int8::I8Rows::quantize_scaled: {} scales for {cols} columns", columns.len());
-        let mut rows = Self::round(w, cols, LEVELS, false, Some(columns));
+        let mut rows = Self::round(w, cols, form, (LEVELS, false), Some(columns));
         rows.input_scales = Some(columns.iter().map(|s| 1.0 / s).collect());
         rows
     }
 
-    /// The activations' rounding, as `matmul_t` takes it: −2047..=2047 where they are stored in
-    /// 16 bits. Relaxed SIMD multiplies signed bytes by bytes in 0..=127 only, so there each
-    /// row's range, from its least to its greatest number (and 0), is spread over 0..=127 with
-    /// the zero point where 0 falls: asymmetric, which for rows of mostly one sign (GELU's
-    /// outputs) keeps about twice the precision of −63..=63.
+    /// The activations' rounding, as `matmul_t` takes it for weights in `form` (`Form`).
     /// `columns`: what each column is multiplied by first (the weights' `input_scales`).
-    pub fn quantize_activations(x: &[f32], cols: usize, columns: Option<&[f32]>) -> I8Rows {
-        let asymmetric = cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd"));
-        Self::round(x, cols, ACTIVATION_LEVELS, asymmetric, columns)
+    pub fn quantize_activations(x: &[f32], cols: usize, columns: Option<&[f32]>, form: Form) -> I8Rows {
+        Self::round(x, cols, form, form.activations(), columns)
     }
 
-    fn round(x: &[f32], cols: usize, levels: f32, asymmetric: bool, columns: Option<&[f32]>) -> I8Rows {
-        assert!(cols > 0 && x.len() % cols == 0, "int8::I8Rows::quantize: {} numbers in rows of {cols}", x.len());
-        let stride = cols.div_ceil(LANES) * LANES;
-        let rows = x.len() / cols;
-        let mut values = vec![0 as Stored; rows * stride];
-        let (mut scales, mut zeros, mut sums) =
-            (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
-        let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
-        let mut scaled = vec![0f32; if columns.is_some() { cols } else { 0 }];
-        for (row, out) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)) {
-            let row = match columns {
-                Some(c) => {
-                    scaled.iter_mut().zip(row.iter().zip(c)).for_each(|(o, (v, s))| *o = v * s);
-                    &scaled[..]
-                }
-                None => row,
-            };
-            let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number
-            // rounds below 0; the greatest may round one step past the top, hence the clamp.
-            let zero = if asymmetric { round_half_away(-lo * inv) as i32 } else { 0 };
-            let mut sum = 0;
-            for (o, &v) in out.iter_mut().zip(row) {
-                let q = (round_half_away(v * inv) as i32 + zero).clamp(least, greatest);
-                sum += q - zero;
-                *o = q as Stored;
-            }
-            out[cols..].fill(zero as Stored);
-            scales.push(scale);
-            zeros.push(zero);
-            sums.push(sum);
+    pub fn form(&self) -> Form {
+        match self.values {
+            Values::Wide(_) => Form::Wide,
+            Values::Bytes(_) => Form::Bytes,
         }
+    }
+
+    fn round(x: &[f32], cols: usize, form: Form, rounding: (f32, bool), columns: Option<&[f32]>) -> I8Rows {
+        assert!(cols > 0 && x.len() % cols == 0, "int8::I8Rows::quantize: {} numbers in rows of {cols}", x.len());
+        let stride = cols.div_ceil(PAD) * PAD;
+        let (values, (scales, zeros, sums)) = match form {
+            Form::Wide => {
+                let (v, rest) = rows_rounded(x, cols, stride, rounding, columns);
+                (Values::Wide(v), rest)
+            }
+            Form::Bytes => {
+                let (v, rest) = rows_rounded(x, cols, stride, rounding, columns);
+                (Values::Bytes(v), rest)
+            }
+        };
         I8Rows { values, scales, zeros, sums, cols, stride, input_scales: None }
     }
 
@@ -134,30 +161,83 @@ impl I8Rows {
 
     /// The number row r, column c stands for.
     pub fn value(&self, row: usize, col: usize) -> f32 {
-        self.scales[row] * (self.values[row * self.stride + col] as i32 - self.zeros[row]) as f32
-    }
-
-    fn row(&self, r: usize) -> &[Stored] {
-        &self.values[r * self.stride..][..self.stride]
+        let at = row * self.stride + col;
+        let v = match &self.values {
+            Values::Wide(v) => v[at] as i32,
+            Values::Bytes(v) => v[at] as i32,
+        };
+        self.scales[row] * (v - self.zeros[row]) as f32
     }
 }
 
-/// `out = x Wᵀ` with x (positions × k) rounded here and W rounded at load: `out` is
-/// positions × W's rows, row-major.
+/// `x` rounded row by row to `levels` steps either side of 0 (or, `asymmetric`, 0..=levels with
+/// a zero point): the numbers, and each row's scale, zero point and sum.
+type RowFigures = (Vec<f32>, Vec<i32>, Vec<i32>);
+fn rows_rounded<T: Lane>(
+    x: &[f32],
+    cols: usize,
+    stride: usize,
+    (levels, asymmetric): (f32, bool),
+    columns: Option<&[f32]>,
+) -> (Vec<T>, RowFigures) {
+    let (mut scales, mut zeros, mut sums) = (Vec::new(), Vec::new(), Vec::new());
+    let rows = x.len() / cols;
+    let mut values = vec![T::default(); rows * stride];
+    let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
+    let mut scaled = vec![0f32; if columns.is_some() { cols } else { 0 }];
+    for (row, out) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)) {
+        let row = match columns {
+            Some(c) => {
+                scaled.iter_mut().zip(row.iter().zip(c)).for_each(|(o, (v, s))| *o = v * s);
+                &scaled[..]
+            }
+            None => row,
+        };
+        let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number
+        // rounds below 0; the greatest may round one step past the top, hence the clamp.
+        let zero = if asymmetric { round_half_away(-lo * inv) as i32 } else { 0 };
+        let mut sum = 0;
+        for (o, &v) in out.iter_mut().zip(row) {
+            let q = (round_half_away(v * inv) as i32 + zero).clamp(least, greatest);
+            sum += q - zero;
+            *o = T::new(q);
+        }
+        out[cols..].fill(T::new(zero));
+        scales.push(scale);
+        zeros.push(zero);
+        sums.push(sum);
+    }
+    (values, (scales, zeros, sums))
+}
+
+/// `out = x Wᵀ` with x (positions × k) rounded here, in W's form, and W rounded at load: `out`
+/// is positions × W's rows, row-major.
 pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
-    let xq = I8Rows::quantize_activations(x, w.cols, w.input_scales.as_deref());
+    let xq = I8Rows::quantize_activations(x, w.cols, w.input_scales.as_deref(), w.form());
+    match (&xq.values, &w.values) {
+        (Values::Wide(xv), Values::Wide(wv)) => products(&xq, xv, w, wv, out),
+        (Values::Bytes(xv), Values::Bytes(wv)) => products(&xq, xv, w, wv, out),
+        _ => unreachable!("x is rounded in W's form"),
+    }
+}
+
+fn products<T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32]) {
     // Σ (x − zx)(w − zw) from the stored Σ x·w: the weights' zero point is 0, so it is
     // Σ x·w − zx · Σ w.
     debug_assert!(w.zeros.iter().all(|&z| z == 0), "int8::matmul_t: weights with a zero point");
     let extra = |r: usize, s: usize| xq.zeros[r] * w.sums[s];
-    let (n, m) = (xq.rows(), w.rows());
+    let (n, m, stride) = (xq.rows(), w.rows(), w.stride);
     assert_eq!(out.len(), n * m, "int8::matmul_t: output of {} for {n} × {m}", out.len());
     // Weight rows outside, positions inside, as in `dense::matmul_t`: S rows of W stay in the
     // nearest cache while every position meets them.
     for j in (0..m).step_by(S) {
         for i in (0..n).step_by(R) {
             if i + R <= n && j + S <= m {
-                let sums = tile::<R, S>(&xq, i, w, j);
+                let xs = std::array::from_fn(|a| row(xv, i + a, stride));
+                let sums = tile::<R, S, T>(xs, std::array::from_fn(|b| row(wv, j + b, stride)));
                 for (r, sums) in sums.iter().enumerate() {
                     for (s, &sum) in sums.iter().enumerate() {
                         out[(i + r) * m + j + s] =
@@ -167,7 +247,7 @@ pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
             } else {
                 for r in i..(i + R).min(n) {
                     for s in j..(j + S).min(m) {
-                        let sum = tile::<1, 1>(&xq, r, w, s)[0][0];
+                        let sum = tile::<1, 1, T>([row(xv, r, stride)], [row(wv, s, stride)])[0][0];
                         out[r * m + s] = (sum - extra(r, s)) as f32 * (xq.scales[r] * w.scales[s]);
                     }
                 }
@@ -176,73 +256,77 @@ pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
     }
 }
 
-/// The A × B integer dot products of rows `i..i + A` of x with rows `j..j + B` of W: exact, so
-/// any order of additions gives the same sums.
+fn row<T>(values: &[T], r: usize, stride: usize) -> &[T] {
+    &values[r * stride..][..stride]
+}
+
+/// The A × B integer dot products of rows `xs` with rows `ws`: exact, so any order of additions
+/// gives the same sums.
 #[inline(always)]
-fn tile<const A: usize, const B: usize>(x: &I8Rows, i: usize, w: &I8Rows, j: usize) -> [[i32; B]; A] {
-    let xs: [&[Stored]; A] = std::array::from_fn(|a| x.row(i + a));
-    let ws: [&[Stored]; B] = std::array::from_fn(|b| w.row(j + b));
+fn tile<const A: usize, const B: usize, T: Lane>(xs: [&[T]; A], ws: [&[T]; B]) -> [[i32; B]; A] {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        // SAFETY: simd128 is enabled for this build; every row holds `stride` values, a multiple
-        // of LANES (`I8Rows::quantize`), and x and W share the stride (same cols).
-        unsafe { simd128::tile(xs, ws, x.stride) }
+    if simd128::vectored::<T>() {
+        // SAFETY: simd128 is enabled for this build; every row holds the same number of numbers,
+        // a multiple of PAD (`rows_rounded`, x and W have the same cols).
+        return unsafe { simd128::tile(xs, ws) };
     }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    {
-        let mut acc = [[0i32; B]; A];
-        for (a, xr) in xs.iter().enumerate() {
-            for (b, wr) in ws.iter().enumerate() {
-                // Written over fixed-size lanes so that the compiler keeps it in vector registers
-                // (natively: SSE2's pmaddwd, the same pairwise multiply-add).
-                let mut lanes = [0i32; LANES];
-                for (xc, wc) in xr.chunks_exact(LANES).zip(wr.chunks_exact(LANES)) {
-                    for (lane, (&xv, &wv)) in lanes.iter_mut().zip(xc.iter().zip(wc)) {
-                        *lane += xv as i32 * wv as i32;
-                    }
+    let mut acc = [[0i32; B]; A];
+    for (a, xr) in xs.iter().enumerate() {
+        for (b, wr) in ws.iter().enumerate() {
+            // Written over fixed-size lanes so that the compiler keeps it in vector registers
+            // (natively: SSE2's pmaddwd, the same pairwise multiply-add).
+            let mut lanes = [0i32; PAD];
+            for (xc, wc) in xr.chunks_exact(PAD).zip(wr.chunks_exact(PAD)) {
+                for (lane, (&xv, &wv)) in lanes.iter_mut().zip(xc.iter().zip(wc)) {
+                    *lane += xv.get() * wv.get();
                 }
-                acc[a][b] = lanes.iter().sum();
             }
+            acc[a][b] = lanes.iter().sum();
         }
-        acc
     }
+    acc
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
-    use super::{Stored, LANES};
     use core::arch::wasm32::*;
 
+    /// Whether this build multiplies lanes of T in vectors: 16-bit ones always, bytes with
+    /// relaxed SIMD only.
+    pub const fn vectored<T>() -> bool {
+        std::mem::size_of::<T>() == 2 || cfg!(target_feature = "relaxed-simd")
+    }
+
     /// One vector of x's and one of W's numbers multiplied and added into four 32-bit lanes:
-    /// sixteen byte products in one instruction with relaxed SIMD (x's bytes are the 0..=127
-    /// operand), eight pairs of 16-bit values without.
+    /// eight pairs of 16-bit numbers, or with relaxed SIMD sixteen byte products in one
+    /// instruction (x's bytes are the 0..=127 operand).
     #[inline(always)]
-    unsafe fn step(acc: v128, x: v128, w: v128) -> v128 {
+    unsafe fn step<T>(acc: v128, x: v128, w: v128) -> v128 {
+        if std::mem::size_of::<T>() == 2 {
+            return i32x4_add(acc, i32x4_dot_i16x8(x, w));
+        }
         #[cfg(target_feature = "relaxed-simd")]
         return i32x4_relaxed_dot_i8x16_i7x16_add(w, x, acc);
         #[cfg(not(target_feature = "relaxed-simd"))]
-        i32x4_add(acc, i32x4_dot_i16x8(x, w))
+        unreachable!("int8: bytes are multiplied in vectors only with relaxed SIMD")
     }
 
     /// Each step loads A + B vectors and does A × B `step`s; the sums stay in registers until
     /// the end.
     #[inline(always)]
-    pub unsafe fn tile<const A: usize, const B: usize>(
-        xs: [&[Stored]; A],
-        ws: [&[Stored]; B],
-        stride: usize,
-    ) -> [[i32; B]; A] {
+    pub unsafe fn tile<const A: usize, const B: usize, T>(xs: [&[T]; A], ws: [&[T]; B]) -> [[i32; B]; A] {
+        let lanes = 16 / std::mem::size_of::<T>();
         let mut acc = [[i32x4_splat(0); B]; A];
         let mut c = 0;
-        while c < stride {
+        while c < xs[0].len() {
             let xv: [v128; A] = std::array::from_fn(|a| v128_load(xs[a].as_ptr().add(c) as *const v128));
             for b in 0..B {
                 let wv = v128_load(ws[b].as_ptr().add(c) as *const v128);
                 for a in 0..A {
-                    acc[a][b] = step(acc[a][b], xv[a], wv);
+                    acc[a][b] = step::<T>(acc[a][b], xv[a], wv);
                 }
             }
-            c += LANES;
+            c += lanes;
         }
         acc.map(|row| row.map(lane_sum))
     }
@@ -262,11 +346,13 @@ mod tests {
 
     #[test]
     fn products_are_the_rounded_operands_products_on_every_edge() {
-        // Full tiles, an odd last position, a short last block of rows, k not a multiple of 8.
-        for (n, k, m) in [(4, 16, 8), (5, 24, 10), (1, 8, 3), (3, 13, 5), (7, 384, 9)] {
+        // Full tiles, an odd last position, a short last block of rows, k not a multiple of 8;
+        // both forms.
+        let shapes = [(4, 16, 8), (5, 24, 10), (1, 8, 3), (3, 13, 5), (7, 384, 9)];
+        for ((n, k, m), form) in shapes.into_iter().flat_map(|s| [(s, Form::Wide), (s, Form::Bytes)]) {
             let x = pseudo_random(n * k, 1);
-            let w = I8Rows::quantize(&pseudo_random(m * k, 2), k);
-            let xq = I8Rows::quantize_activations(&x, k, None);
+            let w = I8Rows::quantize(&pseudo_random(m * k, 2), k, form);
+            let xq = I8Rows::quantize_activations(&x, k, None, form);
             let mut out = vec![f32::NAN; n * m];
             matmul_t(&x, &w, &mut out);
             for i in 0..n {
@@ -275,7 +361,7 @@ mod tests {
                     let got = out[i * m + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{n}x{k}x{m} at ({i}, {j}): {got} vs {want}"
+                        "{form:?} {n}x{k}x{m} at ({i}, {j}): {got} vs {want}"
                     );
                 }
             }
@@ -285,7 +371,7 @@ mod tests {
     #[test]
     fn rounding_keeps_each_number_within_half_a_step() {
         let x = pseudo_random(3 * 40, 7);
-        let q = I8Rows::quantize(&x, 40);
+        let q = I8Rows::quantize(&x, 40, Form::Bytes);
         for r in 0..3 {
             let row = &x[r * 40..][..40];
             let step = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
@@ -294,7 +380,7 @@ mod tests {
             }
         }
         // A row of zeros stays zeros (no division by a zero scale).
-        let z = I8Rows::quantize(&[0.0; 16], 16);
+        let z = I8Rows::quantize(&[0.0; 16], 16, Form::Wide);
         assert!((0..16).all(|c| z.value(0, c) == 0.0));
     }
 
@@ -302,20 +388,24 @@ mod tests {
     fn products_stay_close_to_the_f32_products() {
         // MiniLM's shapes: 384 inputs, 1536 inputs. The relative error of a dot product of
         // random vectors rounded to 8 bits is well under 2 % of the product's scale, with W's
-        // columns scaled (the product must not change) or not.
-        for (k, scaled) in [(384, false), (1536, false), (384, true)] {
+        // columns scaled (the product must not change) or not; 4 % where x has 127 steps over
+        // its whole range (`Form::Bytes`: about 6 bits for numbers of both signs).
+        let cases = [(384, false), (1536, false), (384, true)];
+        for ((k, scaled), form) in cases.into_iter().flat_map(|c| [(c, Form::Wide), (c, Form::Bytes)]) {
             let (n, m) = (6, 16);
             let x = pseudo_random(n * k, 3);
             let wf = pseudo_random(m * k, 4);
             let columns: Vec<f32> = pseudo_random(k, 5).iter().map(|v| 2f32.powf(*v)).collect();
-            let w = if scaled { I8Rows::quantize_scaled(&wf, k, &columns) } else { I8Rows::quantize(&wf, k) };
+            let w =
+                if scaled { I8Rows::quantize_scaled(&wf, k, &columns, form) } else { I8Rows::quantize(&wf, k, form) };
             let mut out = vec![0f32; n * m];
             matmul_t(&x, &w, &mut out);
             let mut exact = vec![0f32; n * m];
             crate::kernels::dense::matmul_t(&x, &wf, k, &mut exact);
             let scale = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();
+            let bound = if form == Form::Wide { 0.02 } else { 0.04 };
             for (g, e) in out.iter().zip(&exact) {
-                assert!((g - e).abs() < 0.02 * scale, "k {k}: {g} vs {e} (rms {scale})");
+                assert!((g - e).abs() < bound * scale, "{form:?} k {k}: {g} vs {e} (rms {scale})");
             }
         }
     }
