@@ -512,8 +512,9 @@ const backend = ['cpu', 'webgpu'].includes(params.get('backend')) ? params.get('
 const graphFrom = Number(params.get('graph')) || 0;
 // Documents are embedded with 8-bit weights (kernels::int8), 1.4x as fast as f32 and within cosine
 // 0.99 of it on every chunk measured (docs/PERFORMANCE.md); ?embed=f32 takes the model's own f32.
-// ?embed=relaxed uses the relaxed SIMD build where the browser has it, 2.2x as fast, but one
-// chunk in 1,711 of PubMedQA came out at cosine 0.986, under that bar, so it is not the default.
+// ?embed=relaxed uses the relaxed SIMD build where the browser has it: within 0.99 too since rows
+// with a few large numbers are rounded in 16 bits, but on the day measured only 0.94-1.18x the
+// SIMD128 build's speed (docs/PERFORMANCE.md), not worth a second wasm download by default.
 const embedPrecision = ['f32', 'relaxed'].includes(params.get('embed')) ? params.get('embed') : 'int8';
 function startEngine() {
   worker = new Worker('worker.js', { type: 'module' });

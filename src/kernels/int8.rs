@@ -27,6 +27,10 @@ const S: usize = 4;
 const PAD: usize = 16;
 /// The weights' rounding: −127..=127.
 const LEVELS: f32 = 127.0;
+/// `Form::Bytes` rounds a row of x in 16 bits where its range is past this many times its root
+/// mean square. Measured natively over PubMedQA's 1,711 chunks (docs/PERFORMANCE.md): 3.0 % of
+/// the rows, and the worst chunk's cosine to f32 0.986 → 0.994 (16: 5.6 %, 0.994).
+const WIDE_PAST: f32 = 20.0;
 
 /// How a matrix's products are taken: how both operands are stored and x is rounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +42,9 @@ pub enum Form {
     /// Bytes; x's range in a row, from its least to its greatest number (and 0), spread over
     /// 0..=127 with the zero point where 0 falls (relaxed SIMD multiplies signed bytes by bytes in
     /// 0..=127 only). For rows of mostly one sign (GELU's outputs) that keeps about twice the
-    /// precision of −63..=63.
+    /// precision of −63..=63. A row whose range is past `WIDE_PAST` times its root mean square
+    /// (a few large numbers among small ones) is rounded as in `Wide` instead, and its products
+    /// taken with W's bytes widened: 127 steps leave such a row's typical numbers few.
     Bytes,
 }
 
@@ -102,13 +108,16 @@ pub struct I8Rows {
     /// Where the columns were scaled before rounding (`quantize_scaled`): what the other
     /// operand's columns are multiplied by as they are rounded.
     input_scales: Option<Vec<f32>>,
+    /// x in `Form::Bytes`: the rows rounded in 16 bits instead (`WIDE_PAST`), as (row, numbers);
+    /// their rows of bytes are unused.
+    wide: Vec<(usize, Vec<i16>)>,
 }
 
 impl I8Rows {
     /// Round `x` (rows × cols, row-major) row by row to −127..=127, zero at 0: the weights'
     /// rounding, stored for products taken in `form`.
     pub fn quantize(x: &[f32], cols: usize, form: Form) -> I8Rows {
-        Self::round(x, cols, form, (LEVELS, false), None)
+        Self::round(x, cols, form, (LEVELS, false), None, false)
     }
 
     /// W with its column c multiplied by `columns[c]` before rounding; `matmul_t` divides x's
@@ -117,7 +126,7 @@ impl I8Rows {
     /// rounding is per output row (SmoothQuant's migration): x then keeps more steps for the rest.
     pub fn quantize_scaled(w: &[f32], cols: usize, columns: &[f32], form: Form) -> I8Rows {
         assert_eq!(columns.len(), cols, "int8::I8Rows::quantize_scaled: {} scales for {cols} columns", columns.len());
-        let mut rows = Self::round(w, cols, form, (LEVELS, false), Some(columns));
+        let mut rows = Self::round(w, cols, form, (LEVELS, false), Some(columns), false);
         rows.input_scales = Some(columns.iter().map(|s| 1.0 / s).collect());
         rows
     }
@@ -125,7 +134,7 @@ impl I8Rows {
     /// The activations' rounding, as `matmul_t` takes it for weights in `form` (`Form`).
     /// `columns`: what each column is multiplied by first (the weights' `input_scales`).
     pub fn quantize_activations(x: &[f32], cols: usize, columns: Option<&[f32]>, form: Form) -> I8Rows {
-        Self::round(x, cols, form, form.activations(), columns)
+        Self::round(x, cols, form, form.activations(), columns, form == Form::Bytes)
     }
 
     pub fn form(&self) -> Form {
@@ -135,20 +144,28 @@ impl I8Rows {
         }
     }
 
-    fn round(x: &[f32], cols: usize, form: Form, rounding: (f32, bool), columns: Option<&[f32]>) -> I8Rows {
+    /// `wide_rows`: round rows past `WIDE_PAST` in 16 bits (x in `Form::Bytes`).
+    fn round(
+        x: &[f32],
+        cols: usize,
+        form: Form,
+        rounding: (f32, bool),
+        columns: Option<&[f32]>,
+        wide_rows: bool,
+    ) -> I8Rows {
         assert!(cols > 0 && x.len() % cols == 0, "int8::I8Rows::quantize: {} numbers in rows of {cols}", x.len());
         let stride = cols.div_ceil(PAD) * PAD;
-        let (values, (scales, zeros, sums)) = match form {
+        let (values, (scales, zeros, sums, wide)) = match form {
             Form::Wide => {
-                let (v, rest) = rows_rounded(x, cols, stride, rounding, columns);
+                let (v, rest) = rows_rounded(x, cols, stride, rounding, columns, false);
                 (Values::Wide(v), rest)
             }
             Form::Bytes => {
-                let (v, rest) = rows_rounded(x, cols, stride, rounding, columns);
+                let (v, rest) = rows_rounded(x, cols, stride, rounding, columns, wide_rows);
                 (Values::Bytes(v), rest)
             }
         };
-        I8Rows { values, scales, zeros, sums, cols, stride, input_scales: None }
+        I8Rows { values, scales, zeros, sums, cols, stride, input_scales: None, wide }
     }
 
     pub fn rows(&self) -> usize {
@@ -161,6 +178,9 @@ impl I8Rows {
 
     /// The number row r, column c stands for.
     pub fn value(&self, row: usize, col: usize) -> f32 {
+        if let Some((_, v)) = self.wide.iter().find(|(r, _)| *r == row) {
+            return self.scales[row] * v[col] as f32;
+        }
         let at = row * self.stride + col;
         let v = match &self.values {
             Values::Wide(v) => v[at] as i32,
@@ -171,21 +191,22 @@ impl I8Rows {
 }
 
 /// `x` rounded row by row to `levels` steps either side of 0 (or, `asymmetric`, 0..=levels with
-/// a zero point): the numbers, and each row's scale, zero point and sum.
-type RowFigures = (Vec<f32>, Vec<i32>, Vec<i32>);
+/// a zero point): the numbers, and each row's scale, zero point and sum; with `wide_rows`, the
+/// rows past `WIDE_PAST` rounded to −2047..=2047 in 16 bits instead, apart.
+type RowFigures = (Vec<f32>, Vec<i32>, Vec<i32>, Vec<(usize, Vec<i16>)>);
 fn rows_rounded<T: Lane>(
     x: &[f32],
     cols: usize,
     stride: usize,
-    (levels, asymmetric): (f32, bool),
+    rounding: (f32, bool),
     columns: Option<&[f32]>,
+    wide_rows: bool,
 ) -> (Vec<T>, RowFigures) {
-    let (mut scales, mut zeros, mut sums) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut scales, mut zeros, mut sums, mut wide) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let rows = x.len() / cols;
     let mut values = vec![T::default(); rows * stride];
-    let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
     let mut scaled = vec![0f32; if columns.is_some() { cols } else { 0 }];
-    for (row, out) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)) {
+    for (r, (row, out)) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)).enumerate() {
         let row = match columns {
             Some(c) => {
                 scaled.iter_mut().zip(row.iter().zip(c)).for_each(|(o, (v, s))| *o = v * s);
@@ -194,23 +215,44 @@ fn rows_rounded<T: Lane>(
             None => row,
         };
         let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number
-        // rounds below 0; the greatest may round one step past the top, hence the clamp.
-        let zero = if asymmetric { round_half_away(-lo * inv) as i32 } else { 0 };
-        let mut sum = 0;
-        for (o, &v) in out.iter_mut().zip(row) {
-            let q = (round_half_away(v * inv) as i32 + zero).clamp(least, greatest);
-            sum += q - zero;
-            *o = T::new(q);
-        }
-        out[cols..].fill(T::new(zero));
-        scales.push(scale);
-        zeros.push(zero);
-        sums.push(sum);
+        let squares = row.iter().map(|v| v * v).sum::<f32>();
+        let figures = if wide_rows && (hi - lo) * (hi - lo) > WIDE_PAST * WIDE_PAST * squares / cols as f32 {
+            let mut numbers = vec![0i16; stride];
+            let figures = round_row(row, (lo, hi), Form::Wide.activations(), &mut numbers);
+            wide.push((r, numbers));
+            figures
+        } else {
+            round_row(row, (lo, hi), rounding, out)
+        };
+        scales.push(figures.0);
+        zeros.push(figures.1);
+        sums.push(figures.2);
     }
-    (values, (scales, zeros, sums))
+    (values, (scales, zeros, sums, wide))
+}
+
+/// One row rounded into `out` (padded past the row with its zero point): its scale, zero point
+/// and sum of numbers less the zero point.
+fn round_row<T: Lane>(
+    row: &[f32],
+    (lo, hi): (f32, f32),
+    (levels, asymmetric): (f32, bool),
+    out: &mut [T],
+) -> (f32, i32, i32) {
+    let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
+    let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number rounds
+    // below 0; the greatest may round one step past the top, hence the clamp.
+    let zero = if asymmetric { round_half_away(-lo * inv) as i32 } else { 0 };
+    let mut sum = 0;
+    for (o, &v) in out.iter_mut().zip(row) {
+        let q = (round_half_away(v * inv) as i32 + zero).clamp(least, greatest);
+        sum += q - zero;
+        *o = T::new(q);
+    }
+    out[row.len()..].fill(T::new(zero));
+    (scale, zero, sum)
 }
 
 /// `out = x Wᵀ` with x (positions × k) rounded here, in W's form, and W rounded at load: `out`
@@ -231,21 +273,22 @@ fn products<T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32
     let extra = |r: usize, s: usize| xq.zeros[r] * w.sums[s];
     let (n, m, stride) = (xq.rows(), w.rows(), w.stride);
     assert_eq!(out.len(), n * m, "int8::matmul_t: output of {} for {n} × {m}", out.len());
+    // Rows rounded in 16 bits are taken apart, one at a time; the rest in tiles of R.
+    let rows: Vec<usize> = (0..n).filter(|r| !xq.wide.iter().any(|(w, _)| w == r)).collect();
     // Weight rows outside, positions inside, as in `dense::matmul_t`: S rows of W stay in the
     // nearest cache while every position meets them.
     for j in (0..m).step_by(S) {
-        for i in (0..n).step_by(R) {
-            if i + R <= n && j + S <= m {
-                let xs = std::array::from_fn(|a| row(xv, i + a, stride));
+        for i in rows.chunks(R) {
+            if i.len() == R && j + S <= m {
+                let xs = std::array::from_fn(|a| row(xv, i[a], stride));
                 let sums = tile::<R, S, T>(xs, std::array::from_fn(|b| row(wv, j + b, stride)));
-                for (r, sums) in sums.iter().enumerate() {
+                for (&r, sums) in i.iter().zip(&sums) {
                     for (s, &sum) in sums.iter().enumerate() {
-                        out[(i + r) * m + j + s] =
-                            (sum - extra(i + r, j + s)) as f32 * (xq.scales[i + r] * w.scales[j + s]);
+                        out[r * m + j + s] = (sum - extra(r, j + s)) as f32 * (xq.scales[r] * w.scales[j + s]);
                     }
                 }
             } else {
-                for r in i..(i + R).min(n) {
+                for &r in i {
                     for s in j..(j + S).min(m) {
                         let sum = tile::<1, 1, T>([row(xv, r, stride)], [row(wv, s, stride)])[0][0];
                         out[r * m + s] = (sum - extra(r, s)) as f32 * (xq.scales[r] * w.scales[s]);
@@ -253,7 +296,23 @@ fn products<T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32
                 }
             }
         }
+        for (r, numbers) in &xq.wide {
+            for s in j..(j + S).min(m) {
+                out[r * m + s] = widened(numbers, row(wv, s, stride)) as f32 * (xq.scales[*r] * w.scales[s]);
+            }
+        }
     }
+}
+
+/// Σ x·w for a row of x in 16 bits and a row of W in `T` (bytes: widened as they are loaded).
+fn widened<T: Lane>(x: &[i16], w: &[T]) -> i32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if std::mem::size_of::<T>() == 1 {
+        // SAFETY: T is i8 (`Lane` has two implementations), so the bytes are W's; rows of both
+        // hold the same multiple of PAD numbers.
+        return unsafe { simd128::widened(x, std::slice::from_raw_parts(w.as_ptr() as *const i8, w.len())) };
+    }
+    x.iter().zip(w).map(|(&a, b)| a as i32 * b.get()).sum()
 }
 
 fn row<T>(values: &[T], r: usize, stride: usize) -> &[T] {
@@ -331,6 +390,18 @@ mod simd128 {
         acc.map(|row| row.map(lane_sum))
     }
 
+    /// `super::widened` for W's bytes: each vector of sixteen widened to two of eight 16-bit lanes.
+    pub unsafe fn widened(x: &[i16], w: &[i8]) -> i32 {
+        let mut acc = i32x4_splat(0);
+        for (c, xs) in x.chunks_exact(16).enumerate() {
+            let wv = v128_load(w.as_ptr().add(c * 16) as *const v128);
+            let lo = i32x4_dot_i16x8(v128_load(xs.as_ptr() as *const v128), i16x8_extend_low_i8x16(wv));
+            let hi = i32x4_dot_i16x8(v128_load(xs.as_ptr().add(8) as *const v128), i16x8_extend_high_i8x16(wv));
+            acc = i32x4_add(acc, i32x4_add(lo, hi));
+        }
+        lane_sum(acc)
+    }
+
     /// The four lanes added: lanes 2 and 3 onto 0 and 1, then those two.
     #[inline(always)]
     fn lane_sum(v: v128) -> i32 {
@@ -350,9 +421,19 @@ mod tests {
         // both forms.
         let shapes = [(4, 16, 8), (5, 24, 10), (1, 8, 3), (3, 13, 5), (7, 384, 9)];
         for ((n, k, m), form) in shapes.into_iter().flat_map(|s| [(s, Form::Wide), (s, Form::Bytes)]) {
-            let x = pseudo_random(n * k, 1);
+            let mut x = pseudo_random(n * k, 1);
+            // Rows 1 and 2 with two numbers far past the rest, of both signs: `Bytes` rounds
+            // them in 16 bits where the row is long enough for its range to be past WIDE_PAST
+            // times its RMS (√(2k) of it at most).
+            for r in [1, 2].into_iter().filter(|&r| r < n) {
+                x[r * k + k / 2] = 40.0 * k as f32;
+                x[r * k] = -40.0 * k as f32;
+            }
             let w = I8Rows::quantize(&pseudo_random(m * k, 2), k, form);
             let xq = I8Rows::quantize_activations(&x, k, None, form);
+            if form == Form::Bytes && k >= 384 {
+                assert_eq!(xq.wide.len(), 2, "{n}x{k}: rows rounded in 16 bits");
+            }
             let mut out = vec![f32::NAN; n * m];
             matmul_t(&x, &w, &mut out);
             for i in 0..n {
