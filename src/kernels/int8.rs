@@ -215,8 +215,11 @@ fn rows_rounded<T: Lane>(
             None => row,
         };
         let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let squares = row.iter().map(|v| v * v).sum::<f32>();
-        let figures = if wide_rows && (hi - lo) * (hi - lo) > WIDE_PAST * WIDE_PAST * squares / cols as f32 {
+        // The sum of squares only where it decides something (not on every `Wide` product).
+        let past = |row: &[f32]| {
+            (hi - lo) * (hi - lo) > WIDE_PAST * WIDE_PAST * row.iter().map(|v| v * v).sum::<f32>() / cols as f32
+        };
+        let figures = if wide_rows && past(row) {
             let mut numbers = vec![0i16; stride];
             let figures = round_row(row, (lo, hi), Form::Wide.activations(), &mut numbers);
             wide.push((r, numbers));
