@@ -157,6 +157,8 @@ pub struct EmbedKernelFigures {
     /// Microseconds for all of them, f32 (`kernels::dense`) and 8-bit (`kernels::int8`).
     pub f32_us: f64,
     pub int8_us: f64,
+    /// How 8-bit bytes' products were added up (`kernels::int8::bytes_kernel`).
+    pub bytes_kernel: &'static str,
 }
 
 /// The embedder's products in f32 and in 8 bits, on one thread, on the same inputs.
@@ -172,7 +174,7 @@ pub fn embed_kernel_figures() -> EmbedKernelFigures {
         f32_us += time_us(&mut || dense::matmul_t(&x, &w, k, &mut out));
         int8_us += time_us(&mut || int8::matmul_t(&x, &q, &mut out));
     }
-    EmbedKernelFigures { shapes, f32_us, int8_us }
+    EmbedKernelFigures { shapes, f32_us, int8_us, bytes_kernel: int8::bytes_kernel() }
 }
 
 /// Our Q8_0 kernel (`kernels::q8`) against candle's on the same quantized matrix and inputs, each

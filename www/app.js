@@ -510,12 +510,12 @@ const backend = ['cpu', 'webgpu'].includes(params.get('backend')) ? params.get('
 // ?graph=N: build the HNSW search graph from N chunks on instead of 10,000, to watch it work on a
 // small collection (the teaching view says which search answered).
 const graphFrom = Number(params.get('graph')) || 0;
-// Documents are embedded with 8-bit weights (kernels::int8), 1.4x as fast as f32 and within cosine
-// 0.99 of it on every chunk measured (docs/PERFORMANCE.md); ?embed=f32 takes the model's own f32.
-// ?embed=relaxed uses the relaxed SIMD build where the browser has it: within 0.99 too since rows
-// with a few large numbers are rounded in 16 bits, but on the day measured only 0.94-1.18x the
-// SIMD128 build's speed (docs/PERFORMANCE.md), not worth a second wasm download by default.
-const embedPrecision = ['f32', 'relaxed'].includes(params.get('embed')) ? params.get('embed') : 'int8';
+// Documents are embedded with 8-bit weights (kernels::int8), within cosine 0.99 of f32 on every
+// chunk measured (docs/PERFORMANCE.md), by the relaxed SIMD build where the browser has it (its
+// one-byte products are the fastest on every CPU measured, on some twice the SIMD128 build's) and
+// by the SIMD128 build elsewhere. ?embed=int8 keeps the SIMD128 build; ?embed=f32 takes the
+// model's own f32.
+const embedPrecision = ['f32', 'int8'].includes(params.get('embed')) ? params.get('embed') : 'relaxed';
 function startEngine() {
   worker = new Worker('worker.js', { type: 'module' });
   worker.onmessage = onWorkerMessage;

@@ -127,8 +127,8 @@ const handlers = {
     wasmModule = await compileWasm('pkg/pocketrag_bg.wasm');
     shareModule(wasmModule);
     // Documents are embedded with 8-bit weights (kernels::int8) unless f32 is asked for; with
-    // 'relaxed', the helpers run the relaxed SIMD build where the browser has it (app.js says why
-    // that is not the default).
+    // 'relaxed' (the default, app.js says why), the helpers run the relaxed SIMD build where the
+    // browser has it, and the SIMD128 one where it does not or the build cannot be fetched.
     const precision = embedPrecision === 'f32' ? 'f32' : 'int8';
     const relaxed = embedPrecision === 'relaxed' && hasRelaxedSimd()
       ? await compileWasm('pkg-relaxed/pocketrag_bg.wasm').catch(() => null) : null;

@@ -97,6 +97,8 @@ const handlers = {
       figures: {
         // The embedder's products in 8 bits (kernels::int8) against f32 (kernels::dense).
         embed_int8_kernel_speedup: e.f32_us / e.int8_us,
+        // With relaxed SIMD, which of kernels::int8's two ways of adding up bytes measured faster.
+        embed_bytes_kernel: e.bytes_kernel,
         q8_matvec_speedup: f.candle_matvec_us / f.ours_matvec_us,
         q8_matmul128_speedup: f.candle_matmul128_us / f.ours_matmul128_us,
         // A prompt's products with the 8-bit weights (kernels::q8_prompt) against the f32 copy.

@@ -68,11 +68,11 @@ test('the page indexes a dropped file, answers with a citation, keeps documents 
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /WebGPU not used \(.*adapter/);
   // Prompts are read with the 8-bit weights by default (no f32 copy of the model).
   assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /prompts read with 8-bit weights/);
-  // Documents are embedded with 8-bit products by the SIMD128 build; the relaxed one is not fetched.
+  // Documents are embedded with 8-bit products by the relaxed SIMD build (Chromium has relaxed SIMD).
   assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-precision'), 'int8');
-  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'simd128');
-  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /documents embedded with 8-bit products \(SIMD128\)/);
-  assert.ok(!requests.some((u) => u.includes('/pkg-relaxed/')), 'the relaxed build is fetched only when asked for');
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'relaxed');
+  assert.match(await page.getAttribute('[data-testid="backend"]', 'title'), /documents embedded with 8-bit products \(relaxed SIMD\)/);
+  assert.ok(requests.some((u) => u.includes('/pkg-relaxed/')), 'the relaxed build is fetched by default');
 
   // A document of the user's own, plus hostile ones.
   const lighthouse = fs.readFileSync(path.join(root, 'tests', 'data', 'library', 'lighthouse.md'));
@@ -360,10 +360,10 @@ test('faults: workers that die cost only their file, a full quota refuses by nam
 test('a trap in the engine: the file it stopped on is named, the engine restarts, no other document is lost', async (t) => {
   const { server, context, page, errors } = await openPage(t);
   const { notices, indexedNames } = docLists(page);
-  // ?embed=relaxed: the helpers embed with the relaxed SIMD build (Chromium has relaxed SIMD).
-  await page.goto(`${server.url}?threads=2&embed=relaxed`);
+  // ?embed=int8: the helpers embed with the SIMD128 build, not the relaxed one the page takes by default.
+  await page.goto(`${server.url}?threads=2&embed=int8`);
   await waitReady(page);
-  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'relaxed');
+  assert.equal(await page.getAttribute('[data-testid="backend"]', 'data-embed-simd'), 'simd128');
 
   // A real trap of the engine's wasm instance, as a panic or running out of memory would be:
   // when the engine is handed trap.md, the worker calls one of the instance's own exports with an

@@ -22,11 +22,9 @@ use super::blocks::round_half_away;
 const R: usize = 2;
 /// Weight rows per tile.
 const S: usize = 4;
-/// Rows are padded to a multiple of this many numbers: one 128-bit vector of bytes, two of
-/// 16-bit numbers.
-const PAD: usize = 16;
-/// The weights' rounding: −127..=127.
-const LEVELS: f32 = 127.0;
+/// Rows are padded to a multiple of this many numbers: two 128-bit vectors of bytes (the relaxed
+/// kernel's step), four of 16-bit numbers.
+const PAD: usize = 32;
 /// `Form::Bytes` rounds a row of x in 16 bits where its range is past this many times its root
 /// mean square. Measured natively over PubMedQA's 1,711 chunks (docs/PERFORMANCE.md): 3.0 % of
 /// the rows, and the worst chunk's cosine to f32 0.986 → 0.994 (16: 5.6 %, 0.994).
@@ -54,13 +52,34 @@ impl Form {
     pub const FASTEST: Form =
         if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) { Form::Bytes } else { Form::Wide };
 
-    /// x's rounding: its levels, and whether asymmetric (with a zero point).
-    fn activations(self) -> (f32, bool) {
+    /// x's rounding.
+    fn activations(self) -> Rounding {
         match self {
-            Form::Wide => (2047.0, false),
-            Form::Bytes => (127.0, true),
+            Form::Wide => Rounding { levels: 2047.0, asymmetric: false, clip: false },
+            Form::Bytes => Rounding { levels: 127.0, asymmetric: true, clip: false },
         }
     }
+
+    /// W's rounding: −127..=127 in `Wide`; −63..=63 in `Bytes`, so that two steps of the relaxed
+    /// kernel's 16-bit pair sums fit in 16 bits (`simd128`), each row at the scale that leaves it
+    /// nearest to itself (a few large numbers clipped), which gained back most of what the lost
+    /// bit cost: natively over PubMedQA's 1,711 chunks the worst cosine to f32 was 0.9941 with
+    /// 127 levels, 0.9915 with 63 at the largest number's scale, 0.9937 clipped.
+    fn weights(self) -> Rounding {
+        match self {
+            Form::Wide => Rounding { levels: 127.0, asymmetric: false, clip: false },
+            Form::Bytes => Rounding { levels: 63.0, asymmetric: false, clip: true },
+        }
+    }
+}
+
+/// How a row is rounded: to `levels` steps either side of 0 or (`asymmetric`) 0..=levels with a
+/// zero point; `clip`: at the scale of least squared error rather than the largest number's.
+#[derive(Clone, Copy)]
+struct Rounding {
+    levels: f32,
+    asymmetric: bool,
+    clip: bool,
 }
 
 /// A stored integer: i16 (`Form::Wide`) or i8 (`Form::Bytes`).
@@ -114,10 +133,10 @@ pub struct I8Rows {
 }
 
 impl I8Rows {
-    /// Round `x` (rows × cols, row-major) row by row to −127..=127, zero at 0: the weights'
-    /// rounding, stored for products taken in `form`.
+    /// Round `x` (rows × cols, row-major) row by row with zero at 0, as weights are for products
+    /// taken in `form` (`Form::weights`).
     pub fn quantize(x: &[f32], cols: usize, form: Form) -> I8Rows {
-        Self::round(x, cols, form, (LEVELS, false), None, false)
+        Self::round(x, cols, form, form.weights(), None, false)
     }
 
     /// W with its column c multiplied by `columns[c]` before rounding; `matmul_t` divides x's
@@ -126,7 +145,7 @@ impl I8Rows {
     /// rounding is per output row (SmoothQuant's migration): x then keeps more steps for the rest.
     pub fn quantize_scaled(w: &[f32], cols: usize, columns: &[f32], form: Form) -> I8Rows {
         assert_eq!(columns.len(), cols, "int8::I8Rows::quantize_scaled: {} scales for {cols} columns", columns.len());
-        let mut rows = Self::round(w, cols, form, (LEVELS, false), Some(columns), false);
+        let mut rows = Self::round(w, cols, form, form.weights(), Some(columns), false);
         rows.input_scales = Some(columns.iter().map(|s| 1.0 / s).collect());
         rows
     }
@@ -149,7 +168,7 @@ impl I8Rows {
         x: &[f32],
         cols: usize,
         form: Form,
-        rounding: (f32, bool),
+        rounding: Rounding,
         columns: Option<&[f32]>,
         wide_rows: bool,
     ) -> I8Rows {
@@ -190,15 +209,14 @@ impl I8Rows {
     }
 }
 
-/// `x` rounded row by row to `levels` steps either side of 0 (or, `asymmetric`, 0..=levels with
-/// a zero point): the numbers, and each row's scale, zero point and sum; with `wide_rows`, the
+/// `x` rounded row by row: the numbers, and each row's scale, zero point and sum; with `wide_rows`, the
 /// rows past `WIDE_PAST` rounded to −2047..=2047 in 16 bits instead, apart.
 type RowFigures = (Vec<f32>, Vec<i32>, Vec<i32>, Vec<(usize, Vec<i16>)>);
 fn rows_rounded<T: Lane>(
     x: &[f32],
     cols: usize,
     stride: usize,
-    rounding: (f32, bool),
+    rounding: Rounding,
     columns: Option<&[f32]>,
     wide_rows: bool,
 ) -> (Vec<T>, RowFigures) {
@@ -236,14 +254,13 @@ fn rows_rounded<T: Lane>(
 
 /// One row rounded into `out` (padded past the row with its zero point): its scale, zero point
 /// and sum of numbers less the zero point.
-fn round_row<T: Lane>(
-    row: &[f32],
-    (lo, hi): (f32, f32),
-    (levels, asymmetric): (f32, bool),
-    out: &mut [T],
-) -> (f32, i32, i32) {
+fn round_row<T: Lane>(row: &[f32], (lo, hi): (f32, f32), rounding: Rounding, out: &mut [T]) -> (f32, i32, i32) {
+    let Rounding { levels, asymmetric, clip } = rounding;
     let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
-    let scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
+    let mut scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
+    if clip && scale > 0.0 {
+        scale = least_error_scale(row, levels, scale);
+    }
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number rounds
     // below 0; the greatest may round one step past the top, hence the clamp.
@@ -258,6 +275,25 @@ fn round_row<T: Lane>(
     (scale, zero, sum)
 }
 
+/// Of `top` (the largest number's scale) and twelve scales down to 70 % of it, the one whose
+/// rounding to ±`levels` (past them clamped) is nearest to `row` in squared error.
+fn least_error_scale(row: &[f32], levels: f32, top: f32) -> f32 {
+    let error = |scale: f32| -> f32 {
+        row.iter().map(|&v| (v - round_half_away(v / scale).clamp(-levels, levels) * scale).powi(2)).sum()
+    };
+    let candidates = (0..=12).map(|i| top * (1.0 - 0.025 * i as f32));
+    candidates.map(|s| (error(s), s)).fold((f32::INFINITY, top), |best, e| if e.0 < best.0 { e } else { best }).1
+}
+
+/// How `Form::Bytes` products are added up here, for the benchmark's figures: with relaxed SIMD
+/// "pairs" or "dots" (`simd128::pairs_are_faster`), elsewhere "portable".
+pub fn bytes_kernel() -> &'static str {
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    return if simd128::pairs_are_faster() { "pairs" } else { "dots" };
+    #[allow(unreachable_code)]
+    "portable"
+}
+
 /// `out = x Wᵀ` with x (positions × k) rounded here, in W's form, and W rounded at load: `out`
 /// is positions × W's rows, row-major.
 pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
@@ -270,6 +306,15 @@ pub fn matmul_t(x: &[f32], w: &I8Rows, out: &mut [f32]) {
 }
 
 fn products<T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32]) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    if std::mem::size_of::<T>() == 1 && simd128::pairs_are_faster() {
+        return products_in::<true, T>(xq, xv, w, wv, out);
+    }
+    products_in::<false, T>(xq, xv, w, wv, out)
+}
+
+/// `products` with the relaxed kernel's way of adding up bytes (`simd128::tile`'s `PAIRS`).
+fn products_in<const PAIRS: bool, T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32]) {
     // Σ (x − zx)(w − zw) from the stored Σ x·w: the weights' zero point is 0, so it is
     // Σ x·w − zx · Σ w.
     debug_assert!(w.zeros.iter().all(|&z| z == 0), "int8::matmul_t: weights with a zero point");
@@ -284,7 +329,7 @@ fn products<T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32
         for i in rows.chunks(R) {
             if i.len() == R && j + S <= m {
                 let xs = std::array::from_fn(|a| row(xv, i[a], stride));
-                let sums = tile::<R, S, T>(xs, std::array::from_fn(|b| row(wv, j + b, stride)));
+                let sums = tile::<R, S, PAIRS, T>(xs, std::array::from_fn(|b| row(wv, j + b, stride)));
                 for (&r, sums) in i.iter().zip(&sums) {
                     for (s, &sum) in sums.iter().enumerate() {
                         out[r * m + j + s] = (sum - extra(r, j + s)) as f32 * (xq.scales[r] * w.scales[j + s]);
@@ -293,7 +338,7 @@ fn products<T: Lane>(xq: &I8Rows, xv: &[T], w: &I8Rows, wv: &[T], out: &mut [f32
             } else {
                 for &r in i {
                     for s in j..(j + S).min(m) {
-                        let sum = tile::<1, 1, T>([row(xv, r, stride)], [row(wv, s, stride)])[0][0];
+                        let sum = tile::<1, 1, PAIRS, T>([row(xv, r, stride)], [row(wv, s, stride)])[0][0];
                         out[r * m + s] = (sum - extra(r, s)) as f32 * (xq.scales[r] * w.scales[s]);
                     }
                 }
@@ -325,20 +370,20 @@ fn row<T>(values: &[T], r: usize, stride: usize) -> &[T] {
 /// The A × B integer dot products of rows `xs` with rows `ws`: exact, so any order of additions
 /// gives the same sums.
 #[inline(always)]
-fn tile<const A: usize, const B: usize, T: Lane>(xs: [&[T]; A], ws: [&[T]; B]) -> [[i32; B]; A] {
+fn tile<const A: usize, const B: usize, const PAIRS: bool, T: Lane>(xs: [&[T]; A], ws: [&[T]; B]) -> [[i32; B]; A] {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if simd128::vectored::<T>() {
         // SAFETY: simd128 is enabled for this build; every row holds the same number of numbers,
         // a multiple of PAD (`rows_rounded`, x and W have the same cols).
-        return unsafe { simd128::tile(xs, ws) };
+        return unsafe { simd128::tile::<A, B, PAIRS, T>(xs, ws) };
     }
     let mut acc = [[0i32; B]; A];
     for (a, xr) in xs.iter().enumerate() {
         for (b, wr) in ws.iter().enumerate() {
             // Written over fixed-size lanes so that the compiler keeps it in vector registers
             // (natively: SSE2's pmaddwd, the same pairwise multiply-add).
-            let mut lanes = [0i32; PAD];
-            for (xc, wc) in xr.chunks_exact(PAD).zip(wr.chunks_exact(PAD)) {
+            let mut lanes = [0i32; 16];
+            for (xc, wc) in xr.chunks_exact(16).zip(wr.chunks_exact(16)) {
                 for (lane, (&xv, &wv)) in lanes.iter_mut().zip(xc.iter().zip(wc)) {
                     *lane += xv.get() * wv.get();
                 }
@@ -350,68 +395,7 @@ fn tile<const A: usize, const B: usize, T: Lane>(xs: [&[T]; A], ws: [&[T]; B]) -
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod simd128 {
-    use core::arch::wasm32::*;
-
-    /// Whether this build multiplies lanes of T in vectors: 16-bit ones always, bytes with
-    /// relaxed SIMD only.
-    pub const fn vectored<T>() -> bool {
-        std::mem::size_of::<T>() == 2 || cfg!(target_feature = "relaxed-simd")
-    }
-
-    /// One vector of x's and one of W's numbers multiplied and added into four 32-bit lanes:
-    /// eight pairs of 16-bit numbers, or with relaxed SIMD sixteen byte products in one
-    /// instruction (x's bytes are the 0..=127 operand).
-    #[inline(always)]
-    unsafe fn step<T>(acc: v128, x: v128, w: v128) -> v128 {
-        if std::mem::size_of::<T>() == 2 {
-            return i32x4_add(acc, i32x4_dot_i16x8(x, w));
-        }
-        #[cfg(target_feature = "relaxed-simd")]
-        return i32x4_relaxed_dot_i8x16_i7x16_add(w, x, acc);
-        #[cfg(not(target_feature = "relaxed-simd"))]
-        unreachable!("int8: bytes are multiplied in vectors only with relaxed SIMD")
-    }
-
-    /// Each step loads A + B vectors and does A × B `step`s; the sums stay in registers until
-    /// the end.
-    #[inline(always)]
-    pub unsafe fn tile<const A: usize, const B: usize, T>(xs: [&[T]; A], ws: [&[T]; B]) -> [[i32; B]; A] {
-        let lanes = 16 / std::mem::size_of::<T>();
-        let mut acc = [[i32x4_splat(0); B]; A];
-        let mut c = 0;
-        while c < xs[0].len() {
-            let xv: [v128; A] = std::array::from_fn(|a| v128_load(xs[a].as_ptr().add(c) as *const v128));
-            for b in 0..B {
-                let wv = v128_load(ws[b].as_ptr().add(c) as *const v128);
-                for a in 0..A {
-                    acc[a][b] = step::<T>(acc[a][b], xv[a], wv);
-                }
-            }
-            c += lanes;
-        }
-        acc.map(|row| row.map(lane_sum))
-    }
-
-    /// `super::widened` for W's bytes: each vector of sixteen widened to two of eight 16-bit lanes.
-    pub unsafe fn widened(x: &[i16], w: &[i8]) -> i32 {
-        let mut acc = i32x4_splat(0);
-        for (c, xs) in x.chunks_exact(16).enumerate() {
-            let wv = v128_load(w.as_ptr().add(c * 16) as *const v128);
-            let lo = i32x4_dot_i16x8(v128_load(xs.as_ptr() as *const v128), i16x8_extend_low_i8x16(wv));
-            let hi = i32x4_dot_i16x8(v128_load(xs.as_ptr().add(8) as *const v128), i16x8_extend_high_i8x16(wv));
-            acc = i32x4_add(acc, i32x4_add(lo, hi));
-        }
-        lane_sum(acc)
-    }
-
-    /// The four lanes added: lanes 2 and 3 onto 0 and 1, then those two.
-    #[inline(always)]
-    fn lane_sum(v: v128) -> i32 {
-        let pairs = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
-        i32x4_extract_lane::<0>(pairs) + i32x4_extract_lane::<1>(pairs)
-    }
-}
+mod simd128;
 
 #[cfg(test)]
 mod tests {
@@ -455,7 +439,7 @@ mod tests {
     #[test]
     fn rounding_keeps_each_number_within_half_a_step() {
         let x = pseudo_random(3 * 40, 7);
-        let q = I8Rows::quantize(&x, 40, Form::Bytes);
+        let q = I8Rows::quantize(&x, 40, Form::Wide);
         for r in 0..3 {
             let row = &x[r * 40..][..40];
             let step = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
@@ -464,8 +448,24 @@ mod tests {
             }
         }
         // A row of zeros stays zeros (no division by a zero scale).
-        let z = I8Rows::quantize(&[0.0; 16], 16, Form::Wide);
+        let z = I8Rows::quantize(&[0.0; 16], 16, Form::Bytes);
         assert!((0..16).all(|c| z.value(0, c) == 0.0));
+    }
+
+    #[test]
+    fn clipped_weights_are_nearer_than_at_the_largest_numbers_scale() {
+        // A long row of numbers in ±0.5 and one a little past them: rounding at the largest
+        // number's scale would cost every number for that one; `Bytes` clips it instead. The
+        // row's squared error can be no larger than at that scale (it is one of the candidates),
+        // and here it is smaller.
+        let mut x = pseudo_random(1536, 8);
+        x[5] = 0.525;
+        let q = I8Rows::quantize(&x, 1536, Form::Bytes);
+        let top = 0.525 / 63.0;
+        let err = |value: &dyn Fn(usize) -> f32| (0..1536).map(|c| (value(c) - x[c]).powi(2)).sum::<f32>();
+        assert!(err(&|c| q.value(0, c)) < err(&|c| round_half_away(x[c] / top) * top));
+        assert!(q.scales[0] < top, "the scale {} is the largest number's", q.scales[0]);
+        assert!((0..1536).all(|c| q.value(0, c).abs() <= 63.0 * q.scales[0] * (1.0 + 1e-6)));
     }
 
     #[test]

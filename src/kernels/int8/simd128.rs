@@ -1,0 +1,131 @@
+//! `super::tile` and `super::widened` in wasm SIMD128 vectors, and the choice between the two
+//! ways relaxed SIMD can add up bytes' products.
+//!
+//! `i32x4.relaxed_dot_i8x16_i7x16_add_s` is one instruction where the CPU has VNNI in the form
+//! V8 uses (`vpdpbusd`), but two multiplies and an add elsewhere (`pmaddubsw`, then `pmaddwd` by
+//! ones to widen the 16-bit pair sums): on an AMD EPYC (Zen 4) in Chromium 156 that took no more
+//! products per second than `i32x4.dot_i16x8_s` (38.7 against 37.0 GMAC/s, a scratch loop of the
+//! embedder's shape). With W in −63..=63 (`Form::Bytes`), two steps' 16-bit pair sums fit in one
+//! 16-bit lane (2 · 2 · 127 · 63 = 32,004), so they can share one widening: three multiplies per
+//! 32 products instead of four (54 GMAC/s there). Where VNNI does it in one, that is slower.
+//! Both give the same exact sums; which is faster is measured once, on first use.
+
+use core::arch::wasm32::*;
+use std::sync::OnceLock;
+
+/// Whether this build multiplies lanes of T in vectors: 16-bit ones always, bytes with relaxed
+/// SIMD only.
+pub const fn vectored<T>() -> bool {
+    std::mem::size_of::<T>() == 2 || cfg!(target_feature = "relaxed-simd")
+}
+
+/// Each step loads A + B vectors of x and W and multiplies every pair; the sums stay in
+/// registers until the end. `PAIRS`: bytes' products two steps at a time in 16 bits (above).
+#[inline(always)]
+pub unsafe fn tile<const A: usize, const B: usize, const PAIRS: bool, T>(
+    xs: [&[T]; A],
+    ws: [&[T]; B],
+) -> [[i32; B]; A] {
+    let mut acc = [[i32x4_splat(0); B]; A];
+    let load = |row: &[T], c: usize| v128_load(row.as_ptr().add(c) as *const v128);
+    let mut c = 0;
+    if std::mem::size_of::<T>() == 2 {
+        while c < xs[0].len() {
+            let xv: [v128; A] = std::array::from_fn(|a| load(xs[a], c));
+            for b in 0..B {
+                let wv = load(ws[b], c);
+                for a in 0..A {
+                    acc[a][b] = i32x4_add(acc[a][b], i32x4_dot_i16x8(xv[a], wv));
+                }
+            }
+            c += 8;
+        }
+        return acc.map(|row| row.map(lane_sum));
+    }
+    #[cfg(target_feature = "relaxed-simd")]
+    if PAIRS {
+        // Rows hold a multiple of 32 bytes (`super::PAD`).
+        while c < xs[0].len() {
+            let xv: [[v128; 2]; A] = std::array::from_fn(|a| [load(xs[a], c), load(xs[a], c + 16)]);
+            for b in 0..B {
+                let wv = [load(ws[b], c), load(ws[b], c + 16)];
+                for a in 0..A {
+                    let pairs = i16x8_add(
+                        i16x8_relaxed_dot_i8x16_i7x16(wv[0], xv[a][0]),
+                        i16x8_relaxed_dot_i8x16_i7x16(wv[1], xv[a][1]),
+                    );
+                    acc[a][b] = i32x4_add(acc[a][b], i32x4_extadd_pairwise_i16x8(pairs));
+                }
+            }
+            c += 32;
+        }
+    } else {
+        while c < xs[0].len() {
+            let xv: [v128; A] = std::array::from_fn(|a| load(xs[a], c));
+            for b in 0..B {
+                let wv = load(ws[b], c);
+                for a in 0..A {
+                    // x's bytes are the 0..=127 operand.
+                    acc[a][b] = i32x4_relaxed_dot_i8x16_i7x16_add(wv, xv[a], acc[a][b]);
+                }
+            }
+            c += 16;
+        }
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    unreachable!("int8: bytes are multiplied in vectors only with relaxed SIMD");
+    #[allow(unreachable_code)]
+    acc.map(|row| row.map(lane_sum))
+}
+
+/// Whether `tile`'s `PAIRS` way is the faster here: both timed on the embedder's product shape,
+/// alternately, best of several rounds (the first run before V8 has optimised the code).
+#[cfg(target_feature = "relaxed-simd")]
+pub fn pairs_are_faster() -> bool {
+    static FASTER: OnceLock<bool> = OnceLock::new();
+    *FASTER.get_or_init(|| {
+        let (mut pairs, mut dots) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..6 {
+            pairs = pairs.min(time_tiles::<true>());
+            dots = dots.min(time_tiles::<false>());
+        }
+        pairs < dots
+    })
+}
+
+/// Milliseconds for 24 × 96 tiles of 2 × 4 rows of 384 bytes (a fifth of one chunk's Q product).
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(never)]
+fn time_tiles<const PAIRS: bool>() -> f64 {
+    let (x, w) = (vec![1i8; 2 * 384], vec![1i8; 4 * 384]);
+    let xs = [&x[..384], &x[384..]];
+    let ws = std::array::from_fn(|b| &w[b * 384..][..384]);
+    let clock = crate::time::Stopwatch::start();
+    let mut total = 0;
+    for _ in 0..24 * 96 {
+        // SAFETY: rows of 384 bytes, a multiple of 32.
+        let sums = unsafe { tile::<2, 4, PAIRS, i8>(std::hint::black_box(xs), ws) };
+        total += sums[1][3];
+    }
+    std::hint::black_box(total);
+    clock.ms()
+}
+
+/// `super::widened` for W's bytes: each vector of sixteen widened to two of eight 16-bit lanes.
+pub unsafe fn widened(x: &[i16], w: &[i8]) -> i32 {
+    let mut acc = i32x4_splat(0);
+    for (c, xs) in x.chunks_exact(16).enumerate() {
+        let wv = v128_load(w.as_ptr().add(c * 16) as *const v128);
+        let lo = i32x4_dot_i16x8(v128_load(xs.as_ptr() as *const v128), i16x8_extend_low_i8x16(wv));
+        let hi = i32x4_dot_i16x8(v128_load(xs.as_ptr().add(8) as *const v128), i16x8_extend_high_i8x16(wv));
+        acc = i32x4_add(acc, i32x4_add(lo, hi));
+    }
+    lane_sum(acc)
+}
+
+/// The four lanes added: lanes 2 and 3 onto 0 and 1, then those two.
+#[inline(always)]
+fn lane_sum(v: v128) -> i32 {
+    let pairs = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+    i32x4_extract_lane::<0>(pairs) + i32x4_extract_lane::<1>(pairs)
+}
