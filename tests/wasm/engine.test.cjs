@@ -216,6 +216,23 @@ test('PDF text extracted separately is indexed with its page numbers', () => {
   assert.throws(() => engine.addPdfPages('scan.pdf', ['', '  ']), /scan\.pdf.*no extractable text/);
 });
 
+test('8-bit embedding in wasm (x rounded in vectors) stays within cosine 0.99 of f32 on every chunk', () => {
+  const embedder = new Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
+  const engine = embedderOnly();
+  const samples = fs.readdirSync(path.join(root, 'samples')).filter((f) => /\.(md|txt)$/.test(f));
+  const texts = samples.flatMap((f) => engine.prepareDocument(f, fs.readFileSync(path.join(root, 'samples', f))));
+  assert.ok(texts.length >= 12, `${texts.length} chunks`);
+  const exact = embedder.embed(texts);
+  embedder.setPrecision('int8');
+  const rounded = embedder.embed(texts);
+  const dim = embedder.dim();
+  for (let i = 0; i < texts.length; i++) {
+    let cos = 0;
+    for (let j = i * dim; j < (i + 1) * dim; j++) cos += exact[j] * rounded[j];
+    assert.ok(cos > 0.99 && cos < 1 + 1e-4, `chunk ${i}: cosine ${cos}`);
+  }
+});
+
 test('a document embedded elsewhere (as the page spreads it over workers) indexes like one embedded here', () => {
   const embedder = new Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
   const here = embedderOnly();

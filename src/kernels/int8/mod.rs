@@ -1,7 +1,7 @@
 //! `x Wᵀ` for many positions at once with 8-bit weights: the embedder's products when it runs
 //! in 8 bits (`embed::Precision::Int8`).
 //!
-//! W is rounded once, at load, to integers in −127..=127 with one scale per output row; each
+//! W is rounded once, at load, to integers (`Form::weights`) with one scale per output row; each
 //! position of x is rounded when the product is taken, with a scale of its own (dynamic
 //! quantization, as onnxruntime does it for the int8 MiniLM that transformers.js ships). A result
 //! is then one integer dot product, exact in i32, times the two scales. Two forms (`Form`), both
@@ -10,9 +10,10 @@
 //!   `i32x4.dot_i16x8_s` multiplies eight pairs of 16-bit lanes and adds them pairwise into four
 //!   32-bit sums, twice the multiply-adds per instruction of an f32x4 multiply and add; storing
 //!   widened saves an instruction per load.
-//! - `Bytes`: both in bytes, activations in 0..=127 with a zero point. With relaxed SIMD,
-//!   `i32x4.relaxed_dot_i8x16_i7x16_add_s` does sixteen multiply-adds per instruction; elsewhere
-//!   the same integers go through the portable loop, so tests check this form's numbers natively.
+//! - `Bytes`: both in bytes, activations in 0..=127 with a zero point, W in −63..=63. With
+//!   relaxed SIMD, sixteen multiply-adds per instruction (or per two, added in pairs: `simd128`);
+//!   elsewhere the same integers go through the portable loop, so tests check this form's
+//!   numbers natively.
 //!
 //! The tile is `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
 

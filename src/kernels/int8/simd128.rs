@@ -11,7 +11,6 @@
 //! Both give the same exact sums; which is faster is measured once, on first use.
 
 use core::arch::wasm32::*;
-use std::sync::OnceLock;
 
 /// Whether this build multiplies lanes of T in vectors: 16-bit ones always, bytes with relaxed
 /// SIMD only.
@@ -79,13 +78,15 @@ pub unsafe fn tile<const A: usize, const B: usize, const PAIRS: bool, T>(
 }
 
 /// Whether `tile`'s `PAIRS` way is the faster here: both timed on the embedder's product shape,
-/// alternately, best of several rounds (the first run before V8 has optimised the code).
+/// alternately, best of eight rounds of ~2 ms each (long enough for the 100 µs clock of a page
+/// that is not cross-origin isolated; the first rounds run before V8 has optimised the code,
+/// hence the best of several). Each wasm instance (each worker) decides once, on first use.
 #[cfg(target_feature = "relaxed-simd")]
 pub fn pairs_are_faster() -> bool {
-    static FASTER: OnceLock<bool> = OnceLock::new();
+    static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FASTER.get_or_init(|| {
         let (mut pairs, mut dots) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..6 {
+        for _ in 0..8 {
             pairs = pairs.min(time_tiles::<true>());
             dots = dots.min(time_tiles::<false>());
         }
@@ -93,7 +94,8 @@ pub fn pairs_are_faster() -> bool {
     })
 }
 
-/// Milliseconds for 24 × 96 tiles of 2 × 4 rows of 384 bytes (a fifth of one chunk's Q product).
+/// Milliseconds for 12 · 24 · 96 tiles of 2 × 4 rows of 384 bytes (85 M products, about four
+/// chunks' Q products).
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(never)]
 fn time_tiles<const PAIRS: bool>() -> f64 {
@@ -102,7 +104,7 @@ fn time_tiles<const PAIRS: bool>() -> f64 {
     let ws = std::array::from_fn(|b| &w[b * 384..][..384]);
     let clock = crate::time::Stopwatch::start();
     let mut total = 0;
-    for _ in 0..24 * 96 {
+    for _ in 0..12 * 24 * 96 {
         // SAFETY: rows of 384 bytes, a multiple of 32.
         let sums = unsafe { tile::<2, 4, PAIRS, i8>(std::hint::black_box(xs), ws) };
         total += sums[1][3];
