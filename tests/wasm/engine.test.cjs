@@ -216,7 +216,7 @@ test('PDF text extracted separately is indexed with its page numbers', () => {
   assert.throws(() => engine.addPdfPages('scan.pdf', ['', '  ']), /scan\.pdf.*no extractable text/);
 });
 
-test('8-bit embedding in wasm (x rounded in vectors) stays within cosine 0.99 of f32 on every chunk', () => {
+test('8-bit embedding in wasm stays within cosine 0.99 of f32 on every sample chunk', () => {
   const embedder = new Embedder(model('minilm/model.safetensors'), model('minilm/tokenizer.json'), model('minilm/config.json'));
   const engine = embedderOnly();
   const samples = fs.readdirSync(path.join(root, 'samples')).filter((f) => /\.(md|txt)$/.test(f));

@@ -25,56 +25,68 @@ pub unsafe fn tile<const A: usize, const B: usize, const PAIRS: bool, T>(
     xs: [&[T]; A],
     ws: [&[T]; B],
 ) -> [[i32; B]; A] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if PAIRS && std::mem::size_of::<T>() == 1 {
+        return pairs(xs, ws);
+    }
+    let lanes = 16 / std::mem::size_of::<T>();
     let mut acc = [[i32x4_splat(0); B]; A];
-    let load = |row: &[T], c: usize| v128_load(row.as_ptr().add(c) as *const v128);
     let mut c = 0;
-    if std::mem::size_of::<T>() == 2 {
-        while c < xs[0].len() {
-            let xv: [v128; A] = std::array::from_fn(|a| load(xs[a], c));
-            for b in 0..B {
-                let wv = load(ws[b], c);
-                for a in 0..A {
-                    acc[a][b] = i32x4_add(acc[a][b], i32x4_dot_i16x8(xv[a], wv));
-                }
+    while c < xs[0].len() {
+        let xv: [v128; A] = std::array::from_fn(|a| load(xs[a], c));
+        for b in 0..B {
+            let wv = load(ws[b], c);
+            for a in 0..A {
+                acc[a][b] = step::<T>(acc[a][b], xv[a], wv);
             }
-            c += 8;
         }
-        return acc.map(|row| row.map(lane_sum));
+        c += lanes;
+    }
+    acc.map(|row| row.map(lane_sum))
+}
+
+/// One vector of x's and one of W's numbers multiplied and added into four 32-bit lanes: eight
+/// pairs of 16-bit numbers, or with relaxed SIMD sixteen byte products in one instruction (x's
+/// bytes are the 0..=127 operand).
+#[inline(always)]
+unsafe fn step<T>(acc: v128, x: v128, w: v128) -> v128 {
+    if std::mem::size_of::<T>() == 2 {
+        return i32x4_add(acc, i32x4_dot_i16x8(x, w));
     }
     #[cfg(target_feature = "relaxed-simd")]
-    if PAIRS {
-        // Rows hold a multiple of 32 bytes (`super::PAD`).
-        while c < xs[0].len() {
-            let xv: [[v128; 2]; A] = std::array::from_fn(|a| [load(xs[a], c), load(xs[a], c + 16)]);
-            for b in 0..B {
-                let wv = [load(ws[b], c), load(ws[b], c + 16)];
-                for a in 0..A {
-                    let pairs = i16x8_add(
-                        i16x8_relaxed_dot_i8x16_i7x16(wv[0], xv[a][0]),
-                        i16x8_relaxed_dot_i8x16_i7x16(wv[1], xv[a][1]),
-                    );
-                    acc[a][b] = i32x4_add(acc[a][b], i32x4_extadd_pairwise_i16x8(pairs));
-                }
-            }
-            c += 32;
-        }
-    } else {
-        while c < xs[0].len() {
-            let xv: [v128; A] = std::array::from_fn(|a| load(xs[a], c));
-            for b in 0..B {
-                let wv = load(ws[b], c);
-                for a in 0..A {
-                    // x's bytes are the 0..=127 operand.
-                    acc[a][b] = i32x4_relaxed_dot_i8x16_i7x16_add(wv, xv[a], acc[a][b]);
-                }
-            }
-            c += 16;
-        }
-    }
+    return i32x4_relaxed_dot_i8x16_i7x16_add(w, x, acc);
     #[cfg(not(target_feature = "relaxed-simd"))]
-    unreachable!("int8: bytes are multiplied in vectors only with relaxed SIMD");
-    #[allow(unreachable_code)]
+    unreachable!("int8: bytes are multiplied in vectors only with relaxed SIMD")
+}
+
+/// `tile` for bytes, two vectors a step: their 16-bit pair sums added in 16 bits, then widened
+/// once. Rows hold a multiple of 32 bytes (`super::PAD`).
+#[cfg(target_feature = "relaxed-simd")]
+#[inline(always)]
+unsafe fn pairs<const A: usize, const B: usize, T>(xs: [&[T]; A], ws: [&[T]; B]) -> [[i32; B]; A] {
+    let mut acc = [[i32x4_splat(0); B]; A];
+    let mut c = 0;
+    while c < xs[0].len() {
+        let xv: [[v128; 2]; A] = std::array::from_fn(|a| [load(xs[a], c), load(xs[a], c + 16)]);
+        for b in 0..B {
+            let wv = [load(ws[b], c), load(ws[b], c + 16)];
+            for a in 0..A {
+                let sums = i16x8_add(
+                    i16x8_relaxed_dot_i8x16_i7x16(wv[0], xv[a][0]),
+                    i16x8_relaxed_dot_i8x16_i7x16(wv[1], xv[a][1]),
+                );
+                acc[a][b] = i32x4_add(acc[a][b], i32x4_extadd_pairwise_i16x8(sums));
+            }
+        }
+        c += 32;
+    }
     acc.map(|row| row.map(lane_sum))
+}
+
+/// The vector of `row` from number `c` on (wasm's loads need no alignment).
+#[inline(always)]
+unsafe fn load<T>(row: &[T], c: usize) -> v128 {
+    v128_load(row.as_ptr().add(c) as *const v128)
 }
 
 /// Whether `tile`'s `PAIRS` way is the faster here: both timed on the embedder's product shape,
