@@ -149,25 +149,27 @@ impl Q8Matrix {
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
         let n = x.len() / self.cols;
         assert!(x.len() == n * self.cols && out.len() == n * self.rows, "matmul: wrong buffer sizes");
-        let xq = quantize_rows(x);
         let parallel = n * self.rows * self.cols >= PARALLEL_MIN_MACS;
         if n == 1 {
+            let xq = quantize_rows(x);
             for_each_task(out, TASK_ROWS, parallel, |first, out| self.rows_against_one(&xq, first, out));
             return;
         }
         // Many positions (a prompt): tasks own ranges of positions, so that each writes whole rows
         // of `out`, and each reads all of W, group by group, meeting every one of its positions
         // while the group is in cache. (Tasks that owned ranges of W's rows wrote a transposed
-        // result, and transposing it back cost a fifth of the product's time in wasm.)
+        // result, and transposing it back cost a fifth of the product's time in wasm.) Each task
+        // rounds its own positions: done once for all on the calling thread, the rounding was a
+        // tenth of a prompt's time (Node profile) that a second thread could not share.
         let tasks = if parallel { rayon::current_num_threads() } else { 1 };
-        let (cols, blocks) = (self.cols, self.cols / BLOCK);
+        let cols = self.cols;
         for_each_task(out, n.div_ceil(tasks) * self.rows, parallel, |first, out| {
             let (p, np) = (first / self.rows, out.len() / self.rows);
-            let (xq, xs) = (&xq.quants[p * cols..][..np * cols], &xq.scales[p * blocks..][..np * blocks]);
+            let xq = quantize_rows(&x[p * cols..][..np * cols]);
             if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
-                super::q8_prompt::positions_against(self, xq, xs, out);
+                super::q8_prompt::positions_against(self, &xq.quants, &xq.scales, out);
             } else {
-                self.positions_against(xq, xs, out);
+                self.positions_against(&xq.quants, &xq.scales, out);
             }
         });
     }
