@@ -17,7 +17,9 @@
 //!
 //! The tile is `dense::matmul_t`'s: 2 positions × 4 weight rows, walked along k.
 
+#[cfg(test)]
 use super::blocks::round_half_away;
+use round::{rows_rounded, Rounding};
 
 /// Positions per tile.
 const R: usize = 2;
@@ -72,15 +74,6 @@ impl Form {
             Form::Bytes => Rounding { levels: 63.0, asymmetric: false, clip: true },
         }
     }
-}
-
-/// How a row is rounded: to `levels` steps either side of 0 or (`asymmetric`) 0..=levels with a
-/// zero point; `clip`: at the scale of least squared error rather than the largest number's.
-#[derive(Clone, Copy)]
-struct Rounding {
-    levels: f32,
-    asymmetric: bool,
-    clip: bool,
 }
 
 /// A stored integer: i16 (`Form::Wide`) or i8 (`Form::Bytes`).
@@ -210,82 +203,6 @@ impl I8Rows {
     }
 }
 
-/// `x` rounded row by row: the numbers, and each row's scale, zero point and sum; with `wide_rows`, the
-/// rows past `WIDE_PAST` rounded to −2047..=2047 in 16 bits instead, apart.
-type RowFigures = (Vec<f32>, Vec<i32>, Vec<i32>, Vec<(usize, Vec<i16>)>);
-fn rows_rounded<T: Lane>(
-    x: &[f32],
-    cols: usize,
-    stride: usize,
-    rounding: Rounding,
-    columns: Option<&[f32]>,
-    wide_rows: bool,
-) -> (Vec<T>, RowFigures) {
-    let (mut scales, mut zeros, mut sums, mut wide) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let rows = x.len() / cols;
-    let mut values = vec![T::default(); rows * stride];
-    let mut scaled = vec![0f32; if columns.is_some() { cols } else { 0 }];
-    for (r, (row, out)) in x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)).enumerate() {
-        let row = match columns {
-            Some(c) => {
-                scaled.iter_mut().zip(row.iter().zip(c)).for_each(|(o, (v, s))| *o = v * s);
-                &scaled[..]
-            }
-            None => row,
-        };
-        let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        // The sum of squares only where it decides something (not on every `Wide` product).
-        let past = |row: &[f32]| {
-            (hi - lo) * (hi - lo) > WIDE_PAST * WIDE_PAST * row.iter().map(|v| v * v).sum::<f32>() / cols as f32
-        };
-        let figures = if wide_rows && past(row) {
-            let mut numbers = vec![0i16; stride];
-            let figures = round_row(row, (lo, hi), Form::Wide.activations(), &mut numbers);
-            wide.push((r, numbers));
-            figures
-        } else {
-            round_row(row, (lo, hi), rounding, out)
-        };
-        scales.push(figures.0);
-        zeros.push(figures.1);
-        sums.push(figures.2);
-    }
-    (values, (scales, zeros, sums, wide))
-}
-
-/// One row rounded into `out` (padded past the row with its zero point): its scale, zero point
-/// and sum of numbers less the zero point.
-fn round_row<T: Lane>(row: &[f32], (lo, hi): (f32, f32), rounding: Rounding, out: &mut [T]) -> (f32, i32, i32) {
-    let Rounding { levels, asymmetric, clip } = rounding;
-    let (least, greatest) = if asymmetric { (0, levels as i32) } else { (-levels as i32, levels as i32) };
-    let mut scale = if asymmetric { (hi - lo) / levels } else { hi.max(-lo) / levels };
-    if clip && scale > 0.0 {
-        scale = least_error_scale(row, levels, scale);
-    }
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    // round(lo · inv) is −zero exactly (rounding half away is symmetric), so no number rounds
-    // below 0; the greatest may round one step past the top, hence the clamp.
-    let zero = if asymmetric { round_half_away(-lo * inv) as i32 } else { 0 };
-    let mut sum = 0;
-    for (o, &v) in out.iter_mut().zip(row) {
-        let q = (round_half_away(v * inv) as i32 + zero).clamp(least, greatest);
-        sum += q - zero;
-        *o = T::new(q);
-    }
-    out[row.len()..].fill(T::new(zero));
-    (scale, zero, sum)
-}
-
-/// Of `top` (the largest number's scale) and twelve scales down to 70 % of it, the one whose
-/// rounding to ±`levels` (past them clamped) is nearest to `row` in squared error.
-fn least_error_scale(row: &[f32], levels: f32, top: f32) -> f32 {
-    let error = |scale: f32| -> f32 {
-        row.iter().map(|&v| (v - round_half_away(v / scale).clamp(-levels, levels) * scale).powi(2)).sum()
-    };
-    let candidates = (0..=12).map(|i| top * (1.0 - 0.025 * i as f32));
-    candidates.map(|s| (error(s), s)).fold((f32::INFINITY, top), |best, e| if e.0 < best.0 { e } else { best }).1
-}
-
 /// How `Form::Bytes` products are added up here, for the benchmark's figures: with relaxed SIMD
 /// "pairs" or "dots" (`simd128::pairs_are_faster`), elsewhere "portable".
 pub fn bytes_kernel() -> &'static str {
@@ -395,6 +312,7 @@ fn tile<const A: usize, const B: usize, const PAIRS: bool, T: Lane>(xs: [&[T]; A
     acc
 }
 
+mod round;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128;
 

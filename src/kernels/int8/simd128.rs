@@ -143,3 +143,70 @@ fn lane_sum(v: v128) -> i32 {
     let pairs = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
     i32x4_extract_lane::<0>(pairs) + i32x4_extract_lane::<1>(pairs)
 }
+
+/// `round::range`'s lanes over the row's whole vectors: (least, greatest, sums of squares) by
+/// lane, and how many numbers that took. `f32x4_pmin(lo, v)` is `v < lo ? v : lo` and
+/// `f32x4_pmax(hi, v)` is `hi < v ? v : hi`: the scalar comparisons exactly.
+pub fn range(row: &[f32], squares: bool) -> ([f32; 4], [f32; 4], [f32; 4], usize) {
+    let (mut lo, mut hi, mut sq) = (f32x4_splat(0.0), f32x4_splat(0.0), f32x4_splat(0.0));
+    let whole = row.len() / 4 * 4;
+    for c in (0..whole).step_by(4) {
+        // SAFETY: c + 4 <= row.len(); an unaligned load of four numbers.
+        let v = unsafe { v128_load(row.as_ptr().add(c) as *const v128) };
+        lo = f32x4_pmin(lo, v);
+        hi = f32x4_pmax(hi, v);
+        if squares {
+            sq = f32x4_add(sq, f32x4_mul(v, v));
+        }
+    }
+    let lanes = |v: v128| {
+        [0, 1, 2, 3].map(|i| {
+            f32::from_bits(match i {
+                0 => u32x4_extract_lane::<0>(v),
+                1 => u32x4_extract_lane::<1>(v),
+                2 => u32x4_extract_lane::<2>(v),
+                _ => u32x4_extract_lane::<3>(v),
+            })
+        })
+    };
+    (lanes(lo), lanes(hi), lanes(sq), whole)
+}
+
+/// `round::round_row`'s loop over the row's whole runs of 16 numbers (bytes) or 8 (16-bit
+/// numbers): each `(round_half_away(v · inv) as i32 + zero).clamp(bounds)`, stored as T; returns
+/// how many numbers that took and the sum of the rounded numbers less the zero point. Rounding
+/// half away from zero is trunc, then one step away where the part cut off is at least a half;
+/// the conversion saturates as `as` does, NaN to 0.
+pub fn round<T>(row: &[f32], inv: f32, zero: i32, (least, greatest): (i32, i32), out: &mut [T]) -> (usize, i32) {
+    let bytes = std::mem::size_of::<T>() == 1;
+    let run = if bytes { 16 } else { 8 };
+    let whole = row.len() / run * run;
+    assert!(out.len() >= whole && std::mem::size_of::<T>() <= 2);
+    let (inv, half, one, sign) = (f32x4_splat(inv), f32x4_splat(0.5), f32x4_splat(1.0), f32x4_splat(-0.0));
+    let (zero, least, greatest) = (i32x4_splat(zero), i32x4_splat(least), i32x4_splat(greatest));
+    let mut sum = i32x4_splat(0);
+    let mut rounded = |c: usize| {
+        // SAFETY: the callers below pass c + 4 <= whole <= row.len().
+        let r = f32x4_mul(unsafe { v128_load(row.as_ptr().add(c) as *const v128) }, inv);
+        let t = f32x4_trunc(r);
+        let away = f32x4_ge(f32x4_abs(f32x4_sub(r, t)), half);
+        let q = i32x4_trunc_sat_f32x4(f32x4_add(t, v128_and(away, v128_or(one, v128_and(r, sign)))));
+        let q = i32x4_max(i32x4_min(i32x4_add(q, zero), greatest), least);
+        sum = i32x4_add(sum, i32x4_sub(q, zero));
+        q
+    };
+    for c in (0..whole).step_by(run) {
+        let low = i16x8_narrow_i32x4(rounded(c), rounded(c + 4));
+        // SAFETY: out holds at least `whole` numbers of T (asserted), T one or two bytes wide;
+        // the numbers are within `bounds`, which fit T, so the narrowing does not saturate.
+        unsafe {
+            if bytes {
+                let high = i16x8_narrow_i32x4(rounded(c + 8), rounded(c + 12));
+                v128_store(out.as_mut_ptr().add(c) as *mut v128, i8x16_narrow_i16x8(low, high));
+            } else {
+                v128_store(out.as_mut_ptr().add(c) as *mut v128, low);
+            }
+        }
+    }
+    (whole, lane_sum(sum))
+}
