@@ -160,14 +160,7 @@ pub fn range(row: &[f32], squares: bool) -> ([f32; 4], [f32; 4], [f32; 4], usize
         }
     }
     let lanes = |v: v128| {
-        [0, 1, 2, 3].map(|i| {
-            f32::from_bits(match i {
-                0 => u32x4_extract_lane::<0>(v),
-                1 => u32x4_extract_lane::<1>(v),
-                2 => u32x4_extract_lane::<2>(v),
-                _ => u32x4_extract_lane::<3>(v),
-            })
-        })
+        [f32x4_extract_lane::<0>(v), f32x4_extract_lane::<1>(v), f32x4_extract_lane::<2>(v), f32x4_extract_lane::<3>(v)]
     };
     (lanes(lo), lanes(hi), lanes(sq), whole)
 }
