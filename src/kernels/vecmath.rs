@@ -37,8 +37,9 @@ pub fn softmax_in_place(x: &mut [f32]) {
 }
 
 /// The largest of x (−∞ if none; NaNs passed over), over four lanes: a single running maximum is
-/// a chain of dependent comparisons, a twelfth of the embedder's time in its softmax (Node
-/// profile). The maximum is the same value whichever order the comparisons take.
+/// a chain of dependent comparisons (in the embedder's softmax, under Node, the lanes took
+/// softmax from 7.9 to 6.8 % of embedding). The maximum is the same whichever order the
+/// comparisons take.
 fn largest(x: &[f32]) -> f32 {
     let top = |m: f32, v: f32| if v > m { v } else { m };
     let (wide, tail) = x.as_chunks::<4>();
