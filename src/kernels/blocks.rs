@@ -62,7 +62,7 @@ fn largest_magnitude(block: &[f32]) -> f32 {
 /// rounded before every product, and one value at a time that was a tenth of reading a prompt
 /// (Node profile). `tests/wasm` holds the page's answers to the CLI's, token for token.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod simd128 {
+pub(crate) mod simd128 {
     use super::BLOCK;
     use core::arch::wasm32::*;
 
@@ -80,18 +80,21 @@ mod simd128 {
         f32x4_extract_lane::<0>(one)
     }
 
-    /// `round_half_away(v * inv) as i16` per value: trunc, then one step away from zero where
-    /// the part cut off is at least a half. The conversions saturate as `as` does, NaN to 0.
+    /// `round_half_away` on four numbers: trunc, then one step away from zero where the part
+    /// cut off is at least a half (a NaN stays a NaN).
+    #[inline(always)]
+    pub(crate) fn round_half_away(r: v128) -> v128 {
+        let t = f32x4_trunc(r);
+        let away = f32x4_ge(f32x4_abs(f32x4_sub(r, t)), f32x4_splat(0.5));
+        f32x4_add(t, v128_and(away, v128_or(f32x4_splat(1.0), v128_and(r, f32x4_splat(-0.0)))))
+    }
+
+    /// `round_half_away(v * inv) as i16` per value. The conversions saturate as `as` does, NaN
+    /// to 0.
     pub(super) fn round_block(block: &[f32], inv: f32, out: &mut [i16]) {
         assert!(out.len() == BLOCK);
-        let (inv, half, one, sign) = (f32x4_splat(inv), f32x4_splat(0.5), f32x4_splat(1.0), f32x4_splat(-0.0));
-        let rounded = lanes(block).map(|v| {
-            let r = f32x4_mul(v, inv);
-            let t = f32x4_trunc(r);
-            let away = f32x4_ge(f32x4_abs(f32x4_sub(r, t)), half);
-            let step = v128_and(away, v128_or(one, v128_and(r, sign)));
-            i32x4_trunc_sat_f32x4(f32x4_add(t, step))
-        });
+        let inv = f32x4_splat(inv);
+        let rounded = lanes(block).map(|v| i32x4_trunc_sat_f32x4(round_half_away(f32x4_mul(v, inv))));
         for (i, pair) in rounded.chunks_exact(2).enumerate() {
             // SAFETY: out holds BLOCK values (asserted); eight are written at 8 · i.
             unsafe { v128_store(out.as_mut_ptr().add(8 * i) as *mut v128, i16x8_narrow_i32x4(pair[0], pair[1])) };

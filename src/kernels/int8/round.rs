@@ -46,8 +46,8 @@ pub(super) fn rows_rounded<T: Lane>(
         };
         // The sum of squares only where it decides something (not on every `Wide` product).
         let (lo, hi, squares) = range(row, wide_rows);
-        let past = (hi - lo) * (hi - lo) > WIDE_PAST * WIDE_PAST * squares / cols as f32;
-        let figures = if wide_rows && past {
+        let past = wide_rows && (hi - lo) * (hi - lo) > WIDE_PAST * WIDE_PAST * squares / cols as f32;
+        let figures = if past {
             let mut numbers = vec![0i16; stride];
             let figures = round_row(row, (lo, hi), Form::Wide.activations(), &mut numbers);
             wide.push((r, numbers));

@@ -1,5 +1,5 @@
-//! `super::tile` and `super::widened` in wasm SIMD128 vectors, and the choice between the two
-//! ways relaxed SIMD can add up bytes' products.
+//! `super::tile`, `super::widened` and x's rounding (`super::round`) in wasm SIMD128 vectors,
+//! and the choice between the two ways relaxed SIMD can add up bytes' products.
 //!
 //! `i32x4.relaxed_dot_i8x16_i7x16_add_s` is one instruction where the CPU has VNNI in the form
 //! V8 uses (`vpdpbusd`), but two multiplies and an add elsewhere (`pmaddubsw`, then `pmaddwd` by
@@ -10,6 +10,7 @@
 //! 32 products instead of four (54 GMAC/s there). Where VNNI does it in one, that is slower.
 //! Both give the same exact sums; which is faster is measured once, on first use.
 
+use crate::kernels::blocks::simd128::round_half_away;
 use core::arch::wasm32::*;
 
 /// Whether this build multiplies lanes of T in vectors: 16-bit ones always, bytes with relaxed
@@ -167,23 +168,20 @@ pub fn range(row: &[f32], squares: bool) -> ([f32; 4], [f32; 4], [f32; 4], usize
 
 /// `round::round_row`'s loop over the row's whole runs of 16 numbers (bytes) or 8 (16-bit
 /// numbers): each `(round_half_away(v · inv) as i32 + zero).clamp(bounds)`, stored as T; returns
-/// how many numbers that took and the sum of the rounded numbers less the zero point. Rounding
-/// half away from zero is trunc, then one step away where the part cut off is at least a half;
-/// the conversion saturates as `as` does, NaN to 0.
+/// how many numbers that took and the sum of the rounded numbers less the zero point. The
+/// conversion saturates as `as` does, NaN to 0.
 pub fn round<T>(row: &[f32], inv: f32, zero: i32, (least, greatest): (i32, i32), out: &mut [T]) -> (usize, i32) {
     let bytes = std::mem::size_of::<T>() == 1;
     let run = if bytes { 16 } else { 8 };
     let whole = row.len() / run * run;
     assert!(out.len() >= whole && std::mem::size_of::<T>() <= 2);
-    let (inv, half, one, sign) = (f32x4_splat(inv), f32x4_splat(0.5), f32x4_splat(1.0), f32x4_splat(-0.0));
+    let inv = f32x4_splat(inv);
     let (zero, least, greatest) = (i32x4_splat(zero), i32x4_splat(least), i32x4_splat(greatest));
     let mut sum = i32x4_splat(0);
     let mut rounded = |c: usize| {
         // SAFETY: the callers below pass c + 4 <= whole <= row.len().
         let r = f32x4_mul(unsafe { v128_load(row.as_ptr().add(c) as *const v128) }, inv);
-        let t = f32x4_trunc(r);
-        let away = f32x4_ge(f32x4_abs(f32x4_sub(r, t)), half);
-        let q = i32x4_trunc_sat_f32x4(f32x4_add(t, v128_and(away, v128_or(one, v128_and(r, sign)))));
+        let q = i32x4_trunc_sat_f32x4(round_half_away(r));
         let q = i32x4_max(i32x4_min(i32x4_add(q, zero), greatest), least);
         sum = i32x4_add(sum, i32x4_sub(q, zero));
         q
